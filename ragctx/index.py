@@ -1,0 +1,394 @@
+"""The index: chunks in SQLite, their embeddings in FAISS shards, described by a manifest.
+
+A saved index is a folder::
+
+    manifest.json      format version, embedder (name, dimension), FAISS factory and shards, chunking,
+                       tokenizer, counts, sha256 of every file
+    chunks.sqlite      documents, chunks (text, offsets, metadata, hash) and their embeddings
+    shard-000.faiss    one FAISS file per shard
+
+Saving writes a complete new folder beside the target and renames it into place, so a failed or interrupted
+save leaves the previous index as it was. Loading checks the manifest (format version, embedder, dimension,
+checksums) and fails with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .chunking import Chunk, ChunkConfig, Chunker
+from .documents import Document
+from .embeddings import DEFAULT_MODEL, Embedder, default_device, resolve_model
+from .errors import IndexFormatError, RagctxError
+from .lexical import BM25Index, reciprocal_rank_fusion
+from .store import ChunkStore
+from .vectors import VectorConfig, VectorIndex
+
+__all__ = ["Index", "Hit", "AddReport", "SEARCH_MODES", "FORMAT_VERSION"]
+
+FORMAT_NAME = "ragctx-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STORE_FILE = "chunks.sqlite"
+SEARCH_MODES = ("dense", "bm25", "hybrid")
+HYBRID_DEPTH = 4  # hybrid search fuses the top k * HYBRID_DEPTH of each retriever
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: ``text == document.text[start:end]``."""
+
+    score: float
+    chunk_id: int
+    doc_id: str
+    ordinal: int
+    start: int
+    end: int
+    text: str
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AddReport:
+    """What :meth:`Index.add` did."""
+
+    added: list[str] = field(default_factory=list)  # new document ids
+    updated: list[str] = field(default_factory=list)  # changed documents, re-indexed
+    unchanged: list[str] = field(default_factory=list)  # same text hash: skipped
+    chunks: int = 0  # chunks embedded and stored
+
+    def summary(self) -> str:
+        return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
+                f"{self.chunks} chunks embedded")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Index:
+    """Documents → chunks → embeddings → FAISS, with a SQLite chunk store.
+
+    Args:
+        embedder: an :class:`~ragctx.embeddings.Embedder`, or None to create the default one when first needed.
+        model: embedder model name when ``embedder`` is None.
+        chunking: how documents are cut (:class:`~ragctx.chunking.ChunkConfig`).
+        vectors: FAISS factory, shards, search knobs (:class:`~ragctx.vectors.VectorConfig`).
+        device: "cuda", "cpu" or None for the GPU when there is one (embedding and search).
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        *,
+        model: str = DEFAULT_MODEL,
+        chunking: ChunkConfig | None = None,
+        vectors: VectorConfig | None = None,
+        device: str | None = None,
+        _store: ChunkStore | None = None,
+        _vectors: VectorIndex | None = None,
+        _dim: int | None = None,
+    ) -> None:
+        self.device = device or default_device()
+        self._embedder = embedder
+        self.model = embedder.name if embedder is not None else resolve_model(model)[0]
+        self.chunking = chunking or ChunkConfig()
+        self.chunker = Chunker(self.chunking)
+        self.vector_config = vectors or VectorConfig()
+        self.store = _store or ChunkStore.create()
+        self.dim = _dim or (embedder.dim if embedder is not None else None)
+        self._vectors = _vectors
+        if self._vectors is not None:
+            self._vectors.to_device(self.device)
+        self._bm25: BM25Index | None = None
+
+    # -- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, documents: Iterable[Document], *, progress: bool | None = None, **kwargs: Any) -> Index:
+        """A new index over ``documents`` (keyword arguments as for :class:`Index`)."""
+        index = cls(**kwargs)
+        index.add(documents, progress=progress)
+        return index
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.model, device=self.device)
+            if self.dim is not None and self._embedder.dim != self.dim:
+                raise IndexFormatError(
+                    f"embedder '{self.model}' gives dimension {self._embedder.dim}, the index holds {self.dim}"
+                )
+        return self._embedder
+
+    @property
+    def vectors(self) -> VectorIndex:
+        if self._vectors is None:
+            self.dim = self.dim or self.embedder.dim
+            self._vectors = VectorIndex(self.dim, self.vector_config)
+        return self._vectors
+
+    def __len__(self) -> int:
+        return self.store.count_chunks()
+
+    # -- changes -----------------------------------------------------------------------------------------
+    def add(self, documents: Iterable[Document], *, progress: bool | None = None) -> AddReport:
+        """Adds new documents, re-indexes changed ones (by text hash) and skips unchanged ones."""
+        report = AddReport()
+        todo: list[tuple[Document, list[Chunk]]] = []
+        replaced: list[str] = []
+        seen: set[str] = set()
+        for doc in documents:
+            if doc.id in seen:
+                raise RagctxError(f"document id '{doc.id}' appears twice in one add; ids must be unique")
+            seen.add(doc.id)
+            old = self.store.document_hash(doc.id)
+            if old == doc.sha256:
+                report.unchanged.append(doc.id)
+                continue
+            (report.updated if old is not None else report.added).append(doc.id)
+            if old is not None:
+                replaced.append(doc.id)
+            todo.append((doc, self.chunker.split(doc)))
+        if replaced:
+            self._remove_documents(replaced)
+        texts = [c.text for _, chunks in todo for c in chunks]
+        if not texts:
+            return report
+        vecs = self.embedder.encode(texts, progress=progress if progress is not None else len(texts) >= 256)
+        ids, row = [], 0
+        for doc, chunks in todo:
+            ids.append(self.store.add_document(doc, chunks, vecs[row : row + len(chunks)]))
+            row += len(chunks)
+        try:
+            self.vectors.add(np.concatenate(ids), vecs)
+        except RagctxError:
+            self.store.delete_documents([doc.id for doc, _ in todo])  # keep store and vectors in step
+            raise
+        report.chunks = len(texts)
+        self._bm25 = None
+        return report
+
+    def delete(self, doc_ids: Iterable[str]) -> list[str]:
+        """Removes documents by id; returns the ids that were not in the index."""
+        doc_ids = list(dict.fromkeys(doc_ids))
+        missing = [d for d in doc_ids if self.store.document_hash(d) is None]
+        present = [d for d in doc_ids if d not in set(missing)]
+        if present:
+            self._remove_documents(present)
+        return missing
+
+    def _remove_documents(self, doc_ids: list[str]) -> None:
+        removed = self.store.delete_documents(doc_ids)
+        if not self.vectors.remove(removed):  # index type that cannot remove: rebuild from stored vectors
+            self.vectors.rebuild(*self.store.vectors(self.vectors.dim))
+        self._bm25 = None
+
+    # -- search ------------------------------------------------------------------------------------------
+    def search(
+        self, query: str, k: int = 5, *, filter: dict[str, Any] | None = None, mode: str = "dense"
+    ) -> list[Hit]:
+        """The ``k`` chunks most relevant to ``query``, best first.
+
+        Args:
+            query: the question or keywords (non-empty).
+            k: how many hits (> 0); more than the index holds returns every chunk.
+            filter: ``{"doc_id": ...}`` or ``{metadata_key: value or [values]}``; applied before the
+                nearest-neighbour search (see :mod:`ragctx.vectors` for the GPU case).
+            mode: "dense" (embeddings), "bm25" (lexical) or "hybrid" (both, reciprocal rank fusion).
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise RagctxError("empty query: pass the text to search for")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise RagctxError(f"k={k!r}: pass a positive number of results")
+        if mode not in SEARCH_MODES:
+            raise RagctxError(f"search mode '{mode}' is unknown; use one of {', '.join(SEARCH_MODES)}")
+        n = len(self)
+        if n == 0:
+            return []
+        k = min(int(k), n)
+        allowed = self.store.filter_ids(filter) if filter else None
+        if allowed is not None and len(allowed) == 0:
+            return []
+        if mode == "dense":
+            ranked = self._dense(query, k, allowed)
+        elif mode == "bm25":
+            scores, ids = self._lexical().search(query, k, allowed)
+            ranked = list(zip(ids.tolist(), scores.tolist()))
+        else:
+            depth = min(n, k * HYBRID_DEPTH)
+            dense_ids = [i for i, _ in self._dense(query, depth, allowed)]
+            lexical_ids = self._lexical().search(query, depth, allowed)[1].tolist()
+            ranked = reciprocal_rank_fusion([dense_ids, lexical_ids], k)
+        chunks = {c.id: c for c in self.store.get([i for i, _ in ranked])}
+        return [
+            Hit(float(score), c.id, c.doc_id, c.ordinal, c.start, c.end, c.text, c.metadata)
+            for i, score in ranked
+            if (c := chunks.get(i)) is not None
+        ]
+
+    def _dense(self, query: str, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        qv = self.embedder.encode_query(query)[None, :]
+        D, I = self.vectors.search(qv, k, allowed, exact_vectors=lambda ids: self.store.vectors(self.vectors.dim, ids))
+        return [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
+
+    def _lexical(self) -> BM25Index:
+        if self._bm25 is None:
+            self._bm25 = BM25Index(*self.store.texts())
+        return self._bm25
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def manifest(self, files: dict[str, str] | None = None) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "ragctx_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "embedder": {"name": self.model, "dim": self.dim},
+            "vectors": {**asdict(self.vector_config), "metric": "inner_product",
+                        "files": [f for f in (files or {}) if f.endswith(".faiss")]},
+            "chunking": self.chunking.to_dict(),
+            "tokenizer": self.chunking.encoding,
+            "counts": {"documents": self.store.count_documents(), "chunks": self.store.count_chunks(),
+                       "vectors": self.vectors.ntotal if self._vectors is not None else 0},
+            "checksums": files or {},
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the index to the folder ``path`` atomically: a new folder is written, then renamed into place."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RagctxError(f"{path} is a file; pass a folder path for the index")
+        if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
+            raise RagctxError(f"{path} exists and is not a ragctx index; choose another --out folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            if self.dim is None:
+                self.dim = self.embedder.dim
+            self.store.save(tmp / STORE_FILE)
+            names = self.vectors.save(tmp)
+            files = {name: _sha256_file(tmp / name) for name in [STORE_FILE, *names]}
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(self.manifest(files), f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            _swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        embedder: Embedder | None = None,
+        model: str | None = None,
+        device: str | None = None,
+        verify: bool = True,
+    ) -> Index:
+        """Opens a saved index, checking its manifest (and, with ``verify``, the files' checksums)."""
+        path = Path(path)
+        _recover(path)
+        manifest = read_manifest(path)
+        built_with = manifest["embedder"]["name"]
+        asked = embedder.name if embedder is not None else (resolve_model(model)[0] if model else None)
+        if asked is not None and asked != built_with:
+            raise IndexFormatError(
+                f"{path} was built with embedder '{built_with}', not '{asked}'; query it with the same model "
+                "or rebuild the index with the new one"
+            )
+        dim = int(manifest["embedder"]["dim"])
+        if embedder is not None and embedder.dim != dim:
+            raise IndexFormatError(f"{path} holds {dim}-dimensional vectors; embedder '{asked}' gives {embedder.dim}")
+        if verify:
+            for name, digest in manifest["checksums"].items():
+                if not (path / name).is_file():
+                    raise IndexFormatError(f"{path / name} is missing; the index is incomplete, rebuild it")
+                if _sha256_file(path / name) != digest:
+                    raise IndexFormatError(f"{path / name} does not match its checksum; the index is damaged, rebuild it")
+        v = manifest["vectors"]
+        config = VectorConfig(factory=v["factory"], shards=int(v["shards"]), nprobe=int(v.get("nprobe", 32)),
+                              ef_search=int(v.get("ef_search", 128)))
+        store = ChunkStore.open(path / STORE_FILE)
+        vectors = VectorIndex.load(path, v["files"], dim, config)
+        if vectors.ntotal != store.count_chunks():
+            raise IndexFormatError(
+                f"{path}: FAISS holds {vectors.ntotal} vectors but the store {store.count_chunks()} chunks; rebuild"
+            )
+        return cls(embedder, model=built_with, chunking=ChunkConfig(**manifest["chunking"]), vectors=config,
+                   device=device, _store=store, _vectors=vectors, _dim=dim)
+
+    def info(self) -> dict[str, Any]:
+        """Counts and configuration, as in the manifest."""
+        m = self.manifest()
+        return {k: m[k] for k in ("embedder", "vectors", "chunking", "tokenizer", "counts")} | {"device": self.device}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The validated manifest of the index folder ``path``."""
+    file = path / MANIFEST
+    if not path.exists():
+        raise IndexFormatError(f"{path}: no such index; build one with `ragctx index build DOCS --out {path}`")
+    if not file.is_file():
+        raise IndexFormatError(f"{path} is not a ragctx index (no {MANIFEST}); build one with `ragctx index build`")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexFormatError(f"{file} is damaged ({e}); rebuild the index") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{file} is not a ragctx index manifest; rebuild the index")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = "upgrade ragctx" if isinstance(version, int) and version > FORMAT_VERSION else "rebuild the index"
+        raise IndexFormatError(f"{path} has index format version {version}; this ragctx reads {FORMAT_VERSION}: {hint}")
+    for key in ("embedder", "vectors", "chunking", "counts", "checksums"):
+        if not isinstance(manifest.get(key), dict):
+            raise IndexFormatError(f"{file} lacks '{key}'; the manifest is damaged, rebuild the index")
+    return manifest
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Renames ``tmp`` to ``path``; an existing index is moved aside first and removed only after the swap."""
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(path: Path) -> None:
+    """After a crash between the two renames of a save, the previous index sits in ``.NAME.old-*``: restore it."""
+    if path.exists() or not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and (olds[-1] / MANIFEST).exists():
+        os.rename(olds[-1], path)

@@ -1,0 +1,371 @@
+"""Vector search: FAISS shards over one id space, on CPU or GPU.
+
+An index is described by a FAISS factory string (``"Flat"``, ``"IVF1024,Flat"``, ``"HNSW32"``,
+``"IVF256,PQ32"``...) and split into ``shards`` (chunk id modulo the shard count), each a FAISS index of its own
+that is searched separately; the hits are merged. One shard is the default; several shards are the unit that
+multi-GPU placement or a distributed engine can later spread out. Vectors are unit-norm and scored by inner
+product (cosine similarity).
+
+Where search runs:
+
+- CPU: FAISS. A metadata filter becomes an ``IDSelectorBatch`` inside the search, so it applies *before* the
+  nearest-neighbour search; a filter that keeps few chunks is answered by exact search over those chunks alone
+  (graph indexes such as HNSW lose recall under a selective filter).
+- GPU, ``Flat`` (exact): a torch matmul + top-k over an fp16 copy of the vectors; a filter masks scores before
+  the top-k, so it is still exact pre-filtering. This beats faiss-gpu's flat index in our benchmark
+  (eval/reports), so it is used whether or not faiss-gpu is installed.
+- GPU, other factories: with faiss-gpu, each shard is cloned to the GPU (one shared ``StandardGpuResources``,
+  fp16 storage where the index type allows); a filter is applied by over-fetching (k grows until k hits pass the
+  filter or every chunk was seen). Without faiss-gpu, or for index types faiss-gpu lacks (HNSW), search stays
+  on the CPU.
+
+Saving always goes through CPU indexes (``faiss.write_index``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IndexFormatError, RagctxError
+
+__all__ = ["VectorIndex", "VectorConfig", "gpu_resources"]
+
+EXACT_FILTER_MAX = 4096  # a filter that keeps at most this many chunks is answered by exact search over them
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:
+        raise RagctxError(
+            "FAISS is not installed: pip install 'ragctx[cpu]' (faiss-cpu) or 'ragctx[gpu]' (faiss-gpu), not both"
+        ) from e
+    return faiss
+
+
+_GPU_RES = None
+
+
+def gpu_resources():
+    """The one ``StandardGpuResources`` shared by every GPU index (None without faiss-gpu)."""
+    global _GPU_RES
+    faiss = _faiss()
+    if _GPU_RES is None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        _GPU_RES = faiss.StandardGpuResources()
+    return _GPU_RES
+
+
+@dataclass(frozen=True)
+class VectorConfig:
+    """The FAISS side of an index."""
+
+    factory: str = "Flat"  # FAISS factory string; Flat = exact search
+    shards: int = 1  # FAISS indexes over disjoint id sets (chunk id % shards); searched separately and merged
+    nprobe: int = 32  # IVF: inverted lists visited per query (recall against speed)
+    ef_search: int = 128  # HNSW: candidate list size at search time (recall against speed)
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise RagctxError(f"shards={self.shards}: need at least one shard")
+        if self.factory.upper().startswith("IDMAP"):
+            raise RagctxError(f"factory '{self.factory}': leave out IDMap; ragctx maps ids itself")
+
+    @property
+    def exact(self) -> bool:
+        return self.factory.replace(" ", "") in ("Flat", "IDMap2,Flat")
+
+
+class VectorIndex:
+    """FAISS shards over one id space (see the module docstring for where search runs)."""
+
+    def __init__(self, dim: int, config: VectorConfig | None = None, shards: list | None = None) -> None:
+        self.dim = dim
+        self.config = config or VectorConfig()
+        self.device = "cpu"
+        self._gpu: list | None = None  # per-shard GPU indexes (faiss-gpu) or None
+        self._torch: tuple | None = None  # (ids tensor, fp16 matrix) for exact search in torch on a GPU
+        self.shards = shards if shards is not None else [self._new_shard() for _ in range(self.config.shards)]
+
+    def _new_shard(self):
+        faiss = _faiss()
+        try:
+            index = faiss.index_factory(self.dim, self.config.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise RagctxError(
+                f"factory '{self.config.factory}' is not a valid FAISS factory string for dimension {self.dim} "
+                "(examples: Flat, IVF1024,Flat, HNSW32, IVF256,PQ32)"
+            ) from e
+        if faiss.try_extract_index_ivf(index) is None:
+            index = faiss.IndexIDMap2(index)  # arbitrary int64 ids for index types that lack them
+        self._tune(index)
+        return index
+
+    def _tune(self, index) -> None:
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = self.config.nprobe
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        if hasattr(inner, "hnsw"):
+            inner.hnsw.efSearch = self.config.ef_search
+
+    # -- state -------------------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(sum(s.ntotal for s in self.shards))
+
+    @property
+    def is_trained(self) -> bool:
+        return all(s.is_trained for s in self.shards)
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Trains untrained shards (IVF, PQ) on ``vectors``; one training serves every shard."""
+        if self.is_trained:
+            return
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(self.shards[0])
+        need = ivf.nlist if ivf is not None else 1
+        if len(vectors) < need:
+            raise RagctxError(
+                f"factory '{self.config.factory}' needs at least {need} chunks to train, got {len(vectors)}; "
+                "use --factory Flat, or fewer lists (e.g. IVF64,Flat)"
+            )
+        self.shards[0].train(np.ascontiguousarray(vectors, dtype=np.float32))
+        for i in range(1, len(self.shards)):
+            self.shards[i] = faiss.clone_index(self.shards[0])
+        for s in self.shards:
+            self._tune(s)
+
+    def _invalidate(self) -> None:
+        self._gpu = None
+        self._torch = None
+        if self.device != "cpu":
+            self.to_device(self.device)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise RagctxError(f"vectors have shape {vectors.shape}; this index holds dimension {self.dim}")
+        if not self.is_trained:
+            self.train(vectors)
+        n = len(self.shards)
+        for s, shard in enumerate(self.shards):
+            mask = ids % n == s
+            if mask.any():
+                shard.add_with_ids(vectors[mask], ids[mask])
+        self._invalidate()
+
+    def remove(self, ids: np.ndarray) -> bool:
+        """Removes ids; False when the index type cannot remove (HNSW): then rebuild with :meth:`rebuild`."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return True
+        faiss = _faiss()
+        try:
+            for shard in self.shards:
+                shard.remove_ids(faiss.IDSelectorBatch(ids))
+        except RuntimeError:
+            return False
+        self._invalidate()
+        return True
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Empties every shard (keeping training) and adds ``vectors`` again."""
+        faiss = _faiss()
+        if self.is_trained and faiss.try_extract_index_ivf(self.shards[0]) is not None:
+            for shard in self.shards:
+                shard.reset()
+        else:
+            self.shards = [self._new_shard() for _ in range(self.config.shards)]
+        if len(ids):
+            self.add(ids, vectors)
+        else:
+            self._invalidate()
+
+    # -- device ------------------------------------------------------------------------------------------
+    def to_device(self, device: str) -> VectorIndex:
+        """Prepares search on ``device`` ("cpu" or "cuda[:N]"); see the module docstring."""
+        self.device = device
+        self._gpu = self._torch = None
+        if device == "cpu" or self.ntotal == 0:
+            return self
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RagctxError(f"device '{device}' was asked for but torch sees no CUDA GPU; use device='cpu'")
+        if self.config.exact:
+            ids, vecs = self._reconstruct_all()
+            self._torch = (
+                torch.from_numpy(ids).to(device),
+                torch.from_numpy(vecs).to(device=device, dtype=torch.float16),
+            )
+            return self
+        res = gpu_resources()
+        if res is not None:
+            faiss = _faiss()
+            co = faiss.GpuClonerOptions()
+            co.useFloat16 = True
+            try:
+                dev = int(device.split(":")[1]) if ":" in device else 0
+                self._gpu = [faiss.index_cpu_to_gpu(res, dev, s, co) for s in self.shards]
+            except RuntimeError:  # index type without a GPU version (HNSW): stay on the CPU
+                self._gpu = None
+        return self
+
+    def _reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+        ids, vecs = [], []
+        for shard in self.shards:
+            if shard.ntotal == 0:
+                continue
+            ids.append(faiss.vector_to_array(shard.id_map).astype(np.int64))
+            vecs.append(shard.index.reconstruct_n(0, shard.ntotal))
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(ids), np.concatenate(vecs)
+
+    # -- search ------------------------------------------------------------------------------------------
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, exact_vectors=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, best first, padded with (-inf, -1) when fewer exist.
+
+        ``allowed``: chunk ids a hit must be among (the pre-filter). ``exact_vectors``: a callable returning
+        (ids, vectors) for a given id array, used for exact search over a small allowed set.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.shape[1] != self.dim:
+            raise RagctxError(f"query vectors have dimension {queries.shape[1]}; this index holds {self.dim}")
+        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX and exact_vectors is not None:
+            return exact_topk(queries, *exact_vectors(allowed), k)
+        if self._torch is not None:
+            return self._search_torch(queries, k, allowed)
+        shards = self._gpu if self._gpu is not None else self.shards
+        results = [self._search_shard(s, queries, k, allowed, on_gpu=self._gpu is not None) for s in shards]
+        return merge_topk(results, k)
+
+    def _search_shard(self, shard, queries, k, allowed, on_gpu: bool):
+        faiss = _faiss()
+        k_shard = min(k, shard.ntotal)
+        if k_shard == 0:
+            return _empty(len(queries), k)
+        if allowed is None:
+            return shard.search(queries, k_shard)
+        if not on_gpu:
+            sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+            ivf = faiss.try_extract_index_ivf(shard)
+            inner = faiss.downcast_index(shard.index) if isinstance(shard, faiss.IndexIDMap) else None
+            if ivf is not None:
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+            elif inner is not None and hasattr(inner, "hnsw"):
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
+            else:
+                params = faiss.SearchParameters(sel=sel)
+            try:
+                return shard.search(queries, k_shard, params=params)
+            except RuntimeError:
+                pass  # index type without selector support (PQ): over-fetch below
+        return _overfetch(shard, queries, k, np.asarray(allowed, dtype=np.int64))
+
+    def _search_torch(self, queries, k, allowed):
+        import torch
+
+        ids, mat = self._torch
+        q = torch.from_numpy(queries).to(mat.device, dtype=mat.dtype)
+        mask = None
+        if allowed is not None:
+            mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
+        kk = min(k, mat.shape[0])
+        block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
+        scores_out, ids_out = [], []
+        for s in range(0, q.shape[0], block):
+            scores = q[s : s + block] @ mat.T  # [Qb, N]
+            if mask is not None:
+                scores.masked_fill_(~mask, float("-inf"))
+            top, pos = torch.topk(scores, kk, dim=1)
+            scores_out.append(top.float())
+            ids_out.append(torch.where(torch.isinf(top), -1, ids[pos]))
+        D = torch.cat(scores_out).cpu().numpy()
+        I = torch.cat(ids_out).cpu().numpy()
+        return _pad(D, I, k)
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def save(self, folder: Path) -> list[str]:
+        """Writes each shard as ``shard-NNN.faiss`` (CPU copies); returns the file names."""
+        faiss = _faiss()
+        names = []
+        for i, shard in enumerate(self.shards):
+            name = f"shard-{i:03d}.faiss"
+            faiss.write_index(shard, str(folder / name))
+            names.append(name)
+        return names
+
+    @classmethod
+    def load(cls, folder: Path, names: list[str], dim: int, config: VectorConfig) -> VectorIndex:
+        faiss = _faiss()
+        shards = []
+        for name in names:
+            try:
+                shard = faiss.read_index(str(folder / name))
+            except RuntimeError as e:
+                raise IndexFormatError(f"{folder / name}: FAISS index is damaged ({str(e)[:120]}); rebuild") from e
+            if shard.d != dim:
+                raise IndexFormatError(f"{folder / name}: dimension {shard.d}, manifest says {dim}; rebuild")
+            shards.append(shard)
+        index = cls(dim, config, shards=shards)
+        for s in shards:
+            index._tune(s)
+        return index
+
+
+def _empty(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+
+
+def _pad(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    D = np.where(I < 0, -np.inf, D).astype(np.float32)
+    if D.shape[1] >= k:
+        return D[:, :k], I[:, :k]
+    fill_D, fill_I = _empty(D.shape[0], k - D.shape[1])
+    return np.hstack([D, fill_D]), np.hstack([I, fill_I])
+
+
+def merge_topk(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merges per-shard (scores, ids) into the overall top-k, best first."""
+    D = np.hstack([_pad(d, i, k)[0] for d, i in results])
+    I = np.hstack([_pad(d, i, k)[1] for d, i in results])
+    order = np.argsort(-D, axis=1, kind="stable")[:, :k]
+    return _pad(np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1), k)
+
+
+def exact_topk(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k (the answer key, and the path for small filtered sets)."""
+    if len(ids) == 0:
+        return _empty(len(queries), k)
+    scores = queries @ vectors.T
+    kk = min(k, len(ids))
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    pos = np.take_along_axis(part, order, 1)
+    return _pad(np.take_along_axis(scores, pos, 1), ids[pos], k)
+
+
+def _overfetch(shard, queries, k, allowed):
+    """Search without selector support: grow k until k hits pass the filter or the shard is exhausted."""
+    allowed_set = np.sort(allowed)
+    fetch = min(shard.ntotal, max(4 * k, 64))
+    while True:
+        D, I = shard.search(queries, fetch)
+        ok = np.isin(I, allowed_set)
+        if ok.sum(axis=1).min() >= k or fetch >= shard.ntotal:
+            break
+        fetch = min(shard.ntotal, fetch * 4)
+    out_D, out_I = _empty(len(queries), k)
+    for q in range(len(queries)):
+        d, i = D[q][ok[q]][:k], I[q][ok[q]][:k]
+        out_D[q, : len(d)], out_I[q, : len(i)] = d, i
+    return out_D, out_I
