@@ -1,0 +1,200 @@
+"""The ``ragctx`` command line.
+
+Errors in what the user passed print one line, ``ragctx: error: ...``, and exit with code 2 (no traceback).
+Heavy libraries (torch, sentence-transformers, faiss) are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import RagctxError
+
+__all__ = ["main", "build_parser"]
+
+
+def _err(msg: str) -> None:
+    print(f"ragctx: error: {msg}", file=sys.stderr)
+
+
+def _load_docs(spec: str, strict: bool):
+    from .data import resolve_docs
+    from .documents import load_path
+
+    report = load_path(resolve_docs(spec), strict=strict)
+    print(report.summary(), file=sys.stderr)
+    if not report.documents:
+        raise RagctxError(f"{spec}: no usable documents (supported: .txt .md .html .pdf .jsonl)")
+    return report.documents
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, default=str))
+        return
+    if not hits:
+        print("no results")
+    for rank, h in enumerate(hits, 1):
+        snippet = " ".join(h.text.split())
+        snippet = snippet if len(snippet) <= 240 else snippet[:237] + "..."
+        print(f"{rank:>2}. [{h.score:.3f}] {h.doc_id} chars {h.start}-{h.end}\n    {snippet}")
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from .chunking import ChunkConfig
+    from .index import Index
+    from .vectors import VectorConfig
+
+    chunking = ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap)
+    vectors = VectorConfig(factory=args.factory, shards=args.shards)
+    docs = _load_docs(args.docs, args.strict)
+    index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
+    report = index.add(docs, progress=True)
+    path = index.save(args.out)
+    print(f"{report.summary()}; index saved to {path} ({len(index)} chunks)")
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    index = Index.load(args.index, device=args.device)
+    report = index.add(_load_docs(args.docs, args.strict), progress=True)
+    index.save(args.index)
+    print(f"{report.summary()}; {len(index)} chunks in {args.index}")
+    return 0
+
+
+def cmd_index_delete(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    index = Index.load(args.index, device="cpu")
+    missing = index.delete(args.doc_ids)
+    if missing and len(missing) == len(set(args.doc_ids)):
+        raise RagctxError(f"no such document(s) in {args.index}: {', '.join(missing)} (see `ragctx index info`)")
+    index.save(args.index)
+    if missing:
+        print(f"not in the index (ignored): {', '.join(missing)}", file=sys.stderr)
+    print(f"deleted {len(set(args.doc_ids)) - len(missing)} document(s); {len(index)} chunks in {args.index}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from .index import read_manifest
+
+    manifest = read_manifest(Path(args.index))
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    c, e, v, ch = manifest["counts"], manifest["embedder"], manifest["vectors"], manifest["chunking"]
+    print(f"index      {args.index} (format {manifest['format_version']}, created {manifest.get('created')})")
+    print(f"documents  {c['documents']}\nchunks     {c['chunks']}")
+    print(f"embedder   {e['name']} (dim {e['dim']})")
+    print(f"faiss      {v['factory']}, {v['shards']} shard(s), inner product")
+    print(f"chunking   {ch['max_tokens']} tokens, overlap {ch['overlap']}, {manifest.get('tokenizer')}")
+    return 0
+
+
+def _parse_filter(items: Sequence[str] | None) -> dict[str, object] | None:
+    if not items:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RagctxError(f"--filter '{item}': write KEY=VALUE, e.g. --filter doc_id=notes/a.md")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    index = Index.load(args.index, device=args.device)
+    hits = index.search(args.query, k=args.k, filter=_parse_filter(args.filter), mode=args.mode)
+    _print_hits(hits, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=Path(args.out), rebuild=args.rebuild, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragctx", description="Document QA that measures when to retrieve and when to "
+                                "read everything.")
+    p.add_argument("--version", action="version", version=f"ragctx {__import__('ragctx').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def device(sp):
+        sp.add_argument("--device", default=None, help="cuda or cpu (default: the GPU when there is one)")
+
+    idx = sub.add_parser("index", help="build and maintain indexes").add_subparsers(dest="index_command", required=True)
+    b = idx.add_parser("build", help="index a folder or file of documents (or builtin:essays)")
+    b.add_argument("docs", help="folder, file (.txt .md .html .pdf .jsonl) or builtin:essays")
+    b.add_argument("--out", required=True, help="index folder to write (replaced atomically if it exists)")
+    b.add_argument("--factory", default="Flat", help="FAISS factory string (Flat, IVF1024,Flat, HNSW32, ...)")
+    b.add_argument("--shards", type=int, default=1, help="FAISS shards over the chunk store (default 1)")
+    b.add_argument("--chunk-tokens", type=int, default=200, help="max tokens per chunk (cl100k; default 200)")
+    b.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks (default 32)")
+    b.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="embedder: name or folder")
+    b.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+    device(b)
+    b.set_defaults(func=cmd_index_build)
+
+    a = idx.add_parser("add", help="add new and changed documents to an index (unchanged ones are skipped)")
+    a.add_argument("index")
+    a.add_argument("docs")
+    a.add_argument("--strict", action="store_true")
+    device(a)
+    a.set_defaults(func=cmd_index_add)
+
+    d = idx.add_parser("delete", help="remove documents by id")
+    d.add_argument("index")
+    d.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
+    d.set_defaults(func=cmd_index_delete)
+
+    i = idx.add_parser("info", help="show what an index holds")
+    i.add_argument("index")
+    i.add_argument("--json", action="store_true", help="print the whole manifest")
+    i.set_defaults(func=cmd_index_info)
+
+    s = sub.add_parser("search", help="search an index")
+    s.add_argument("index")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    s.add_argument("--mode", default="dense", choices=["dense", "bm25", "hybrid"])
+    s.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                   help="keep chunks whose document matches (doc_id or a metadata key); repeatable")
+    s.add_argument("--json", action="store_true", help="print hits as JSON")
+    device(s)
+    s.set_defaults(func=cmd_search)
+
+    demo = sub.add_parser("demo", help="the main job on built-in defaults")
+    demo.add_argument("--out", default="indexes/paul-graham", help="where the demo index is kept")
+    demo.add_argument("--rebuild", action="store_true", help="rebuild the index even if it exists")
+    device(demo)
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RagctxError as e:
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
