@@ -9,8 +9,12 @@ adversarial text:
   prefix that fits);
 - ``doc.text[chunk.start:chunk.end] == chunk.text``;
 - chunks are in document order and cover the document: the text between consecutive chunks, before the first
-  and after the last, is whitespace only; with ``overlap > 0`` consecutive chunks may share up to about
-  ``overlap`` tokens (langchain merges whole pieces, so the overlap is at most, not exactly, that).
+  and after the last, is whitespace only; with ``overlap > 0`` each chunk also repeats at most ``overlap``
+  tokens from the end of the previous one, starting at a word boundary where there is one.
+
+The splitter runs without overlap and with ``keep_separator`` and no stripping, so its pieces concatenate back to
+the document and offsets are running sums, exact even in repetitive text (locating overlapped pieces by search
+is ambiguous there). Overlap is then added by extending each chunk backwards within the token budget.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ class ChunkConfig:
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
             raise RagctxError(f"chunk max_tokens={self.max_tokens} is too small; use at least 8 (default 256)")
-        if not 0 <= self.overlap < self.max_tokens:
+        if not 0 <= self.overlap <= self.max_tokens - 8:
             raise RagctxError(
-                f"chunk overlap={self.overlap} must be >= 0 and smaller than max_tokens={self.max_tokens}"
+                f"chunk overlap={self.overlap} must be between 0 and max_tokens - 8 = {self.max_tokens - 8}"
             )
 
     def to_dict(self) -> dict[str, object]:
@@ -75,7 +79,10 @@ def get_encoding(name: str = DEFAULT_ENCODING):
 class Chunker:
     """Cuts documents into chunks under a :class:`ChunkConfig`."""
 
-    SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
+    # regexes, coarsest first: paragraphs, lines, sentence ends, clause ends, spaces, characters. Whitespace
+    # starts the next piece (keep_separator="start"), as in BPE where " word" is one token: a piece count then
+    # matches the count in running text, so chunks fill their budget
+    SEPARATORS = [r"(?:\r?\n){2,}", r"\r?\n", r"(?<=[.?!])\s+", r"(?<=[;:,])\s+", r"\s+", ""]
 
     def __init__(self, config: ChunkConfig | None = None) -> None:
         from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -84,10 +91,11 @@ class Chunker:
         self._enc = get_encoding(self.config.encoding)
         self._splitter = RecursiveCharacterTextSplitter(
             separators=self.SEPARATORS,
-            keep_separator="end",  # a sentence keeps its '. '; pieces then concatenate back to the text
+            is_separator_regex=True,
+            keep_separator="start",  # with no stripping, pieces concatenate back to the text
             strip_whitespace=False,  # keep pieces verbatim so they can be located; ragctx strips afterwards
-            chunk_size=self.config.max_tokens,
-            chunk_overlap=self.config.overlap,
+            chunk_size=self.config.max_tokens - self.config.overlap,
+            chunk_overlap=0,  # ragctx adds the overlap itself, so that offsets stay exact (see split)
             length_function=self.count,
         )
 
@@ -98,53 +106,65 @@ class Chunker:
     def split(self, doc: Document) -> list[Chunk]:
         """The chunks of one document, in order (none for a whitespace-only text)."""
         text = doc.text
-        spans = self._locate(text, self._splitter.split_text(text))
+        base = self._base_spans(text)
         out: list[Chunk] = []
-        for start, end in self._fill_gaps(text, spans):
-            for s, e in self._fit(text, start, end):
-                s, e = _strip(text, s, e)
-                if s < e:
-                    out.append(Chunk(doc.id, len(out), s, e, text[s:e], self.count(text[s:e])))
+        prev_start = -1
+        for start, end in base:
+            if out and self.config.overlap:
+                start = self._extend_back(text, start, end, lower=prev_start + 1)
+            s, e = _strip(text, start, end)
+            out.append(Chunk(doc.id, len(out), s, e, text[s:e], self.count(text[s:e])))
+            prev_start = s
         return out
 
     def split_all(self, docs: list[Document]) -> list[Chunk]:
         return [chunk for doc in docs for chunk in self.split(doc)]
 
-    @staticmethod
-    def _locate(text: str, pieces: list[str]) -> list[tuple[int, int]]:
-        """Character spans of the splitter's pieces. Each piece starts after the previous start and, when it
-        can, no later than the previous end (so that nothing is skipped); among such places the latest wins."""
-        spans: list[tuple[int, int]] = []
-        prev_start, prev_end = -1, 0
-        for piece in pieces:
-            if not piece:
-                continue
-            at = text.rfind(piece, prev_start + 1, prev_end + len(piece))
-            if at < 0:
-                at = text.find(piece, prev_start + 1)
-            if at < 0:  # cannot happen with a splitter that returns substrings; fail loudly rather than lie
-                raise AssertionError("text splitter returned a piece that is not in the document")
-            prev_start, prev_end = at, at + len(piece)
-            spans.append((prev_start, prev_end))
-        return spans
+    def _base_spans(self, text: str) -> list[tuple[int, int]]:
+        """Contiguous spans from the splitter (run without overlap, its pieces concatenate back to the text, so
+        offsets are running sums), each cut to at most ``max_tokens - overlap`` tokens and stripped."""
+        budget = self.config.max_tokens - self.config.overlap
+        spans, pos = [], 0
+        for piece in self._splitter.split_text(text):
+            if text.startswith(piece, pos):
+                start, pos = pos, pos + len(piece)
+            else:  # a splitter that changed the text: fall back to searching forward
+                found = text.find(piece, pos)
+                if found < 0:
+                    raise AssertionError("text splitter returned a piece that is not in the document")
+                start, pos = found, found + len(piece)
+            for s, e in self._fit(text, start, pos, budget):
+                s, e = _strip(text, s, e)
+                if s < e:
+                    spans.append((s, e))
+        if pos < len(text) and text[pos:].strip():  # never drop text the splitter left out
+            spans += [_strip(text, s, e) for s, e in self._fit(text, pos, len(text), budget)]
+        return [(s, e) for s, e in spans if s < e]
 
-    @staticmethod
-    def _fill_gaps(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Adds a span for any non-whitespace text that no piece covers, so that chunks always cover the text."""
-        out: list[tuple[int, int]] = []
-        covered = 0
-        for start, end in spans:
-            if start > covered and text[covered:start].strip():
-                out.append((covered, start))
-            out.append((start, end))
-            covered = max(covered, end)
-        if text[covered:].strip():
-            out.append((covered, len(text)))
-        return out
+    def _extend_back(self, text: str, start: int, end: int, lower: int) -> int:
+        """The earliest start in [lower, start] such that the added prefix has at most ``overlap`` tokens and the
+        whole chunk at most ``max_tokens``; moved forward to a word start when the prefix holds whitespace."""
+        cfg = self.config
 
-    def _fit(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
-        """Cuts ``text[start:end]`` into spans of at most ``max_tokens`` tokens (largest fitting prefix first)."""
-        limit = self.config.max_tokens
+        def fits(s: int) -> bool:
+            return self.count(text[s:start]) <= cfg.overlap and self.count(text[s:end]) <= cfg.max_tokens
+
+        lo, hi = max(lower, start - 16 * cfg.overlap - 16), start  # start fits (empty prefix)
+        while lo < hi:  # smallest fitting start (the token count of a suffix grows as it starts earlier)
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        new = lo if fits(lo) else start
+        if new > 0 and not text[new - 1].isspace():  # mid-word: begin the overlap at the next word
+            ws = next((i for i in range(new, start) if text[i].isspace()), None)
+            if ws is not None:
+                new = ws + 1
+        return new
+
+    def _fit(self, text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
+        """Cuts ``text[start:end]`` into spans of at most ``limit`` tokens (largest fitting prefix first)."""
         out = []
         while start < end:
             if self.count(text[start:end]) <= limit:

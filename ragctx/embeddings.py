@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import RagctxError
 
-__all__ = ["Embedder", "DEFAULT_MODEL", "resolve_model"]
+__all__ = ["Embedder", "DEFAULT_MODEL", "resolve_model", "shared_embedder"]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "builtin:minilm"}
@@ -125,6 +125,17 @@ class Embedder:
     def encode_query(self, text: str) -> np.ndarray:
         """One query's embedding, shape [dim]."""
         return self.encode([text], progress=False)[0]
+
+
+_SHARED: dict[tuple[str, str], Embedder] = {}
+
+
+def shared_embedder(model: str = DEFAULT_MODEL, device: str | None = None) -> Embedder:
+    """One :class:`Embedder` per (model, device) in this process: indexes that need the same model share it."""
+    key = (resolve_model(model)[0], device or default_device())
+    if key not in _SHARED:
+        _SHARED[key] = Embedder(model, device=key[1])
+    return _SHARED[key]
 
 
 def _to(value: Any, device: str) -> Any:

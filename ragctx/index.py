@@ -30,7 +30,7 @@ import numpy as np
 
 from .chunking import Chunk, ChunkConfig, Chunker
 from .documents import Document
-from .embeddings import DEFAULT_MODEL, Embedder, default_device, resolve_model
+from .embeddings import DEFAULT_MODEL, Embedder, default_device, resolve_model, shared_embedder
 from .errors import IndexFormatError, RagctxError
 from .lexical import BM25Index, reciprocal_rank_fusion
 from .store import ChunkStore
@@ -132,7 +132,7 @@ class Index:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = Embedder(self.model, device=self.device)
+            self._embedder = shared_embedder(self.model, self.device)
             if self.dim is not None and self._embedder.dim != self.dim:
                 raise IndexFormatError(
                     f"embedder '{self.model}' gives dimension {self._embedder.dim}, the index holds {self.dim}"

@@ -1,0 +1,112 @@
+"""FAISS shards against brute-force search as the answer key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragctx import RagctxError, VectorConfig
+from ragctx.lexical import reciprocal_rank_fusion
+from ragctx.vectors import VectorIndex, exact_topk, merge_topk
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim))
+    x = centers[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered(6000)
+    ids = np.arange(1000, 7000, dtype=np.int64)  # ids need not start at 0
+    rng = np.random.default_rng(1)
+    q = x[rng.choice(len(x), 64)] + 0.05 * rng.standard_normal((64, 32))  # queries near the data, as in retrieval
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return ids, x, q
+
+
+def recall_at(I: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I, truth)]))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "HNSW16", "IVF32,SQ8"])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_search_matches_exact(data, factory, shards):
+    ids, x, q = data
+    index = VectorIndex(32, VectorConfig(factory=factory, shards=shards, nprobe=16))
+    index.add(ids, x)
+    assert index.ntotal == len(ids)
+    D, I = index.search(q, 10)
+    _, truth = exact_topk(q, ids, x, 10)
+    minimum = {"Flat": 1.0, "IVF64,Flat": 0.95, "HNSW16": 0.95, "IVF32,SQ8": 0.9}[factory]  # SQ8 is lossy
+    assert recall_at(I, truth) >= minimum
+    assert np.mean(I[:, 0] == truth[:, 0]) >= 0.9
+    assert np.all(np.diff(D, axis=1) <= 1e-6)  # best first
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "HNSW16", "PQ16x4"])  # PQ: no selector, over-fetch
+def test_filter_applies_before_the_search(data, factory):
+    ids, x, q = data
+    index = VectorIndex(32, VectorConfig(factory=factory, nprobe=64))
+    index.add(ids, x)
+    allowed = ids[::7]  # large enough to go through FAISS selectors / over-fetch
+    lookup = dict(zip(ids.tolist(), x))
+    D, I = index.search(q, 5, allowed=allowed)
+    assert np.isin(I, allowed).all()
+    _, truth = exact_topk(q, allowed, np.stack([lookup[i] for i in allowed]), 5)
+    assert recall_at(I, truth) >= {"Flat": 1.0, "IVF64,Flat": 0.9, "HNSW16": 0.9, "PQ16x4": 0.2}[factory]
+    # a filter keeping a handful of chunks is answered exactly, whatever the index type
+    few = ids[[5, 900, 4000]]
+    D, I = index.search(q[:4], 5, allowed=few, exact_vectors=lambda a: (a, np.stack([lookup[i] for i in a])))
+    assert set(I[0][:3]) == set(few) and (I[:, 3:] == -1).all() and np.isinf(D[:, 3:]).all()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "HNSW16"])
+def test_remove_or_rebuild(data, factory):
+    ids, x, q = data
+    index = VectorIndex(32, VectorConfig(factory=factory, nprobe=64))
+    index.add(ids, x)
+    gone = ids[:3000]
+    if not index.remove(gone):
+        assert factory == "HNSW16"  # graph indexes cannot remove: rebuild from the stored vectors
+        index.rebuild(ids[3000:], x[3000:])
+    assert index.ntotal == 3000
+    _, I = index.search(x[:50], 10)
+    assert not np.isin(I, gone).any()
+
+
+def test_save_load_round_trip(tmp_path, data):
+    ids, x, q = data
+    index = VectorIndex(32, VectorConfig(factory="IVF64,Flat", shards=2, nprobe=8))
+    index.add(ids, x)
+    names = index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path, names, 32, index.config)
+    assert np.array_equal(index.search(q, 10)[1], loaded.search(q, 10)[1])
+
+
+def test_training_needs_enough_vectors(data):
+    ids, x, _ = data
+    with pytest.raises(RagctxError, match="needs at least 1024 chunks"):
+        VectorIndex(32, VectorConfig(factory="IVF1024,Flat")).add(ids[:100], x[:100])
+
+
+@pytest.mark.parametrize("factory", ["NotAFactory", "IDMap2,Flat"])
+def test_bad_factory_is_a_clear_error(factory):
+    with pytest.raises(RagctxError, match="factory"):
+        VectorIndex(32, VectorConfig(factory=factory))
+
+
+def test_merge_topk_and_padding():
+    D1, I1 = np.array([[0.9, 0.5]], np.float32), np.array([[1, 2]])
+    D2, I2 = np.array([[0.7, -np.inf]], np.float32), np.array([[3, -1]])
+    D, I = merge_topk([(D1, I1), (D2, I2)], 4)
+    assert I.tolist() == [[1, 3, 2, -1]] and np.isinf(D[0, 3])
+
+
+def test_reciprocal_rank_fusion():
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=3, rrf_k=60)
+    assert [i for i, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    assert reciprocal_rank_fusion([], k=3) == []
