@@ -24,16 +24,17 @@ Saving always goes through CPU indexes (``faiss.write_index``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import IndexFormatError, RagctxError
 
-__all__ = ["VectorIndex", "VectorConfig", "gpu_resources"]
+__all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk"]
 
 EXACT_FILTER_MAX = 4096  # a filter that keeps at most this many chunks is answered by exact search over them
+TOPK_GROUP = 4096  # exact GPU top-k runs in two stages over column groups of this size (see torch_topk)
 
 
 def _faiss():
@@ -133,7 +134,19 @@ class VectorIndex:
                 f"factory '{self.config.factory}' needs at least {need} chunks to train, got {len(vectors)}; "
                 "use --factory Flat, or fewer lists (e.g. IVF64,Flat)"
             )
-        self.shards[0].train(np.ascontiguousarray(vectors, dtype=np.float32))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        res = gpu_resources() if self.device.startswith("cuda") else None
+        trained = False
+        if res is not None:  # k-means on the GPU: minutes become seconds for thousands of lists
+            try:
+                gpu = faiss.index_cpu_to_gpu(res, _device_index(self.device), self.shards[0])
+                gpu.train(vectors)
+                self.shards[0] = faiss.index_gpu_to_cpu(gpu)
+                trained = True
+            except RuntimeError:
+                trained = False
+        if not trained:
+            self.shards[0].train(vectors)
         for i in range(1, len(self.shards)):
             self.shards[i] = faiss.clone_index(self.shards[0])
         for s in self.shards:
@@ -210,11 +223,24 @@ class VectorIndex:
             co = faiss.GpuClonerOptions()
             co.useFloat16 = True
             try:
-                dev = int(device.split(":")[1]) if ":" in device else 0
-                self._gpu = [faiss.index_cpu_to_gpu(res, dev, s, co) for s in self.shards]
+                self._gpu = [faiss.index_cpu_to_gpu(res, _device_index(device), s, co) for s in self.shards]
             except RuntimeError:  # index type without a GPU version (HNSW): stay on the CPU
                 self._gpu = None
         return self
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists visited per query, on every shard and GPU copy."""
+        self.config = replace(self.config, nprobe=nprobe)
+        for shard in self.shards:
+            self._tune(shard)
+        for gpu in self._gpu or []:
+            _faiss().GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """HNSW candidate list size at search time, on every shard."""
+        self.config = replace(self.config, ef_search=ef_search)
+        for shard in self.shards:
+            self._tune(shard)
 
     def _reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
@@ -279,14 +305,10 @@ class VectorIndex:
         mask = None
         if allowed is not None:
             mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
-        kk = min(k, mat.shape[0])
         block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
         scores_out, ids_out = [], []
         for s in range(0, q.shape[0], block):
-            scores = q[s : s + block] @ mat.T  # [Qb, N]
-            if mask is not None:
-                scores.masked_fill_(~mask, float("-inf"))
-            top, pos = torch.topk(scores, kk, dim=1)
+            top, pos = torch_topk(q[s : s + block], mat, k, mask)
             scores_out.append(top.float())
             ids_out.append(torch.where(torch.isinf(top), -1, ids[pos]))
         D = torch.cat(scores_out).cpu().numpy()
@@ -320,6 +342,37 @@ class VectorIndex:
         for s in shards:
             index._tune(s)
         return index
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def torch_topk(q, mat, k: int, mask=None, group: int = TOPK_GROUP):
+    """Exact top-``k`` of ``q @ mat.T`` on the GPU: (scores [Q, k], positions [Q, k]), best first.
+
+    One ``topk`` over a 1M-wide row is slow; two stages are not: top-k within each group of ``group`` columns,
+    then top-k over the ``N / group * k`` survivors. Exact, because every row's top-k lies among its groups'
+    top-k. ``mask`` ([N] bool): columns that may be returned (pre-filtering).
+    """
+    import torch
+
+    scores = q @ mat.T  # [Q, N]
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    n = scores.shape[1]
+    k = min(k, n)
+    if n < 4 * group or k > group:
+        return torch.topk(scores, k, dim=1)
+    main = (n // group) * group
+    v, i = torch.topk(scores[:, :main].unflatten(1, (main // group, group)), k, dim=-1)  # [Q, G, k]
+    i = i + torch.arange(0, main, group, device=i.device).view(1, -1, 1)
+    v, i = v.flatten(1), i.flatten(1)  # [Q, G*k]
+    if main < n:
+        tv, ti = torch.topk(scores[:, main:], min(k, n - main), dim=1)
+        v, i = torch.cat([v, tv], 1), torch.cat([i, ti + main], 1)
+    top, pos = torch.topk(v, k, dim=1)
+    return top, torch.gather(i, 1, pos)
 
 
 def _empty(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -110,3 +110,24 @@ def test_reciprocal_rank_fusion():
     assert [i for i, _ in fused] == [1, 3, 2]
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
     assert reciprocal_rank_fusion([], k=3) == []
+
+
+@pytest.mark.parametrize("n,group", [(1000, 16), (1024, 16), (100, 16), (5000, 64)])
+def test_grouped_torch_topk_is_exact(n, group):
+    import torch
+
+    from ragctx.vectors import torch_topk
+
+    g = torch.Generator().manual_seed(n)
+    mat, q = torch.randn(n, 24, generator=g), torch.randn(7, 24, generator=g)
+    mask = torch.rand(n, generator=g) > 0.5
+    for m in (None, mask):
+        top, pos = torch_topk(q, mat, 10, m, group=group)
+        ref = q @ mat.T
+        if m is not None:
+            ref = ref.masked_fill(~m, float("-inf"))
+        ref_top, ref_pos = torch.topk(ref, 10, dim=1)
+        torch.testing.assert_close(top, ref_top)
+        assert torch.equal(pos, ref_pos)
+        if m is not None:
+            assert m[pos].all()
