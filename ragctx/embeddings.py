@@ -14,8 +14,12 @@ own. Models whose inputs are not plain token ids fall back to ``preprocess``. fp
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,44 +114,73 @@ class Embedder:
         out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
         show = progress if progress is not None else len(texts) >= 2048
         bar = tqdm(total=len(texts), desc=desc, unit="chunk", disable=not show)
-        groups = [ordered[s : s + self.TOKENIZE_GROUP] for s in range(0, len(ordered), self.TOKENIZE_GROUP)]
         row = 0
-        with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as pool:
-            # the next group is tokenized on a worker thread (the Rust tokenizer releases the GIL and fans out
-            # over every core) while the model computes the current one
-            depth = 2 if self.device.startswith("cuda") else 0  # on a CPU the cores are the model's
-            for batches in _prefetch(pool, self._tokenize_group, groups, depth=depth):
-                for features in batches:
-                    features = {k: _to(v, self.device) for k, v in features.items()}
-                    emb = self.model(features)["sentence_embedding"].float()
-                    n = emb.shape[0]
-                    out[row : row + n] = torch.nn.functional.normalize(emb, dim=-1)
-                    row += n
-                    bar.update(n)
+        with torch.inference_mode():
+            for features in self._batches(ordered):
+                features = {k: _to(v, self.device) for k, v in features.items()}
+                emb = self.model(features)["sentence_embedding"].float()
+                n = emb.shape[0]
+                out[row : row + n] = torch.nn.functional.normalize(emb, dim=-1)
+                row += n
+                bar.update(n)
         bar.close()
         result = np.empty((len(texts), self.dim), dtype=np.float32)
         result[order] = out.cpu().numpy()
         return result
 
-    TOKENIZE_GROUP = 4096  # texts per call into the tokenizer: large enough to keep every core busy
+    SPAN = 1024  # texts per tokenizer call
 
-    def _tokenize_group(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Model inputs for ``texts`` in batches of ``batch_size``, each padded to its own longest text."""
+    def _batches(self, texts: list[str]) -> Iterator[dict[str, Any]]:
+        """Model inputs in batches of ``batch_size``, in order. On a GPU, spans of texts are tokenized ahead of the
+        model: by forked worker processes for large jobs, else by one worker thread."""
+        spans = [(s, min(s + self.SPAN, len(texts))) for s in range(0, len(texts), self.SPAN)]
         if self._fast is None:
-            return [self._preprocess(texts[s : s + self.batch_size]) for s in range(0, len(texts), self.batch_size)]
+            for s in range(0, len(texts), self.batch_size):
+                yield self._preprocess(texts[s : s + self.batch_size])
+            return
+        stripped = [t.strip() for t in texts]  # sentence-transformers strips too
+        on_gpu = self.device.startswith("cuda")
+        workers = self._worker_count(on_gpu) if len(texts) >= 4 * self.SPAN else 0
+        if workers:
+            _WORKER_STATE.update(tokenizer=self._fast[0], texts=stripped)
+            try:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_worker) as pool:
+                    for lengths, flat in pool.map(_encode_span, spans):
+                        yield from self._pack(lengths, flat)
+            finally:
+                _WORKER_STATE.clear()
+            return
+        state = {"tokenizer": self._fast[0], "texts": stripped}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for lengths, flat in _prefetch(pool, lambda span: _encode_span(span, state), spans, depth=2 if on_gpu else 0):
+                yield from self._pack(lengths, flat)
+
+    def _worker_count(self, on_gpu: bool) -> int:
+        """Tokenizer processes for a large job (0: use a thread): one per core but one on a GPU, none on a CPU
+        (there the cores run the model). Linux only: workers are forked, as PyTorch's DataLoader workers are, and
+        never touch CUDA. The environment variable ``RAGCTX_TOKENIZE_WORKERS`` overrides (0 disables)."""
+        if sys.platform != "linux":
+            return 0
+        env = os.environ.get("RAGCTX_TOKENIZE_WORKERS")
+        if env is not None:
+            return max(0, int(env))
+        return max(0, min(16, (os.cpu_count() or 1) - 1)) if on_gpu else 0
+
+    def _pack(self, lengths: np.ndarray, flat: np.ndarray) -> Iterator[dict[str, Any]]:
+        """Padded batches from token-id runs (``flat`` holds each text's ids back to back)."""
         import torch
 
-        tokenizer, keys, extra = self._fast
-        encodings = tokenizer.encode_batch([t.strip() for t in texts])  # sentence-transformers strips too
-        columns = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-        arrays = {k: np.array([getattr(e, columns[k]) for e in encodings], dtype=np.int64) for k in keys}
-        lengths = arrays["attention_mask"].sum(axis=1)
-        batches = []
-        for s in range(0, len(texts), self.batch_size):
-            width = int(lengths[s : s + self.batch_size].max())
-            batch = {k: torch.from_numpy(np.ascontiguousarray(v[s : s + self.batch_size, :width])) for k, v in arrays.items()}
-            batches.append({**batch, **extra})
-        return batches
+        _, keys, extra = self._fast
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for s in range(0, len(lengths), self.batch_size):
+            lens = lengths[s : s + self.batch_size]
+            mask = np.arange(int(lens.max()))[None, :] < lens[:, None]  # [B, W]
+            input_ids = np.full(mask.shape, self._pad_id, dtype=np.int64)
+            input_ids[mask] = flat[offsets[s] : offsets[s + len(lens)]]
+            arrays = {"input_ids": input_ids, "attention_mask": mask.astype(np.int64),
+                      "token_type_ids": np.zeros(mask.shape, dtype=np.int64)}  # one segment: all type 0
+            yield {**{k: torch.from_numpy(arrays[k]) for k in keys}, **extra}
 
     def _fast_tokenizer(self):
         """(Rust tokenizer set up as sentence-transformers would, tensor keys, constant keys) or None when the
@@ -163,7 +196,8 @@ class Embedder:
             return None
         rust = copy.deepcopy(rust)
         rust.enable_truncation(self.max_seq_length)
-        rust.enable_padding(pad_id=self.model.tokenizer.pad_token_id or 0)
+        rust.no_padding()  # ragctx pads per batch from the lengths
+        self._pad_id = self.model.tokenizer.pad_token_id or 0
         extra = {k: v for k, v in probe.items() if not hasattr(v, "shape")}
         return rust, keys, extra
 
@@ -181,6 +215,22 @@ def shared_embedder(model: str = DEFAULT_MODEL, device: str | None = None) -> Em
     if key not in _SHARED:
         _SHARED[key] = Embedder(model, device=key[1])
     return _SHARED[key]
+
+
+_WORKER_STATE: dict[str, Any] = {}  # tokenizer and texts, set before the worker processes fork
+
+
+def _quiet_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already; no nested thread pool
+
+
+def _encode_span(span: tuple[int, int], state: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of texts[span] as (lengths [n] int32, ids back to back int32): compact to return from a worker."""
+    state = state if state is not None else _WORKER_STATE
+    ids = [e.ids for e in state["tokenizer"].encode_batch_fast(state["texts"][span[0] : span[1]])]
+    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+    return lengths, flat
 
 
 def _to(value: Any, device: str) -> Any:

@@ -12,9 +12,8 @@ TEXTS = ["  leading and trailing spaces  ", "x", "ünïcödé ÀÉ naïve café"
 
 def test_fast_tokenization_equals_sentence_transformers(embedder):
     assert embedder._fast is not None  # MiniLM takes the Rust encode_batch path
-    batches = embedder._tokenize_group(TEXTS)
-    ordered = TEXTS  # one batch: same order as given
-    ref = embedder._preprocess(ordered)
+    batches = list(embedder._batches(TEXTS))
+    ref = embedder._preprocess(TEXTS)  # one batch, same order as given
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert torch.equal(batches[0][key], ref[key]), key
 
@@ -39,3 +38,19 @@ def test_model_resolution_is_offline():
     assert name == "sentence-transformers/all-MiniLM-L6-v2" and path.endswith("model")
     with pytest.raises(RagctxError, match="not available offline"):
         Embedder("no-such-org/no-such-model-xyz", device="cpu")
+
+
+def test_worker_processes_give_the_same_inputs(embedder, monkeypatch):
+    texts = [f"text number {i} " + "word " * (i % 37) for i in range(150)]
+    monkeypatch.setattr(embedder, "SPAN", 16)  # 150 texts = 10 spans: enough for the process path
+    monkeypatch.setenv("RAGCTX_TOKENIZE_WORKERS", "0")
+    threaded = list(embedder._batches(texts))
+    monkeypatch.setenv("RAGCTX_TOKENIZE_WORKERS", "2")
+    assert embedder._worker_count(on_gpu=False) == 2
+    forked = list(embedder._batches(texts))
+    assert len(forked) == len(threaded) > 1
+    for a, b in zip(forked, threaded):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    np.testing.assert_allclose(embedder.encode(texts[:40]), embedder.model.encode(texts[:40], normalize_embeddings=True),
+                               atol=1e-5)
