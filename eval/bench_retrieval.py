@@ -104,19 +104,13 @@ def bench_embed(args) -> list[dict]:
         texts = chunk_texts(n)
         emb = Embedder(model, device=device, batch_size=args.batch)
         emb.encode(texts[: min(n, 2048)], progress=False)  # warm-up (kernels, allocator)
-        settings = [("default", None), ("tokenizer thread only", "0")] if device == "cuda" else [("default", None)]
-        for label, workers in settings:
-            if workers is not None:
-                os.environ["RAGCTX_TOKENIZE_WORKERS"] = workers
-            t = time.perf_counter()
-            out = emb.encode(texts, progress=False)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            dt_ragctx = time.perf_counter() - t
-            os.environ.pop("RAGCTX_TOKENIZE_WORKERS", None)
-            rows.append({"device": device, "impl": f"ragctx Embedder {'fp16' if device == 'cuda' else 'fp32'}, {label}",
-                         "texts": n, "seconds": dt_ragctx, "chunks_per_s": n / dt_ragctx,
-                         "workers": emb._worker_count(device == "cuda") if workers is None else 0})
+        t = time.perf_counter()
+        out = emb.encode(texts, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        sec = time.perf_counter() - t
+        rows.append({"device": device, "impl": f"ragctx Embedder ({'fp16' if device == 'cuda' else 'fp32'})",
+                     "texts": n, "seconds": sec, "chunks_per_s": n / sec})
         st = emb.model
         st.encode(texts[:512], batch_size=args.batch, normalize_embeddings=True, show_progress_bar=False)
         t = time.perf_counter()
@@ -141,7 +135,7 @@ def bench_embed(args) -> list[dict]:
             sec = timeit(forward, repeat=3, warmup=1, sync=True)
             rows.append({"device": device, "impl": "model forward only (fp16)", "texts": n, "seconds": sec,
                          "chunks_per_s": n / sec})
-    print(table(rows, ["device", "impl", "texts", "seconds", "chunks_per_s", "workers", "max_abs_diff_vs_ragctx"]))
+    print(table(rows, ["device", "impl", "texts", "seconds", "chunks_per_s", "max_abs_diff_vs_ragctx"]))
     return rows
 
 
