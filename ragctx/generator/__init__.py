@@ -1,0 +1,12 @@
+"""The generator: a Llama-style decoder whose attention is one switch (see ``attention``)."""
+
+from __future__ import annotations
+
+from .attention import ATTENTION, get_attention
+from .config import PRESETS, ModelConfig
+from .generate import Generation, Generator
+from .model import Transformer
+from .tokenizer import ByteTokenizer, HFTokenizer
+
+__all__ = ["ATTENTION", "ByteTokenizer", "Generation", "Generator", "HFTokenizer", "ModelConfig", "PRESETS",
+           "Transformer", "get_attention"]

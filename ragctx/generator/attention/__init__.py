@@ -1,0 +1,88 @@
+"""The attention registry: the one place a variant is named.
+
+Every entry has the same signature, ``fn(q, k, v, *, positions, valid, state, cfg) -> out`` with
+q [B, Hq, T, D], k, v [B, Hkv, T, D] for the T new tokens (RoPE applied), ``positions`` [B, T], ``valid`` [B, T]
+bool or None (no padding), ``state`` the variant's cache object or None (a plain full-sequence forward, as in
+training), and ``cfg`` the :class:`~ragctx.generator.config.ModelConfig`. It returns [B, Hq, T, D]. The model makes
+exactly one such call per layer. Each entry also says how to make its state and names its reference twin, so the
+tests pick up a new entry without anyone remembering to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import RagctxError
+from .common import HybridState, KVCache, LinearState, RingBuffer
+from .flash import flash_attention
+from .hybrid import hybrid_attention
+from .linear import linear_attention, n_features
+from .reference import hybrid_reference, linear_quadratic, softmax_reference, window_reference
+from .softmax import softmax_attention
+from .window import window_attention
+
+__all__ = ["ATTENTION", "AttentionBackend", "get_attention", "attention_names"]
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """A registered attention implementation."""
+
+    name: str
+    fn: Callable[..., Any]  # the attention function (signature in the module docstring)
+    make_state: Callable[..., Any]  # (cfg, batch, max_len, device, dtype) -> state for incremental decoding
+    reference: Callable[..., Any]  # (q, k, v, valid, cfg) -> float64 output from the definition
+    exact: bool  # equals full causal softmax attention (up to rounding)
+    summary: str
+
+
+def _kv_cache(cfg, batch, max_len, device, dtype):
+    return KVCache.empty(batch, cfg.n_kv_heads, max_len, cfg.head_dim, device, dtype)
+
+
+def _ring(cfg, batch, max_len, device, dtype):
+    return RingBuffer.empty(batch, cfg.n_kv_heads, cfg.window, cfg.head_dim, device, dtype)
+
+
+def _linear_state(cfg, batch, max_len, device, dtype):
+    return LinearState.empty(batch, cfg.n_kv_heads, n_features(cfg.feature_map, cfg.head_dim), cfg.head_dim, device)
+
+
+def _hybrid_state(cfg, batch, max_len, device, dtype):
+    f = n_features(cfg.hybrid_feature_map, cfg.head_dim)
+    return HybridState(_ring(cfg, batch, max_len, device, dtype),
+                       LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device))
+
+
+ATTENTION: dict[str, AttentionBackend] = {
+    b.name: b
+    for b in [
+        AttentionBackend("softmax", softmax_attention, _kv_cache, lambda q, k, v, valid, cfg: softmax_reference(q, k, v, valid),
+                         True, "reference: N x N scores in fp32, O(N^2) memory"),
+        AttentionBackend("flash", flash_attention, _kv_cache, lambda q, k, v, valid, cfg: softmax_reference(q, k, v, valid),
+                         True, "scaled_dot_product_attention (cuDNN / FlashAttention kernels), O(N) memory"),
+        AttentionBackend("linear", linear_attention, _linear_state,
+                         lambda q, k, v, valid, cfg: linear_quadratic(q, k, v, valid, cfg.feature_map),
+                         False, "causal linear attention, chunkwise prefill, O(1)-per-token decode"),
+        AttentionBackend("sliding_window", window_attention, _ring,
+                         lambda q, k, v, valid, cfg: window_reference(q, k, v, valid, cfg.window),
+                         False, "softmax over the last W tokens, ring-buffer cache"),
+        AttentionBackend("hybrid", hybrid_attention, _hybrid_state,
+                         lambda q, k, v, valid, cfg: hybrid_reference(q, k, v, valid, cfg.window, cfg.hybrid_feature_map),
+                         False, "sliding-window softmax + linear attention over older keys (Based)"),
+    ]
+}
+
+
+def attention_names() -> list[str]:
+    return list(ATTENTION)
+
+
+def get_attention(name: str) -> AttentionBackend:
+    """The registered backend called ``name``; an unknown name lists the valid ones."""
+    try:
+        return ATTENTION[name]
+    except KeyError:
+        raise RagctxError(f"unknown attention '{name}'; choose one of: {', '.join(ATTENTION)}") from None

@@ -1,0 +1,41 @@
+"""``flash``: fused attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+PyTorch picks the kernel: on an H100/H200 its default is cuDNN's fused attention, about 2x FlashAttention-2 there
+(``../shared/design/ANCHORS.md``; re-measured in eval/reports). No [T, Tk] matrix is stored: O(N) memory. It runs
+on CPU too. The plain causal case (no cache, no padding) passes ``is_causal`` so the fastest kernels apply; other
+cases pass a boolean mask built from positions, which keeps it exactly equal to ``softmax``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .common import KVCache, all_valid, allowed
+
+__all__ = ["flash_attention", "sdpa"]
+
+
+def flash_attention(q, k, v, *, positions, valid, state, cfg):
+    if state is None and valid is None:
+        return sdpa(q, k, v, is_causal=True)
+    valid = all_valid(valid, positions)
+    if state is not None:
+        assert isinstance(state, KVCache)
+        k, v, pos_k, valid_k = state.append(k, v, positions, valid)
+    else:
+        pos_k, valid_k = positions, valid
+    ok = allowed(positions, pos_k, valid_k)  # [B, 1, T, Tk]
+    if q.shape[2] == 1 and bool(valid_k.all()):
+        ok = None  # one new token with a clean cache: every cached key is visible
+    return sdpa(q, k, v, ok)
+
+
+def sdpa(q, k, v, ok=None, *, is_causal: bool = False):
+    """``scaled_dot_product_attention`` under a boolean mask [B, 1, T, Tk] (None: every key visible). A query that
+    may see no key gets 0, as in ``softmax``."""
+    gqa = q.shape[1] != k.shape[1]
+    empty = None if ok is None else ~ok.any(-1, keepdim=True)  # queries with no visible key (padding)
+    if empty is not None and bool(empty.any()):
+        ok = ok | empty  # keep the kernel away from all-masked rows; those outputs are zeroed below
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ok, is_causal=is_causal, enable_gqa=gqa)
+    return out if empty is None else out.masked_fill(empty, 0.0)

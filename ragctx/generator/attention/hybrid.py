@@ -1,0 +1,61 @@
+"""``hybrid``: Based-style sliding-window softmax plus linear attention over the rest of the prefix.
+
+How the two combine, per head and query: keys within the last ``window`` positions are weighed exactly,
+exp(q.k / sqrt(D)); older keys are weighed by the feature-map kernel phi(q).phi(k), which for the default
+``taylor`` map is the second-order Taylor expansion of that same exp. One softmax-like normalization runs over
+both sets:
+
+    out = (sum_window e^{q.k/sqrt(D)} v + sum_older phi(q).phi(k) v) / (sum_window e^{...} + sum_older phi.phi)
+
+computed stably in log space: with Z_w, Z_l the two denominators, out = a out_w + (1 - a) out_l and
+a = sigmoid(log Z_w - log Z_l). So recent tokens get full softmax precision and the far past a bounded-size
+summary. Decoding keeps a ring buffer of the window and, for keys that leave it, the recurrent linear state:
+O(W) memory in all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup
+from .linear import feature_map, linear_chunkwise, normalize
+from .softmax import masked_softmax
+from .window import flex_window, use_flex
+
+__all__ = ["hybrid_attention"]
+
+
+def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+    b, hkv, t, d = k.shape
+    w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
+    fast = use_flex(q, valid, state)
+    valid = all_valid(valid, positions)
+    ring = state.ring if state is not None else RingBuffer.empty(b, hkv, w, d, k.device, k.dtype)
+    k_all, v_all, pos_all, valid_all = ring.extend(k, v, positions, valid)  # [W + T], oldest first
+    if fast:
+        out_w, lse_w = flex_window(q, k, v, w, scale)
+    else:
+        out_w, lse_w = masked_softmax(q, k_all, v_all, allowed(positions, pos_all, valid_all, w), scale)
+
+    # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
+    # W + i for the query's own key); padding rows of phi(k) are zero
+    fq = group_q(feature_map(q, kind), hkv)  # [B, Hkv, G, T, F]
+    fk = feature_map(k_all, kind) * valid_all[:, None, :, None]  # [B, Hkv, W + T, F]
+    prev = state.linear if state is not None else None
+    num, den, _ = linear_chunkwise(F.pad(fq, (0, 0, 0, w)), fk, v_all, prev, cfg.chunk_size)
+    num, den = num[..., :t, :], den[..., :t]
+    out_l, lse_l = ungroup(normalize(num, den)), ungroup(torch.log(den)[..., None])[..., 0]
+
+    lse = torch.logaddexp(lse_w, lse_l)
+    a = torch.exp(lse_w - lse).nan_to_num(0.0)[..., None]  # weight of the window; 0 where nothing is visible
+    c = torch.exp(lse_l - lse).nan_to_num(0.0)[..., None]
+    out = a * out_w.float() + c * out_l
+
+    if state is not None:  # keys k_all[:T] left the window for good: fold them into the linear state
+        add_s = torch.einsum("bhtf,bhtd->bhfd", fk[:, :, :t], v_all[:, :, :t].float())
+        add_z = fk[:, :, :t].sum(2)
+        state.linear = LinearState(state.linear.s + add_s, state.linear.z + add_z)
+        state.ring = ring
+    return out.to(q.dtype)

@@ -1,0 +1,127 @@
+"""``linear``: causal, normalized linear attention with a kernel feature map.
+
+    out_t = sum_{s<=t} phi(q_t).phi(k_s) v_s / sum_{s<=t} phi(q_t).phi(k_s)
+
+Feature maps: ``elu`` (elu(x) + 1, Katharopoulos et al. 2020) and ``taylor`` (Based, Arora et al. 2024: the
+second-order Taylor expansion of exp, phi(q).phi(k) = 1 + q.k/sqrt(D) + (q.k)^2 / (2D), with 1 + D + D(D+1)/2
+features, so it suits small head dims).
+
+Three forms of one function, tested equal for outputs and gradients:
+- :func:`linear_chunkwise`: prefill. The sequence is cut into chunks of ``chunk_size``; inside a chunk the masked
+  quadratic form, across chunks the running state (an exclusive cumulative sum of per-chunk phi(k)^T v), so
+  time and memory are O(T) in pure torch on CPU and GPU.
+- :func:`linear_step`: decode, one token against the recurrent state (S, z): O(1) per token.
+- ``reference.linear_quadratic``: the masked O(T^2) twin.
+State and accumulations are fp32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...errors import RagctxError
+from .common import LinearState, all_valid, group_q, ungroup
+
+__all__ = ["feature_map", "n_features", "linear_chunkwise", "linear_step", "linear_attention", "FEATURE_MAPS"]
+
+FEATURE_MAPS = ("elu", "taylor")
+
+
+def n_features(kind: str, head_dim: int) -> int:
+    if kind == "elu":
+        return head_dim
+    if kind == "taylor":
+        return 1 + head_dim + head_dim * (head_dim + 1) // 2
+    raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
+
+
+def _wide(x: Tensor) -> Tensor:
+    """fp16/bf16 upcast to fp32; fp32 and fp64 kept (the tests run the same code in fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def feature_map(x: Tensor, kind: str) -> Tensor:
+    """phi(x) in fp32 (or fp64 for fp64 input): [..., D] -> [..., F]."""
+    x = _wide(x)
+    if kind == "elu":
+        return F.elu(x) + 1.0
+    if kind == "taylor":
+        d = x.shape[-1]
+        x = x / d**0.25
+        i, j = torch.triu_indices(d, d, device=x.device)
+        weight = torch.where(i == j, 1 / math.sqrt(2), 1.0).to(x.dtype)  # sum_{i<=j} w^2 x_i x_j y_i y_j = (x.y)^2/2
+        second = x[..., i] * x[..., j] * weight
+        return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
+    raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
+
+
+def linear_chunkwise(
+    fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, chunk: int
+) -> tuple[Tensor, Tensor, LinearState]:
+    """Chunkwise-parallel causal linear attention on features.
+
+    fq [B, Hkv, G, T, F], fk [B, Hkv, T, F] (rows of padding already zeroed), v [B, Hkv, T, Dv].
+    Returns (numerator [B, Hkv, G, T, Dv], denominator [B, Hkv, G, T], state after the last token), all fp32.
+    """
+    b, h, g, t, f = fq.shape
+    dv = v.shape[-1]
+    c = max(1, min(chunk, t))
+    n = -(-t // c)
+    pad = n * c - t
+    v = _wide(v)
+    if pad:  # zero rows contribute nothing
+        fq, fk, v = F.pad(fq, (0, 0, 0, pad)), F.pad(fk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
+    fq = fq.view(b, h, g, n, c, f)
+    fk = fk.view(b, h, n, c, f)
+    v = v.view(b, h, n, c, dv)
+    s0 = state.s if state is not None else fk.new_zeros(b, h, f, dv)
+    z0 = state.z if state is not None else fk.new_zeros(b, h, f)
+    kv = torch.einsum("bhncf,bhncd->bhnfd", fk, v)  # per-chunk sum of phi(k) v^T
+    ks = fk.sum(3)  # [B, Hkv, N, F]
+    s_before = torch.cumsum(kv, 2) - kv + s0[:, :, None]  # state entering each chunk
+    z_before = torch.cumsum(ks, 2) - ks + z0[:, :, None]
+    causal = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
+    a = torch.einsum("bhgncf,bhnmf->bhgncm", fq, fk).masked_fill(~causal, 0.0)  # inside the chunk
+    num = torch.einsum("bhgncf,bhnfd->bhgncd", fq, s_before) + torch.einsum("bhgncm,bhnmd->bhgncd", a, v)
+    den = torch.einsum("bhgncf,bhnf->bhgnc", fq, z_before) + a.sum(-1)
+    num = num.reshape(b, h, g, n * c, dv)[..., :t, :]
+    den = den.reshape(b, h, g, n * c)[..., :t]
+    return num, den, LinearState(s0 + kv.sum(2), z0 + ks.sum(2))
+
+
+def linear_step(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState) -> tuple[Tensor, Tensor, LinearState]:
+    """One token: fq [B, Hkv, G, 1, F], fk [B, Hkv, 1, F], v [B, Hkv, 1, Dv]; the recurrent update."""
+    s = state.s + torch.einsum("bhf,bhd->bhfd", fk[:, :, 0], _wide(v[:, :, 0]))
+    z = state.z + fk[:, :, 0]
+    num = torch.einsum("bhgtf,bhfd->bhgtd", fq, s)
+    den = torch.einsum("bhgtf,bhf->bhgt", fq, z)
+    return num, den, LinearState(s, z)
+
+
+def normalize(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, with 0 where no key was seen. Both feature maps are positive, so den > 0 whenever a key is
+    visible and no epsilon is needed."""
+    seen = den[..., None] > 0
+    return torch.where(seen, num / torch.where(seen, den[..., None], 1.0), 0.0)
+
+
+def features(q: Tensor, k: Tensor, valid: Tensor | None, positions: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """(phi(q) grouped [B, Hkv, G, T, F], phi(k) [B, Hkv, T, F] with padding rows zeroed)."""
+    fq = group_q(feature_map(q, kind), k.shape[1])
+    fk = feature_map(k, kind) * all_valid(valid, positions)[:, None, :, None]
+    return fq, fk
+
+
+def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+    fq, fk = features(q, k, valid, positions, cfg.feature_map)
+    if state is not None and q.shape[2] == 1:
+        num, den, new = linear_step(fq, fk, v, state)
+    else:
+        num, den, new = linear_chunkwise(fq, fk, v, state, cfg.chunk_size)
+    if state is not None:
+        state.s, state.z = new.s, new.z
+    return ungroup(normalize(num, den)).to(q.dtype)

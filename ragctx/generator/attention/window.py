@@ -1,0 +1,66 @@
+"""``sliding_window``: softmax over the last ``window`` tokens (the query's own included).
+
+Prefill on a GPU with no padding runs FlexAttention (compiled, block-sparse sliding-window mask); elsewhere a
+dense masked softmax computes the same function. Decoding keeps a ring buffer of the last ``window`` keys and
+values, so its memory stays O(W) however long the sequence grows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from .common import RingBuffer, all_valid, allowed
+from .softmax import masked_softmax
+
+__all__ = ["window_attention", "windowed_softmax", "flex_window"]
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@lru_cache(maxsize=32)
+def _window_block_mask(t: int, window: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(sliding, B=None, H=None, Q_LEN=t, KV_LEN=t, device=device)
+
+
+def flex_window(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float) -> tuple[Tensor, Tensor]:
+    """FlexAttention with a causal sliding-window mask on a fresh sequence: (out, log-sum-exp [B, Hq, T])."""
+    mask = _window_block_mask(q.shape[2], window, str(q.device))
+    out, lse = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+                                return_lse=True)
+    return out, lse.float()
+
+
+def use_flex(q: Tensor, valid, state) -> bool:
+    return q.is_cuda and valid is None and state is None and q.shape[2] > 1
+
+
+def windowed_softmax(q, k, v, *, positions, valid, ring: RingBuffer | None, window: int, scale: float):
+    """(out fp32, lse) of windowed softmax; with a ring, the ring's keys come first and the ring advances."""
+    if use_flex(q, valid, ring):
+        out, lse = flex_window(q, k, v, window, scale)
+        return out.float(), lse
+    valid = all_valid(valid, positions)
+    if ring is not None:
+        k, v, pos_k, valid_k = ring.extend(k, v, positions, valid)
+    else:
+        pos_k, valid_k = positions, valid
+    return masked_softmax(q, k, v, allowed(positions, pos_k, valid_k, window), scale)
+
+
+def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+    out, _ = windowed_softmax(q, k, v, positions=positions, valid=valid, ring=state, window=cfg.window,
+                              scale=cfg.head_dim**-0.5)
+    return out.to(q.dtype)

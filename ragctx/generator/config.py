@@ -1,0 +1,84 @@
+"""One commented config for the decoder, with presets.
+
+Tensor layout, used everywhere in ``ragctx.generator``: activations ``[B, T, C]``; attention inputs
+``q [B, Hq, T, D]``, ``k, v [B, Hkv, T, D]`` (heads first, as ``scaled_dot_product_attention`` takes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import RagctxError
+
+__all__ = ["ModelConfig", "PRESETS"]
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder. Derived fields are filled in ``__post_init__``."""
+
+    vocab_size: int = 256 + 3  # byte-level: 256 bytes + <bos>, <eos>, <pad>
+    dim: int = 256  # model width C
+    n_layers: int = 4  # decoder blocks
+    n_heads: int = 8  # query heads Hq
+    n_kv_heads: int | None = None  # key/value heads Hkv (grouped-query attention); None = n_heads
+    head_dim: int | None = None  # D; None = dim // n_heads
+    hidden_dim: int | None = None  # SwiGLU width; None = about 8/3 * dim, rounded up to multiple_of
+    multiple_of: int = 64  # rounding of hidden_dim (as in Llama)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    rope_base: float | None = 10000.0  # RoPE base (theta); None = no positional encoding
+    max_seq_len: int = 4096  # longest sequence a cache is allocated for by default
+    tie_embeddings: bool = True  # output projection shares the token embedding matrix
+    attention_bias: bool = False  # biases on q/k/v projections (Qwen2 has them)
+    attention: str = "softmax"  # registry name of the attention implementation (ragctx.generator.attention)
+    window: int = 512  # sliding_window and hybrid: keys each query sees with softmax (itself included)
+    feature_map: str = "elu"  # linear: kernel feature map ("elu" = elu+1, "taylor" = Based's 2nd-order Taylor)
+    hybrid_feature_map: str = "taylor"  # hybrid: feature map for keys beyond the window (approximates exp)
+    chunk_size: int = 64  # linear / hybrid: chunk length of the chunkwise-parallel prefill
+
+    def __post_init__(self) -> None:
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+        self.head_dim = self.head_dim or self.dim // self.n_heads
+        if self.hidden_dim is None:
+            hidden = int(2 * (4 * self.dim) / 3)
+            self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        if self.n_heads % self.n_kv_heads:
+            raise RagctxError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.window < 1 or self.chunk_size < 1:
+            raise RagctxError("window and chunk_size must be positive")
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise RagctxError(f"unknown model preset '{name}'; choose one of {', '.join(sorted(PRESETS))}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise RagctxError(f"unknown model config keys {sorted(unknown)}; this ragctx knows {sorted(known)}")
+        return cls(**data)
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count (embeddings counted once when tied)."""
+        c = self
+        attn = c.dim * c.head_dim * (c.n_heads * 2 + c.n_kv_heads * 2)
+        mlp = 3 * c.dim * c.hidden_dim
+        emb = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
+        return c.n_layers * (attn + mlp + 2 * c.dim) + c.dim + emb
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024, window=64, chunk_size=16),
+    "small": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, head_dim=64, max_seq_len=20480, window=256),
+    # ~100M parameters: the scaling benchmark's model (byte vocabulary, so nearly all weights are in blocks)
+    "base100m": dict(dim=768, n_layers=14, n_heads=12, n_kv_heads=4, head_dim=64, max_seq_len=131072,
+                     window=1024, chunk_size=64, tie_embeddings=True),
+}

@@ -1,0 +1,241 @@
+"""The Generator: a tokenizer and a :class:`~ragctx.generator.model.Transformer`, with prefill, incremental
+decode (static KV cache, ring buffer or recurrent state, by attention variant), sampling and streaming."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import RagctxError
+from .attention import get_attention
+from .config import ModelConfig
+from .hf import hf_config, load_hf_weights
+from .model import Transformer
+from .tokenizer import ByteTokenizer, HFTokenizer
+
+__all__ = ["Generator", "Generation", "sample"]
+
+FORMAT = "ragctx-generator"
+FORMAT_VERSION = 1
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+@dataclass
+class Generation:
+    """One generation's result and cost."""
+
+    text: str
+    tokens: list[int]  # generated token ids (stop string and eos excluded)
+    prompt_tokens: int
+    finish_reason: str  # "stop" (stop string), "eos", or "length" (token limit)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
+    """Greedy at temperature 0; otherwise temperature-scaled nucleus (top-p) sampling. logits: [V]."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # smallest prefix whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=rng))
+
+
+class Generator:
+    """Generates text with a decoder whose attention is one switch.
+
+    Args:
+        model: the decoder. tokenizer: :class:`ByteTokenizer` or :class:`HFTokenizer`.
+        compile: wrap the per-step forward in ``torch.compile`` (optional; pays off on a GPU for long decodes).
+    """
+
+    def __init__(self, model: Transformer, tokenizer, *, compile: bool = False) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self._forward = torch.compile(model, dynamic=True) if compile else model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def attention(self) -> str:
+        return self.model.cfg.attention
+
+    def set_attention(self, name: str) -> Generator:
+        """Switches the attention implementation (same weights); an unknown name lists the valid ones."""
+        self.model.set_attention(name)
+        return self
+
+    @property
+    def max_context(self) -> int:
+        return self.model.cfg.max_seq_len
+
+    # -- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, attention: str = "flash", device: str | None = None,
+                        dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
+        """A local Llama / Qwen2 / Mistral checkpoint: config.json, *.safetensors, tokenizer.json."""
+        folder = Path(folder)
+        get_attention(attention)
+        cfg = hf_config(folder, attention)
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        model = model.to_empty(device="cpu")
+        load_hf_weights(model, folder)
+        config = json.loads((folder / "config.json").read_text())
+        tok = HFTokenizer(folder, eos_id=config.get("eos_token_id"), bos_id=config.get("bos_token_id"))
+        return cls(_place(model, device, dtype), tok, compile=compile)
+
+    @classmethod
+    def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
+             dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
+        """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package)."""
+        spec = str(spec)
+        if spec.startswith("builtin:"):
+            name = spec.removeprefix("builtin:")
+            folder = BUILTIN_DIR / name
+            if not (folder / "config.json").is_file():
+                available = sorted(p.name for p in BUILTIN_DIR.glob("*") if (p / "config.json").is_file())
+                raise RagctxError(f"no built-in generator '{name}'; available: {', '.join(available) or 'none installed'}")
+        else:
+            folder = Path(spec)
+        path = folder / "config.json"
+        if not path.is_file():
+            raise RagctxError(f"{folder} is not a ragctx generator (no config.json); for a Hugging Face "
+                              "checkpoint use Generator.from_pretrained")
+        meta = json.loads(path.read_text())
+        if meta.get("format") != FORMAT:
+            raise RagctxError(f"{path} is not a ragctx generator config; for a Hugging Face checkpoint use "
+                              "Generator.from_pretrained")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise RagctxError(f"{path}: generator format {meta.get('format_version')}, this ragctx reads {FORMAT_VERSION}")
+        cfg = ModelConfig.from_dict(meta["model"])
+        if attention:
+            get_attention(attention)
+            cfg.attention = attention
+        from safetensors.torch import load_file
+
+        model = Transformer(cfg)
+        state = load_file(str(folder / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
+        if missing or unexpected:
+            raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        tok = ByteTokenizer() if meta.get("tokenizer", "byte") == "byte" else HFTokenizer(folder)
+        return cls(_place(model, device, dtype), tok, compile=compile)
+
+    def save(self, folder: str | Path, **extra) -> Path:
+        """Writes config.json and model.safetensors (and tokenizer.json for a Hugging Face tokenizer)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        if self.model.cfg.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(folder / "model.safetensors"))
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model.cfg.to_dict(),
+                "tokenizer": self.tokenizer.kind, **extra}
+        (folder / "config.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    # -- generation --------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Logits [T, V] of one full forward pass (no cache)."""
+        ids = torch.as_tensor(ids, device=self.device).view(1, -1)
+        return self.model(ids)[0]
+
+    def generate(self, prompt: str | list[int], **kwargs) -> Generation:
+        """Generates a completion of ``prompt`` (text or token ids); arguments as for :meth:`stream`."""
+        result: Generation | None = None
+        for piece in self._run(prompt, **kwargs):
+            if isinstance(piece, Generation):
+                result = piece
+        assert result is not None
+        return result
+
+    def stream(self, prompt: str | list[int], **kwargs) -> Iterator[str]:
+        """Yields the completion's text as it is generated. Arguments:
+
+        max_new_tokens (64): token limit. temperature (0 = greedy), top_p (1.0), seed: sampling.
+        stop: strings that end the generation (not included in the text). bos: prepend <bos> to text prompts.
+        """
+        for piece in self._run(prompt, **kwargs):
+            if isinstance(piece, str):
+                yield piece
+
+    @torch.inference_mode()
+    def _run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+             stop: list[str] | str | None = None, seed: int | None = None, bos: bool = True):
+        if max_new_tokens < 0:
+            raise RagctxError(f"max_new_tokens={max_new_tokens}: pass 0 or more")
+        ids = self.tokenizer.encode(prompt, bos=bos) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise RagctxError("empty prompt: pass some text or token ids")
+        total = len(ids) + max_new_tokens
+        if total > self.max_context:
+            raise RagctxError(f"prompt of {len(ids)} tokens + {max_new_tokens} new exceeds the generator's context "
+                              f"of {self.max_context} tokens; shorten the input or lower max_new_tokens")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        hold = max((len(s) for s in stops), default=1) - 1  # characters held back: a stop string may be forming
+        rng = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        eos = getattr(self.tokenizer, "eos_ids", None) or {self.tokenizer.eos_id}
+        dev = self.device
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+        t0 = time.perf_counter()
+        states = self.model.new_states(1, total)
+        x = torch.tensor([ids], device=dev)
+        logits = self._forward(x, states=states, last_only=True)[0, -1]
+        sync()
+        prefill = time.perf_counter() - t0
+        out: list[int] = []
+        text, sent, reason = "", 0, "length"
+        decoder = codecs.getincrementaldecoder("utf-8")("replace") if self.tokenizer.kind == "byte" else None
+        t1 = time.perf_counter()
+        for step in range(max_new_tokens):
+            tok = sample(logits.cpu(), temperature, top_p, rng)
+            if tok in eos:
+                reason = "eos"
+                break
+            out.append(tok)
+            if decoder is not None:  # bytes: decode incrementally (a character may span several tokens)
+                text += decoder.decode(bytes([tok])) if tok < 256 else ""
+            else:
+                text = self.tokenizer.decode(out)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+                break
+            if len(text) - hold > sent:
+                yield text[sent : len(text) - hold]
+                sent = len(text) - hold
+            if step + 1 < max_new_tokens:
+                pos = torch.tensor([[len(ids) + step]], device=dev)
+                logits = self._forward(torch.tensor([[tok]], device=dev), positions=pos, states=states)[0, -1]
+        sync()
+        decode = time.perf_counter() - t1
+        if decoder is not None and reason != "stop":
+            text += decoder.decode(b"", final=True)
+        if len(text) > sent:
+            yield text[sent:]
+        yield Generation(text, out, len(ids), reason, prefill, decode,
+                         {"prefill_s": prefill, "decode_s": decode,
+                          "decode_ms_per_token": 1e3 * decode / max(1, len(out))})
+
+
+def _place(model: Transformer, device: str | None, dtype: torch.dtype | None) -> Transformer:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device=device, dtype=dtype) if dtype else model.to(device)

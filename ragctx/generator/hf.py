@@ -1,0 +1,83 @@
+"""Loading Hugging Face Llama / Qwen2 / Mistral checkpoints from a local folder (config.json, *.safetensors,
+tokenizer.json) into a ragctx :class:`~ragctx.generator.model.Transformer`. Weights are read with safetensors only.
+
+Mistral's training window becomes ``cfg.window``: ``attention="sliding_window"`` reproduces it; softmax and flash
+attend to everything, which equals Mistral for inputs no longer than its window.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import RagctxError
+from .config import ModelConfig
+
+__all__ = ["hf_config", "load_hf_weights", "SUPPORTED_MODEL_TYPES"]
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+def hf_config(folder: Path, attention: str) -> ModelConfig:
+    """A :class:`ModelConfig` from a checkpoint's config.json, refusing what this model does not implement."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise RagctxError(f"{path} is missing; pass a folder holding config.json, *.safetensors and tokenizer.json")
+    c: dict[str, Any] = json.loads(path.read_text())
+    kind = c.get("model_type")
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise RagctxError(f"{path}: model_type '{kind}' is not supported; ragctx loads {', '.join(SUPPORTED_MODEL_TYPES)}")
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in (None, "default"):
+        raise RagctxError(f"{path}: RoPE scaling '{rope_type}' is not implemented; use a checkpoint with default RoPE")
+    if c.get("hidden_act", "silu") != "silu":
+        raise RagctxError(f"{path}: activation '{c.get('hidden_act')}' is not implemented (SwiGLU with silu only)")
+    if c.get("mlp_bias"):
+        raise RagctxError(f"{path}: MLP biases are not implemented")
+    heads = c["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=c["vocab_size"],
+        dim=c["hidden_size"],
+        n_layers=c["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=c.get("num_key_value_heads") or heads,
+        head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+        hidden_dim=c["intermediate_size"],
+        norm_eps=c.get("rms_norm_eps", 1e-6),
+        rope_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+        max_seq_len=c.get("max_position_embeddings", 4096),
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        attention_bias=bool(c.get("attention_bias", kind == "qwen2")),
+        attention=attention,
+        window=int(c.get("sliding_window") or 4096) if kind == "mistral" else 4096,
+    )
+
+
+def load_hf_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Loads every ``*.safetensors`` file of ``folder`` into ``model`` by name; missing or extra tensors are errors."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise RagctxError(f"{folder}: no *.safetensors weights (ragctx never loads pickled .bin files)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        for name, tensor in load_file(str(f)).items():
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            state[name.removeprefix("model.")] = tensor
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    own = model.state_dict()
+    expected = {k for k in own if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, unexpected {extra[:5]})")
+    for name, tensor in state.items():
+        if tensor.shape != own[name].shape:
+            raise RagctxError(f"{folder}: {name} has shape {tuple(tensor.shape)}, the config implies {tuple(own[name].shape)}")
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,130 @@
+"""A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied or untied embeddings.
+
+``Transformer -> Block -> {Attention, FeedForward}``. The attention implementation is looked up by name in the
+registry (``ragctx.generator.attention``) and called once per layer; switching it changes no weight. Parameter
+names follow Hugging Face's Llama (``layers.0.self_attn.q_proj.weight`` ...), so checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import get_attention
+from .config import ModelConfig
+
+__all__ = ["Transformer", "RMSNorm", "rope"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope(positions: Tensor, head_dim: int, base: float, dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) [B, 1, T, D] for rotate-half RoPE (Hugging Face's layout)."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[..., None] * inv  # [B, T, D/2]
+    emb = torch.cat([angles, angles], -1)[:, None]  # [B, 1, T, D]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * d, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, rot, positions: Tensor, valid: Tensor | None, state, attn) -> Tensor:
+        b, t, _ = x.shape
+        d = self.cfg.head_dim
+        q = self.q_proj(x).view(b, t, -1, d).transpose(1, 2)  # [B, Hq, T, D]
+        k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)  # [B, Hkv, T, D]
+        if rot is not None:
+            q, k = _rotate(q, *rot), _rotate(k, *rot)
+        out = attn(q, k, v, positions=positions, valid=valid, state=state, cfg=self.cfg)  # [B, Hq, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x, rot, positions, valid, state, attn) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rot, positions, valid, state, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """The decoder. ``attention`` names a registry entry; :meth:`set_attention` switches it in place."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backend = get_attention(cfg.attention)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def set_attention(self, name: str) -> None:
+        self.backend = get_attention(name)
+        self.cfg.attention = name
+
+    def new_states(self, batch: int, max_len: int, device=None, dtype=None) -> list:
+        """One decoding state per layer (KV cache, ring buffer or recurrent state, by variant)."""
+        p = next(self.parameters())
+        return [self.backend.make_state(self.cfg, batch, max_len, device or p.device, dtype or p.dtype)
+                for _ in self.layers]
+
+    def forward(self, ids: Tensor, positions: Tensor | None = None, valid: Tensor | None = None,
+                states: list | None = None, last_only: bool = False) -> Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with ``last_only``) for token ids [B, T].
+
+        ``positions`` default to 0..T-1; ``valid`` marks real tokens (None: no padding); ``states`` from
+        :meth:`new_states` make this a prefill or decode step that extends them.
+        """
+        b, t = ids.shape
+        if positions is None:
+            positions = torch.arange(t, device=ids.device).expand(b, t)
+        x = self.embed_tokens(ids)
+        rot = rope(positions, self.cfg.head_dim, self.cfg.rope_base, x.dtype) if self.cfg.rope_base else None
+        attn = self.backend.fn
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rot, positions, valid, states[i] if states is not None else None, attn)
+        x = self.norm(x[:, -1:] if last_only else x)
+        return self.lm_head(x).float()

@@ -1,0 +1,174 @@
+"""Every registered attention variant against its reference twin; picked up from the registry automatically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragctx import RagctxError
+from ragctx.generator.attention import ATTENTION, get_attention
+from ragctx.generator.attention.flash import sdpa
+from ragctx.generator.attention.linear import (
+    feature_map, linear_chunkwise, linear_step, normalize, n_features)
+from ragctx.generator.attention.common import LinearState, group_q, ungroup
+from ragctx.generator.attention.reference import linear_quadratic, linear_recurrent
+from ragctx.generator.attention.softmax import masked_softmax
+from ragctx.generator.config import ModelConfig
+
+VARIANTS = list(ATTENTION)
+SHAPES = [  # (B, Hq, Hkv, T, D, left padding of the second sequence)
+    pytest.param((1, 4, 4, 1, 8, 0), id="T1"),
+    pytest.param((1, 4, 2, 7, 8, 0), id="gqa-T7"),
+    pytest.param((2, 4, 2, 33, 16, 5), id="gqa-T33-padded"),
+    pytest.param((2, 6, 1, 40, 8, 11), id="mqa-T40-padded"),
+]
+
+
+def inputs(b, hq, hkv, t, d, pad, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = 0.5 * torch.randn(b, hq, t, d, generator=g)
+    k = 0.5 * torch.randn(b, hkv, t, d, generator=g)
+    v = torch.randn(b, hkv, t, d, generator=g)
+    valid = torch.ones(b, t, dtype=torch.bool)
+    if b > 1 and pad:
+        valid[1, :pad] = False
+    positions = (valid.long().cumsum(1) - 1).clamp_min(0)
+    return q, k, v, valid, positions
+
+
+def config(hq, hkv, d, **kw):
+    return ModelConfig(dim=hq * d, n_heads=hq, n_kv_heads=hkv, head_dim=d, window=kw.pop("window", 6),
+                       chunk_size=kw.pop("chunk_size", 4), **kw)
+
+
+def run(name, q, k, v, positions, valid, cfg, state=None):
+    return get_attention(name).fn(q, k, v, positions=positions, valid=valid, state=state, cfg=cfg)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_equals_its_reference_twin(name, shape):
+    b, hq, hkv, t, d, pad = shape
+    q, k, v, valid, positions = inputs(b, hq, hkv, t, d, pad)
+    cfg = config(hq, hkv, d)
+    out = run(name, q, k, v, positions, valid if pad else None, cfg)
+    ref = get_attention(name).reference(q, k, v, valid, cfg)
+    m = valid[:, None, :, None]  # rows of padding queries are don't-care
+    torch.testing.assert_close((out.double() * m), ref * m, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("split", [1, 5, 17])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_prefill_then_decode_equals_one_forward(name, split):
+    q, k, v, valid, positions = inputs(2, 4, 2, 30, 8, 3, seed=split)
+    cfg = config(4, 2, 8, window=7)
+    full = run(name, q, k, v, positions, valid, cfg)
+    state = get_attention(name).make_state(cfg, 2, 30, q.device, q.dtype)
+    outs = [run(name, q[:, :, :split], k[:, :, :split], v[:, :, :split], positions[:, :split], valid[:, :split],
+                cfg, state)]
+    for i in range(split, 30):
+        s = slice(i, i + 1)
+        outs.append(run(name, q[:, :, s], k[:, :, s], v[:, :, s], positions[:, s], valid[:, s], cfg, state))
+    m = valid[:, None, :, None]
+    torch.testing.assert_close(torch.cat(outs, 2) * m, full * m, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_chunked_prefill_with_state_equals_one_forward(name):
+    """Prefill in several multi-token pieces (as a QA pipeline continuing a conversation would)."""
+    q, k, v, valid, positions = inputs(1, 4, 2, 41, 8, 0, seed=3)
+    cfg = config(4, 2, 8, window=9, chunk_size=5)
+    full = run(name, q, k, v, positions, None, cfg)
+    state = get_attention(name).make_state(cfg, 1, 41, q.device, q.dtype)
+    pieces = [(0, 12), (12, 13), (13, 30), (30, 41)]
+    outs = [run(name, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], positions[:, a:b], valid[:, a:b], cfg, state)
+            for a, b in pieces]
+    torch.testing.assert_close(torch.cat(outs, 2), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_flash_equals_softmax(shape):
+    b, hq, hkv, t, d, pad = shape
+    q, k, v, valid, positions = inputs(b, hq, hkv, t, d, pad, seed=7)
+    cfg = config(hq, hkv, d)
+    for mask in (valid, None) if not pad else (valid,):
+        torch.testing.assert_close(run("flash", q, k, v, positions, mask, cfg),
+                                   run("softmax", q, k, v, positions, mask, cfg), atol=1e-6, rtol=1e-5)
+    # not causal: every (valid) key visible to every query
+    ok = valid[:, None, None, :].expand(b, 1, t, t)
+    ref, _ = masked_softmax(q, k, v, ok, d**-0.5)
+    torch.testing.assert_close(sdpa(q, k, v, ok), ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sdpa(q, k, v, None), masked_softmax(q, k, v, torch.ones_like(ok), d**-0.5)[0],
+                               atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["elu", "taylor"])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
+def test_linear_chunkwise_recurrent_quadratic_agree_with_gradients(kind, chunk):
+    q, k, v, valid, _ = inputs(2, 4, 2, 21, 6, 4, seed=chunk)
+    q, k, v = (x.double().requires_grad_() for x in (q, k, v))
+
+    def chunkwise(q, k, v):
+        fq = group_q(feature_map(q, kind).double(), 2)
+        fk = feature_map(k, kind).double() * valid[:, None, :, None]
+        num, den, _ = linear_chunkwise(fq, fk, v, None, chunk)
+        return ungroup(normalize(num, den))
+
+    def step_by_step(q, k, v):
+        state = LinearState(torch.zeros(2, 2, n_features(kind, 6), 6, dtype=torch.float64),
+                            torch.zeros(2, 2, n_features(kind, 6), dtype=torch.float64))
+        outs = []
+        for i in range(q.shape[2]):
+            fq = group_q(feature_map(q[:, :, i : i + 1], kind).double(), 2)
+            fk = feature_map(k[:, :, i : i + 1], kind).double() * valid[:, None, i : i + 1, None]
+            num, den, state = linear_step(fq, fk, v[:, :, i : i + 1], state)
+            outs.append(ungroup(normalize(num, den)))
+        return torch.cat(outs, 2)
+
+    w = torch.randn(2, 4, 21, 6, dtype=torch.float64) * valid[:, None, :, None]
+    results = {}
+    for name, fn in [("chunkwise", chunkwise), ("recurrent", step_by_step),
+                     ("quadratic", lambda q, k, v: linear_quadratic(q, k, v, valid, kind)),
+                     ("recurrent-ref", lambda q, k, v: linear_recurrent(q, k, v, valid, kind))]:
+        out = fn(q, k, v)
+        grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+        results[name] = (out * valid[:, None, :, None], grads)
+    out0, g0 = results["quadratic"]
+    for name, (out, grads) in results.items():
+        torch.testing.assert_close(out, out0, atol=1e-10, rtol=1e-8, msg=name)
+        for a, b in zip(grads, g0):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=name)
+
+
+def test_taylor_feature_map_is_the_second_order_expansion_of_exp():
+    x, y = torch.randn(5, 16).double(), torch.randn(5, 16).double()
+    dot = (x * y).sum(-1) / 16**0.5
+    got = (feature_map(x, "taylor").double() * feature_map(y, "taylor").double()).sum(-1)
+    torch.testing.assert_close(got, 1 + dot + dot**2 / 2)
+
+
+def test_decode_state_memory_is_bounded_for_linear_window_hybrid():
+    cfg = config(4, 2, 8, window=6)
+    for name in ("linear", "sliding_window", "hybrid"):
+        state = get_attention(name).make_state(cfg, 1, 10_000, "cpu", torch.float32)
+        tensors = [t for t in vars(state).values() if isinstance(t, torch.Tensor)]
+        tensors += [t for sub in vars(state).values() if not isinstance(sub, torch.Tensor)
+                    for t in vars(sub).values() if isinstance(t, torch.Tensor)]
+        assert sum(t.numel() for t in tensors) < 20_000, name  # independent of the 10K-token budget
+    kv = get_attention("softmax").make_state(cfg, 1, 10_000, "cpu", torch.float32)
+    assert kv.k.shape[2] == 10_000  # static KV cache: sized once for the whole budget
+
+
+def test_unknown_attention_lists_valid_names():
+    with pytest.raises(RagctxError, match="softmax, flash, linear, sliding_window, hybrid"):
+        get_attention("ring")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention path runs on a GPU")
+@pytest.mark.parametrize("name", ["sliding_window", "hybrid"])
+def test_flex_path_equals_masked_path_on_gpu(name):
+    q, k, v, valid, positions = (x.cuda() for x in inputs(1, 4, 2, 300, 16, 0, seed=11))
+    cfg = config(4, 2, 16, window=64, chunk_size=32)
+    fast = run(name, q, k, v, positions, None, cfg)  # FlexAttention
+    slow = run(name, q, k, v, positions, valid, cfg)  # dense masked
+    torch.testing.assert_close(fast.float(), slow.float(), atol=2e-3, rtol=2e-3)
