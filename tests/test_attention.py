@@ -172,3 +172,12 @@ def test_flex_path_equals_masked_path_on_gpu(name):
     fast = run(name, q, k, v, positions, None, cfg)  # FlexAttention
     slow = run(name, q, k, v, positions, valid, cfg)  # dense masked
     torch.testing.assert_close(fast.float(), slow.float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_gradients_are_finite_with_padding(name):
+    q, k, v, valid, positions = inputs(2, 4, 2, 19, 8, 6, seed=5)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = run(name, q, k, v, positions, valid, config(4, 2, 8, window=4))
+    (out * valid[:, None, :, None]).square().sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v)), name

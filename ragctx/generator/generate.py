@@ -92,6 +92,7 @@ class Generator:
         with torch.device("meta"):
             model = Transformer(cfg)
         model = model.to_empty(device="cpu")
+        model.tie_weights()
         load_hf_weights(model, folder)
         config = json.loads((folder / "config.json").read_text())
         tok = HFTokenizer(folder, eos_id=config.get("eos_token_id"), bos_id=config.get("bos_token_id"))

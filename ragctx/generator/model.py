@@ -98,7 +98,12 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Shares the embedding matrix with the output projection when the config says so (call again after
+        ``to_empty``, which makes new parameters)."""
+        if self.cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
     def set_attention(self, name: str) -> None:

@@ -46,7 +46,9 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     prev = state.linear if state is not None else None
     num, den, _ = linear_chunkwise(F.pad(fq, (0, 0, 0, w)), fk, v_all, prev, cfg.chunk_size)
     num, den = num[..., :t, :], den[..., :t]
-    out_l, lse_l = ungroup(normalize(num, den)), ungroup(torch.log(den)[..., None])[..., 0]
+    seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
+    log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
+    out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
 
     lse = torch.logaddexp(lse_w, lse_l)
     a = torch.exp(lse_w - lse).nan_to_num(0.0)[..., None]  # weight of the window; 0 where nothing is visible

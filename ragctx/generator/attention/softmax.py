@@ -17,9 +17,12 @@ def masked_softmax(q: Tensor, k: Tensor, v: Tensor, ok: Tensor, scale: float) ->
     """
     qg = group_q(q.float(), k.shape[1])  # [B, Hkv, G, T, D]
     scores = torch.einsum("bhgtd,bhsd->bhgts", qg, k.float()) * scale  # [B, Hkv, G, T, Tk]
-    scores = scores.masked_fill(~ok[:, :, None], NEG_INF)
+    mask = ok[:, :, None]
+    any_key = mask.any(-1)  # [B, 1, 1, T]: rows with something to attend to (padding queries have nothing)
+    scores = scores.masked_fill(~mask, NEG_INF).masked_fill(~any_key[..., None], 0.0)  # empty rows stay finite
     lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G, T]
-    probs = torch.exp(scores - lse[..., None].clamp_min(-1e30)).nan_to_num(0.0)
+    probs = torch.exp(scores - lse[..., None]) * any_key[..., None]
+    lse = lse.masked_fill(~any_key, NEG_INF)
     out = torch.einsum("bhgts,bhsd->bhgtd", probs, v.float())
     return ungroup(out), ungroup(lse[..., None])[..., 0]
 

@@ -1,0 +1,83 @@
+"""Random tiny Llama and Qwen2 checkpoints built with transformers (no download) load into ragctx exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from ragctx import RagctxError  # noqa: E402
+from ragctx.generator import Generator  # noqa: E402
+
+
+def write_tokenizer(folder, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def checkpoint(tmp_path, kind: str):
+    torch.manual_seed(0)
+    common = dict(vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    if kind == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=500.0))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
+    with torch.no_grad():  # random biases too (Qwen2 has q/k/v biases), so that loading them is tested
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    folder = tmp_path / kind
+    model.save_pretrained(folder)
+    write_tokenizer(folder, 120)
+    return model.eval(), folder
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("attention", ["softmax", "flash"])
+def test_logits_and_greedy_generation_match_transformers(tmp_path, kind, attention):
+    hf, folder = checkpoint(tmp_path, kind)
+    gen = Generator.from_pretrained(folder, attention=attention, device="cpu")
+    ids = torch.randint(3, 120, (1, 45), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    torch.testing.assert_close(gen.logits(ids[0].tolist()), ref, atol=1e-4, rtol=1e-4)
+    prompt = ids[0, :10]
+    with torch.no_grad():
+        hf_out = hf.generate(prompt[None], max_new_tokens=20, do_sample=False, eos_token_id=2, pad_token_id=0)
+    hf_new = hf_out[0, 10:].tolist()
+    if 2 in hf_new:
+        hf_new = hf_new[: hf_new.index(2)]
+    ours = gen.generate(prompt.tolist(), max_new_tokens=20)
+    assert ours.tokens == hf_new
+    assert gen.tokenizer.decode(ours.tokens) == " ".join(f"w{i}" for i in ours.tokens if i > 2)
+
+
+def test_text_prompts_use_the_checkpoint_tokenizer(tmp_path):
+    _, folder = checkpoint(tmp_path, "llama")
+    gen = Generator.from_pretrained(folder, attention="flash", device="cpu")
+    assert gen.tokenizer.encode("w5 w7") == [1, 5, 7]
+    assert gen.generate("w5 w7", max_new_tokens=3).prompt_tokens == 3
+
+
+def test_unsupported_checkpoints_are_clear_errors(tmp_path):
+    _, folder = checkpoint(tmp_path, "llama")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0}}))
+    with pytest.raises(RagctxError, match="RoPE scaling 'llama3'"):
+        Generator.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(RagctxError, match="model_type 'gpt2' is not supported"):
+        Generator.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(RagctxError, match="missing"):
+        Generator.from_pretrained(folder)
+    with pytest.raises(RagctxError, match="config.json is missing"):
+        Generator.from_pretrained(tmp_path / "nothing")
