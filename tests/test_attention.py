@@ -181,3 +181,23 @@ def test_gradients_are_finite_with_padding(name):
     out = run(name, q, k, v, positions, valid, config(4, 2, 8, window=4))
     (out * valid[:, None, :, None]).square().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v)), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fla-core's Triton kernel runs on a GPU")
+def test_fla_prefill_equals_pure_torch_on_gpu(monkeypatch):
+    from ragctx.generator.attention.linear import fla_kernel
+
+    if fla_kernel() is None:
+        pytest.skip("fla-core not installed")
+    q, k, v, valid, positions = (x.cuda() for x in inputs(1, 4, 2, 200, 16, 0, seed=13))
+    cfg = config(4, 2, 16, chunk_size=32)
+    state = get_attention("linear").make_state(cfg, 1, 300, "cuda", torch.float32)
+    fast = run("linear", q, k, v, positions, None, cfg, state)  # fla-core
+    fla_kernel.cache_clear()
+    monkeypatch.setenv("RAGCTX_FLA", "0")
+    ref_state = get_attention("linear").make_state(cfg, 1, 300, "cuda", torch.float32)
+    slow = run("linear", q, k, v, positions, None, cfg, ref_state)
+    fla_kernel.cache_clear()
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(state.s, ref_state.s, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(state.z, ref_state.z, atol=1e-3, rtol=1e-3)

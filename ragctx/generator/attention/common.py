@@ -27,6 +27,7 @@ class KVCache:
     pos: Tensor  # [B, L] position of each slot
     valid: Tensor  # [B, L] False for padding and unused slots
     length: int = 0  # slots filled
+    padded: bool = False  # some appended token was padding (masks are then needed even for one-token steps)
 
     @classmethod
     def empty(cls, batch: int, n_kv_heads: int, max_len: int, head_dim: int, device, dtype) -> KVCache:

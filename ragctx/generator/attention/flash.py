@@ -18,23 +18,25 @@ __all__ = ["flash_attention", "sdpa"]
 def flash_attention(q, k, v, *, positions, valid, state, cfg):
     if state is None and valid is None:
         return sdpa(q, k, v, is_causal=True)
+    padded = valid is not None  # known without looking at the tensor: no GPU sync on the decode path
     valid = all_valid(valid, positions)
     if state is not None:
         assert isinstance(state, KVCache)
+        state.padded |= padded
+        padded = state.padded
         k, v, pos_k, valid_k = state.append(k, v, positions, valid)
+        if q.shape[2] == 1 and not padded:
+            return sdpa(q, k, v)  # one new token, no padding anywhere: every cached key is visible
     else:
         pos_k, valid_k = positions, valid
-    ok = allowed(positions, pos_k, valid_k)  # [B, 1, T, Tk]
-    if q.shape[2] == 1 and bool(valid_k.all()):
-        ok = None  # one new token with a clean cache: every cached key is visible
-    return sdpa(q, k, v, ok)
+    return sdpa(q, k, v, allowed(positions, pos_k, valid_k), padded=padded)
 
 
-def sdpa(q, k, v, ok=None, *, is_causal: bool = False):
-    """``scaled_dot_product_attention`` under a boolean mask [B, 1, T, Tk] (None: every key visible). A query that
-    may see no key gets 0, as in ``softmax``."""
+def sdpa(q, k, v, ok=None, *, is_causal: bool = False, padded: bool = True):
+    """``scaled_dot_product_attention`` under a boolean mask [B, 1, T, Tk] (None: every key visible). With
+    ``padded``, a query that may see no key gets 0, as in ``softmax``; without padding every query sees itself."""
     gqa = q.shape[1] != k.shape[1]
-    empty = None if ok is None else ~ok.any(-1, keepdim=True)  # queries with no visible key (padding)
+    empty = None if ok is None or not padded else ~ok.any(-1, keepdim=True)  # queries with no visible key
     if empty is not None and bool(empty.any()):
         ok = ok | empty  # keep the kernel away from all-masked rows; those outputs are zeroed below
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=ok, is_causal=is_causal, enable_gqa=gqa)

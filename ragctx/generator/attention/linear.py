@@ -9,7 +9,9 @@ features, so it suits small head dims).
 Three forms of one function, tested equal for outputs and gradients:
 - :func:`linear_chunkwise`: prefill. The sequence is cut into chunks of ``chunk_size``; inside a chunk the masked
   quadratic form, across chunks the running state (an exclusive cumulative sum of per-chunk phi(k)^T v), so
-  time and memory are O(T) in pure torch on CPU and GPU.
+  time and memory are O(T) in pure torch on CPU and GPU. With ``fla-core`` installed, prefill on a GPU runs its
+  Triton chunk kernel on the same features instead (lazy import; ``RAGCTX_FLA=0`` turns it off; same results,
+  tested on the GPU).
 - :func:`linear_step`: decode, one token against the recurrent state (S, z): O(1) per token.
 - ``reference.linear_quadratic``: the masked O(T^2) twin.
 State and accumulations are fp32 whatever the input dtype.
@@ -18,6 +20,8 @@ State and accumulations are fp32 whatever the input dtype.
 from __future__ import annotations
 
 import math
+import os
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +113,37 @@ def normalize(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(seen, num / torch.where(seen, den[..., None], 1.0), 0.0)
 
 
+@lru_cache(maxsize=1)
+def fla_kernel():
+    """fla-core's ``chunk_linear_attn``, or None when fla-core is not installed (or ``RAGCTX_FLA=0``)."""
+    if os.environ.get("RAGCTX_FLA", "1") == "0":
+        return None
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
+        return None
+    return chunk_linear_attn
+
+
+def linear_fla(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, kernel) -> tuple[Tensor, LinearState]:
+    """Prefill through fla-core: normalized output [B, Hq, T, Dv] and the state after the last token.
+
+    fla takes [B, T, H, F] with as many key as query heads, so keys, values and state are repeated per group;
+    ``scale=1`` because phi already holds it (and the scale cancels in the normalized output anyway).
+    """
+    b, h, g, t, f = fq.shape
+    dtype = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    q = fq.reshape(b, h * g, t, f).transpose(1, 2).to(dtype)
+    k = fk.repeat_interleave(g, 1).transpose(1, 2).to(dtype)
+    vv = v.repeat_interleave(g, 1).transpose(1, 2).to(dtype)
+    init = None
+    if state is not None:
+        init = (state.s.repeat_interleave(g, 1).contiguous(), state.z.repeat_interleave(g, 1)[:, None].contiguous())
+    o, (s, z) = kernel(q, k, vv, scale=1.0, initial_state=init, output_final_state=True, normalize=True)
+    new = LinearState(s.float().view(b, h, g, f, -1)[:, :, 0], z.float().view(b, h, g, f)[:, :, 0])
+    return o.transpose(1, 2), new
+
+
 def features(q: Tensor, k: Tensor, valid: Tensor | None, positions: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     """(phi(q) grouped [B, Hkv, G, T, F], phi(k) [B, Hkv, T, F] with padding rows zeroed)."""
     fq = group_q(feature_map(q, kind), k.shape[1])
@@ -118,10 +153,15 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, positions: Tensor, kind
 
 def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     fq, fk = features(q, k, valid, positions, cfg.feature_map)
-    if state is not None and q.shape[2] == 1:
-        num, den, new = linear_step(fq, fk, v, state)
+    kernel = fla_kernel() if q.is_cuda and q.shape[2] > 1 else None
+    if kernel is not None:
+        out, new = linear_fla(fq, fk, v, state, kernel)
     else:
-        num, den, new = linear_chunkwise(fq, fk, v, state, cfg.chunk_size)
+        if state is not None and q.shape[2] == 1:
+            num, den, new = linear_step(fq, fk, v, state)
+        else:
+            num, den, new = linear_chunkwise(fq, fk, v, state, cfg.chunk_size)
+        out = ungroup(normalize(num, den))
     if state is not None:
         state.s, state.z = new.s, new.z
-    return ungroup(normalize(num, den)).to(q.dtype)
+    return out.to(q.dtype)

@@ -19,9 +19,14 @@ def masked_softmax(q: Tensor, k: Tensor, v: Tensor, ok: Tensor, scale: float) ->
     scores = torch.einsum("bhgtd,bhsd->bhgts", qg, k.float()) * scale  # [B, Hkv, G, T, Tk]
     mask = ok[:, :, None]
     any_key = mask.any(-1)  # [B, 1, 1, T]: rows with something to attend to (padding queries have nothing)
-    scores = scores.masked_fill(~mask, NEG_INF).masked_fill(~any_key[..., None], 0.0)  # empty rows stay finite
-    lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G, T]
-    probs = torch.exp(scores - lse[..., None]) * any_key[..., None]
+    if torch.is_grad_enabled() and scores.requires_grad:
+        scores = scores.masked_fill(~mask, NEG_INF).masked_fill(~any_key[..., None], 0.0)  # empty rows stay finite
+        lse = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G, T]
+        probs = torch.exp(scores - lse[..., None]) * any_key[..., None]
+    else:  # inference: the same steps in place, so one [T, Tk] fp32 tensor per head is alive, not three
+        scores.masked_fill_(~mask, NEG_INF).masked_fill_(~any_key[..., None], 0.0)
+        lse = torch.logsumexp(scores, dim=-1)
+        probs = scores.sub_(lse[..., None]).exp_().mul_(any_key[..., None])
     lse = lse.masked_fill(~any_key, NEG_INF)
     out = torch.einsum("bhgts,bhsd->bhgtd", probs, v.float())
     return ungroup(out), ungroup(lse[..., None])[..., 0]

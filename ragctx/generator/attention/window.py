@@ -22,7 +22,7 @@ __all__ = ["window_attention", "windowed_softmax", "flex_window"]
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # static first, then one dynamic-shape recompile serves every length
 
 
 @lru_cache(maxsize=32)
