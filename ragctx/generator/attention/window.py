@@ -32,7 +32,8 @@ def _window_block_mask(t: int, window: int, device: str):
     def sliding(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
 
-    return create_block_mask(sliding, B=None, H=None, Q_LEN=t, KV_LEN=t, device=device)
+    # _compile: evaluate the mask block by block; otherwise a dense [T, T] mask is built (OOM at 128K on an H200)
+    return create_block_mask(sliding, B=None, H=None, Q_LEN=t, KV_LEN=t, device=device, _compile=True)
 
 
 def flex_window(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float) -> tuple[Tensor, Tensor]:
