@@ -59,6 +59,7 @@ class RingBuffer:
     v: Tensor  # [B, Hkv, W, D]
     pos: Tensor  # [B, W]
     valid: Tensor  # [B, W]
+    seen: int = 0  # tokens appended so far (a Python int: checking for a fresh ring needs no GPU sync)
 
     @classmethod
     def empty(cls, batch: int, n_kv_heads: int, window: int, head_dim: int, device, dtype) -> RingBuffer:
@@ -76,6 +77,7 @@ class RingBuffer:
         pos_all, valid_all = torch.cat([self.pos, pos], 1), torch.cat([self.valid, valid], 1)
         self.k, self.v = k_all[:, :, -w:].contiguous(), v_all[:, :, -w:].contiguous()
         self.pos, self.valid = pos_all[:, -w:].contiguous(), valid_all[:, -w:].contiguous()
+        self.seen += k.shape[2]
         return k_all, v_all, pos_all, valid_all
 
 

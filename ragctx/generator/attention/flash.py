@@ -22,14 +22,28 @@ def flash_attention(q, k, v, *, positions, valid, state, cfg):
     valid = all_valid(valid, positions)
     if state is not None:
         assert isinstance(state, KVCache)
+        fresh, k_new, v_new = state.length == 0, k, v
         state.padded |= padded
         padded = state.padded
         k, v, pos_k, valid_k = state.append(k, v, positions, valid)
-        if q.shape[2] == 1 and not padded:
-            return sdpa(q, k, v)  # one new token, no padding anywhere: every cached key is visible
+        if not padded and fresh:
+            return sdpa(q, k_new, v_new, is_causal=True)  # prefill into an empty cache: no mask, fused kernels
+        if not padded and q.shape[2] == 1:
+            return _decode(q, k, v)  # one new token, no padding anywhere: every cached key is visible
     else:
         pos_k, valid_k = positions, valid
     return sdpa(q, k, v, allowed(positions, pos_k, valid_k), padded=padded)
+
+
+def _decode(q, k, v):
+    """One query against the cache. cuDNN plans per shape, and the cache grows every step, so on a GPU the
+    decode step asks for FlashAttention / memory-efficient kernels instead (measured: eval/reports/attention)."""
+    if not q.is_cuda:
+        return sdpa(q, k, v)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return sdpa(q, k, v)
 
 
 def sdpa(q, k, v, ok=None, *, is_causal: bool = False, padded: bool = True):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup
-from .linear import feature_map, linear_chunkwise, normalize
+from .linear import feature_map, linear_chunkwise, linear_step, normalize
 from .softmax import masked_softmax
 from .window import flex_window, use_flex
 
@@ -30,7 +30,7 @@ __all__ = ["hybrid_attention"]
 def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     b, hkv, t, d = k.shape
     w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
-    fast = use_flex(q, valid, state)
+    fast = use_flex(q, valid, state.ring if state is not None else None)
     valid = all_valid(valid, positions)
     ring = state.ring if state is not None else RingBuffer.empty(b, hkv, w, d, k.device, k.dtype)
     k_all, v_all, pos_all, valid_all = ring.extend(k, v, positions, valid)  # [W + T], oldest first
@@ -44,8 +44,12 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     fq = group_q(feature_map(q, kind), hkv)  # [B, Hkv, G, T, F]
     fk = feature_map(k_all, kind) * valid_all[:, None, :, None]  # [B, Hkv, W + T, F]
     prev = state.linear if state is not None else None
-    num, den, _ = linear_chunkwise(F.pad(fq, (0, 0, 0, w)), fk, v_all, prev, cfg.chunk_size)
-    num, den = num[..., :t, :], den[..., :t]
+    if t == 1:  # decode: the one key leaving the window joins the state, then a recurrent read
+        start = prev or LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d), fk.new_zeros(b, hkv, fk.shape[-1]))
+        num, den, evicted = linear_step(fq, fk[:, :, :1], v_all[:, :, :1], start)
+    else:
+        num, den, _ = linear_chunkwise(F.pad(fq, (0, 0, 0, w)), fk, v_all, prev, cfg.chunk_size)
+        num, den = num[..., :t, :], den[..., :t]
     seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
     log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
     out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
@@ -56,8 +60,10 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     out = a * out_w.float() + c * out_l
 
     if state is not None:  # keys k_all[:T] left the window for good: fold them into the linear state
-        add_s = torch.einsum("bhtf,bhtd->bhfd", fk[:, :, :t], v_all[:, :, :t].float())
-        add_z = fk[:, :, :t].sum(2)
-        state.linear = LinearState(state.linear.s + add_s, state.linear.z + add_z)
+        if t == 1:
+            state.linear = evicted
+        else:
+            add_s = torch.einsum("bhtf,bhtd->bhfd", fk[:, :, :t], v_all[:, :, :t].float())
+            state.linear = LinearState(state.linear.s + add_s, state.linear.z + fk[:, :, :t].sum(2))
         state.ring = ring
     return out.to(q.dtype)

@@ -44,14 +44,17 @@ def flex_window(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float) -> t
     return out, lse.float()
 
 
-def use_flex(q: Tensor, valid, state) -> bool:
-    return q.is_cuda and valid is None and state is None and q.shape[2] > 1
+def use_flex(q: Tensor, valid, ring: RingBuffer | None) -> bool:
+    """FlexAttention serves a fresh sequence (no ring, or one nothing was appended to) without padding."""
+    return q.is_cuda and valid is None and q.shape[2] > 1 and (ring is None or ring.seen == 0)
 
 
 def windowed_softmax(q, k, v, *, positions, valid, ring: RingBuffer | None, window: int, scale: float):
     """(out fp32, lse) of windowed softmax; with a ring, the ring's keys come first and the ring advances."""
     if use_flex(q, valid, ring):
         out, lse = flex_window(q, k, v, window, scale)
+        if ring is not None:
+            ring.extend(k, v, positions, all_valid(None, positions))
         return out.float(), lse
     valid = all_valid(valid, positions)
     if ring is not None:
