@@ -172,6 +172,13 @@ def test_flex_path_equals_masked_path_on_gpu(name):
     fast = run(name, q, k, v, positions, None, cfg)  # FlexAttention
     slow = run(name, q, k, v, positions, valid, cfg)  # dense masked
     torch.testing.assert_close(fast.float(), slow.float(), atol=2e-3, rtol=2e-3)
+    # prefill into a fresh state also takes FlexAttention, and decoding after it continues correctly
+    state = get_attention(name).make_state(cfg, 1, 300, "cuda", q.dtype)
+    steps = [run(name, q[:, :, :250], k[:, :, :250], v[:, :, :250], positions[:, :250], None, cfg, state)]
+    for i in range(250, 300):
+        s = slice(i, i + 1)
+        steps.append(run(name, q[:, :, s], k[:, :, s], v[:, :, s], positions[:, s], None, cfg, state))
+    torch.testing.assert_close(torch.cat(steps, 2).float(), slow.float(), atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
