@@ -132,3 +132,25 @@ def test_save_and_load_round_trip(tmp_path):
     (folder / "config.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(RagctxError, match="not a ragctx generator"):
         Generator.load(folder)
+
+
+def test_model_without_positional_encoding():
+    model = tiny_model("softmax", rope_base=None)
+    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids)
+        states = model.new_states(1, 20)
+        steps = [model(ids[:, :10], states=states)] + [
+            model(ids[:, i : i + 1], positions=torch.tensor([[i]]), states=states) for i in range(10, 20)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # without RoPE, positions only order the causal mask: shifting them changes nothing
+        torch.testing.assert_close(model(ids, positions=torch.arange(20)[None] + 1000), full, atol=1e-5, rtol=1e-5)
+        with_rope = tiny_model("softmax")
+        assert not torch.allclose(with_rope(ids, positions=torch.arange(20)[None] + 1000), with_rope(ids), atol=1e-3)
+
+
+def test_compiled_generation_gives_the_same_tokens():
+    model = tiny_model("flash")
+    eager = Generator(model, ByteTokenizer()).generate("Hello", max_new_tokens=6)
+    compiled = Generator(model, ByteTokenizer(), compile=True).generate("Hello", max_new_tokens=6)
+    assert compiled.tokens == eager.tokens

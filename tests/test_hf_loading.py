@@ -1,4 +1,5 @@
-"""Random tiny Llama and Qwen2 checkpoints built with transformers (no download) load into ragctx exactly."""
+"""Random tiny Llama, Qwen2 and Mistral checkpoints built with transformers (no download) load into ragctx
+exactly. The inputs (45 tokens) are shorter than the Mistral model's 64-token window."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def checkpoint(tmp_path, kind: str):
                   num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
     if kind == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, rope_theta=500.0))
+    elif kind == "mistral":
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(**common, head_dim=16, sliding_window=64))
     else:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=True))
     with torch.no_grad():  # random biases too (Qwen2 has q/k/v biases), so that loading them is tested
@@ -40,7 +43,7 @@ def checkpoint(tmp_path, kind: str):
     return model.eval(), folder
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
 @pytest.mark.parametrize("attention", ["softmax", "flash"])
 def test_logits_and_greedy_generation_match_transformers(tmp_path, kind, attention):
     hf, folder = checkpoint(tmp_path, kind)

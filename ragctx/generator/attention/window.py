@@ -1,7 +1,7 @@
 """``sliding_window``: softmax over the last ``window`` tokens (the query's own included).
 
-Prefill on a GPU with no padding runs FlexAttention (compiled, block-sparse sliding-window mask); elsewhere a
-dense masked softmax computes the same function. Decoding keeps a ring buffer of the last ``window`` keys and
+Prefill of a fresh sequence on a GPU with no padding runs FlexAttention (compiled, block-sparse sliding-window
+mask); elsewhere ``scaled_dot_product_attention`` with a boolean band mask computes the same function. Decoding keeps a ring buffer of the last ``window`` keys and
 values, so its memory stays O(W) however long the sequence grows.
 """
 
@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from .common import RingBuffer, all_valid, allowed
-from .softmax import masked_softmax
+from .flash import sdpa
 
-__all__ = ["window_attention", "windowed_softmax", "flex_window"]
+__all__ = ["window_attention", "flex_window", "use_flex"]
 
 
 @lru_cache(maxsize=1)
@@ -49,22 +49,18 @@ def use_flex(q: Tensor, valid, ring: RingBuffer | None) -> bool:
     return q.is_cuda and valid is None and q.shape[2] > 1 and (ring is None or ring.seen == 0)
 
 
-def windowed_softmax(q, k, v, *, positions, valid, ring: RingBuffer | None, window: int, scale: float):
-    """(out fp32, lse) of windowed softmax; with a ring, the ring's keys come first and the ring advances."""
-    if use_flex(q, valid, ring):
-        out, lse = flex_window(q, k, v, window, scale)
-        if ring is not None:
-            ring.extend(k, v, positions, all_valid(None, positions))
-        return out.float(), lse
+def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+    scale = cfg.head_dim**-0.5
+    if use_flex(q, valid, state):
+        out, _ = flex_window(q, k, v, cfg.window, scale)
+        if state is not None:
+            state.extend(k, v, positions, all_valid(None, positions))
+        return out
+    padded = valid is not None  # without padding every query sees at least itself
     valid = all_valid(valid, positions)
-    if ring is not None:
-        k, v, pos_k, valid_k = ring.extend(k, v, positions, valid)
+    if state is not None:
+        assert isinstance(state, RingBuffer)
+        k, v, pos_k, valid_k = state.extend(k, v, positions, valid)
     else:
         pos_k, valid_k = positions, valid
-    return masked_softmax(q, k, v, allowed(positions, pos_k, valid_k, window), scale)
-
-
-def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
-    out, _ = windowed_softmax(q, k, v, positions=positions, valid=valid, ring=state, window=cfg.window,
-                              scale=cfg.head_dim**-0.5)
-    return out.to(q.dtype)
+    return sdpa(q, k, v, allowed(positions, pos_k, valid_k, cfg.window), padded=padded)
