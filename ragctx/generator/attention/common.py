@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup", "NEG_INF",
-           "all_valid"]
+           "all_valid", "visible_keys"]
 
 NEG_INF = float("-inf")
 
@@ -38,7 +38,7 @@ class KVCache:
             torch.zeros(batch, max_len, device=device, dtype=torch.bool),
         )
 
-    def append(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def add(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Writes T new keys/values; returns views of every filled slot (k, v, pos, valid)."""
         t, end = k.shape[2], self.length + k.shape[2]
         if end > self.k.shape[2]:
@@ -70,7 +70,7 @@ class RingBuffer:
             torch.zeros(batch, window, device=device, dtype=torch.bool),
         )
 
-    def extend(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def add(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The ring's keys followed by T new ones ([W + T], oldest first); the ring keeps the last W."""
         w = self.k.shape[2]
         k_all, v_all = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
@@ -100,6 +100,12 @@ class HybridState:
 
     ring: RingBuffer
     linear: LinearState
+
+
+def visible_keys(state, k: Tensor, v: Tensor, positions: Tensor, valid: Tensor):
+    """(k, v, positions, valid) of the keys the new queries may attend to: with a cache or ring, its keys after
+    adding the new ones; without one, the new keys alone."""
+    return (k, v, positions, valid) if state is None else state.add(k, v, positions, valid)
 
 
 def all_valid(valid: Tensor | None, positions: Tensor) -> Tensor:

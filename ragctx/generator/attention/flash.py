@@ -25,7 +25,7 @@ def flash_attention(q, k, v, *, positions, valid, state, cfg):
         fresh, k_new, v_new = state.length == 0, k, v
         state.padded |= padded
         padded = state.padded
-        k, v, pos_k, valid_k = state.append(k, v, positions, valid)
+        k, v, pos_k, valid_k = state.add(k, v, positions, valid)
         if not padded and fresh:
             return sdpa(q, k_new, v_new, is_causal=True)  # prefill into an empty cache: no mask, fused kernels
         if not padded and q.shape[2] == 1:

@@ -33,7 +33,7 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     fast = use_flex(q, valid, state.ring if state is not None else None)
     valid = all_valid(valid, positions)
     ring = state.ring if state is not None else RingBuffer.empty(b, hkv, w, d, k.device, k.dtype)
-    k_all, v_all, pos_all, valid_all = ring.extend(k, v, positions, valid)  # [W + T], oldest first
+    k_all, v_all, pos_all, valid_all = ring.add(k, v, positions, valid)  # [W + T], oldest first
     if fast:
         out_w, lse_w = flex_window(q, k, v, w, scale)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import NEG_INF, KVCache, all_valid, allowed, group_q, ungroup
+from .common import NEG_INF, all_valid, allowed, group_q, ungroup, visible_keys
 
 __all__ = ["softmax_attention", "masked_softmax"]
 
@@ -34,11 +34,6 @@ def masked_softmax(q: Tensor, k: Tensor, v: Tensor, ok: Tensor, scale: float) ->
 
 def softmax_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     """Causal softmax attention, readable and exact (the twin every faster variant is tested against)."""
-    valid = all_valid(valid, positions)
-    if state is not None:
-        assert isinstance(state, KVCache)
-        k, v, pos_k, valid_k = state.append(k, v, positions, valid)
-    else:
-        pos_k, valid_k = positions, valid
+    k, v, pos_k, valid_k = visible_keys(state, k, v, positions, all_valid(valid, positions))
     out, _ = masked_softmax(q, k, v, allowed(positions, pos_k, valid_k), cfg.head_dim**-0.5)
     return out.to(q.dtype)

@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .common import RingBuffer, all_valid, allowed
+from .common import RingBuffer, all_valid, allowed, visible_keys
 from .flash import sdpa
 
 __all__ = ["window_attention", "flex_window", "use_flex"]
@@ -54,13 +54,8 @@ def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     if use_flex(q, valid, state):
         out, _ = flex_window(q, k, v, cfg.window, scale)
         if state is not None:
-            state.extend(k, v, positions, all_valid(None, positions))
+            state.add(k, v, positions, all_valid(None, positions))
         return out
     padded = valid is not None  # without padding every query sees at least itself
-    valid = all_valid(valid, positions)
-    if state is not None:
-        assert isinstance(state, RingBuffer)
-        k, v, pos_k, valid_k = state.extend(k, v, positions, valid)
-    else:
-        pos_k, valid_k = positions, valid
+    k, v, pos_k, valid_k = visible_keys(state, k, v, positions, all_valid(valid, positions))
     return sdpa(q, k, v, allowed(positions, pos_k, valid_k, cfg.window), padded=padded)
