@@ -78,7 +78,7 @@ def test_other_haystacks_and_token_counts(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(length=50), "too short"),
+    (dict(length=50), "length=50 is too short for a single example"),
     (dict(length=1000, kind="needle"), "unknown"),
     (dict(length=1000, depth=1.5), "depth"),
 ])

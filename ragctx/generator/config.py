@@ -78,6 +78,10 @@ class ModelConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024, window=64, chunk_size=16),
     "small": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, head_dim=64, max_seq_len=20480, window=256),
+    # the built-in trained models: ~3.6M parameters, 7.2 MB in bf16 (the package ships each under 8 MB); the
+    # window covers RAG-sized inputs (<= 1K bytes) whole, so every variant can answer those
+    "builtin": dict(dim=256, n_layers=5, n_heads=8, n_kv_heads=2, head_dim=32, max_seq_len=20480, window=1024,
+                    chunk_size=64),
     # ~100M parameters: the scaling benchmark's model (byte vocabulary, so nearly all weights are in blocks)
     "base100m": dict(dim=768, n_layers=14, n_heads=12, n_kv_heads=4, head_dim=64, max_seq_len=131072,
                      window=1024, chunk_size=64, tie_embeddings=True),

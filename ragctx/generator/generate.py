@@ -128,21 +128,23 @@ class Generator:
         from safetensors.torch import load_file
 
         model = Transformer(cfg)
-        state = load_file(str(folder / "model.safetensors"))
+        state = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
         if missing or unexpected:
             raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-        tok = ByteTokenizer() if meta.get("tokenizer", "byte") == "byte" else HFTokenizer(folder)
-        return cls(_place(model, device, dtype), tok, compile=compile)
+        return cls(_place(model, device, dtype), ByteTokenizer(), compile=compile)
 
-    def save(self, folder: str | Path, **extra) -> Path:
-        """Writes config.json and model.safetensors (and tokenizer.json for a Hugging Face tokenizer)."""
+    def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, **extra) -> Path:
+        """Writes config.json and model.safetensors (weights cast to ``dtype`` if given, e.g. torch.bfloat16)."""
         from safetensors.torch import save_file
 
+        if self.tokenizer.kind != "byte":
+            raise RagctxError("save() writes byte-level generators; keep a Hugging Face checkpoint in its own folder")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().to(dtype if dtype and v.is_floating_point() else v.dtype).contiguous().cpu()
+                 for k, v in self.model.state_dict().items()}
         if self.model.cfg.tie_embeddings:
             state.pop("lm_head.weight", None)
         save_file(state, str(folder / "model.safetensors"))

@@ -25,6 +25,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,10 @@ class NeedleTask:
         sentences = [NEEDLE.format(key=needles[i][0], value=needles[i][1]) for i in order]
         question = self._question(kind, asked)
         tail = self.count(f"\n\nQuestion: {question}\nAnswer:")
+        needed = tail + sum(self.count(n + " ") for n in sentences)
+        if length < needed:
+            raise RagctxError(f"length={length} is too short for a {kind} example: its needles and question "
+                              f"alone take {needed}; use a larger length")
         context, spans = self._context(rng, length - tail, sentences, depth)
         if unanswerable:
             answers = [UNANSWERABLE]
@@ -160,9 +165,6 @@ class NeedleTask:
     def _context(self, rng: random.Random, budget: int, needles: list[str], depth: float):
         """Haystack sentences from a random start, as many as fit with the needles, needles near ``depth``."""
         needle_cost = sum(self.count(n + " ") for n in needles)
-        if budget < needle_cost:
-            raise RagctxError(f"length is too short for the needles and question: need at least "
-                              f"{needle_cost + 1} more units; raise length")
         start = rng.randrange(len(self.sentences))
         hay, used, i = [], needle_cost, start
         while True:
@@ -196,14 +198,26 @@ class NeedleTask:
         return context, spans
 
 
-def _unique_keys(rng: random.Random, n: int) -> list[str]:
-    from wonderwords import RandomWord
+@lru_cache(maxsize=1)
+def _words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """wonderwords' adjective and noun lists (RULER's key words), read once, profanity removed."""
+    from importlib.resources import files
 
-    words = RandomWord(rng=rng)
+    assets = files("wonderwords") / "assets"
+
+    def read(name: str) -> list[str]:
+        return [w.strip() for w in (assets / name).read_text(encoding="utf-8").splitlines() if w.strip()]
+
+    banned = set(read("profanitylist.txt"))
+    clean = lambda ws: tuple(w for w in ws if w not in banned and " " not in w)  # noqa: E731
+    return clean(read("adjectivelist.txt")), clean(read("nounlist.txt"))
+
+
+def _unique_keys(rng: random.Random, n: int) -> list[str]:
+    adjectives, nouns = _words()
     keys: list[str] = []
     while len(keys) < n:
-        key = f"{words.word(include_categories=['adjective'])}-{words.word(include_categories=['noun'])}"
-        key = key.replace(" ", "-")
+        key = f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
         if key not in keys:
             keys.append(key)
     return keys

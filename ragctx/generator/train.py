@@ -1,0 +1,170 @@
+"""Training the built-in byte-level generators on needle tasks.
+
+Every attention variant is trained from the same data stream with the same budget, so differences come from
+attention alone. ``softmax`` weights are trained through ``flash``
+(the same function, fused). A step samples one context length from ``lengths`` (so the models serve RAG-sized
+and long inputs alike), fills ``tokens_per_step`` bytes with needle examples of that length (prompt + target + <eos>), and
+minimizes cross-entropy on the target bytes (plus ``lm_weight`` times the loss on the prompt bytes).
+
+    from ragctx.generator.train import TrainConfig, train
+    generator, log = train(TrainConfig(attention="linear", steps=3000), out="runs/linear")
+
+Writes ``out/``: the model (safetensors + config.json, loadable with ``Generator.load``), ``train.jsonl`` (one line
+per step) and ``eval.jsonl`` (accuracy per length at each evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import RagctxError
+from ..tasks import KINDS, NeedleTask, string_match_all
+from .config import ModelConfig
+from .generate import Generator
+from .model import Transformer
+from .tokenizer import ByteTokenizer
+
+__all__ = ["TrainConfig", "train", "evaluate"]
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the GPU recipe; tests use a tiny one."""
+
+    model: str = "small"  # ModelConfig preset
+    attention: str = "softmax"  # registry name; flash shares softmax's weights
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to override
+    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)  # context bytes, one sampled per step
+    tokens_per_step: int = 131072  # bytes per optimizer step (examples per step = this // length)
+    steps: int = 3000
+    lr: float = 1e-3  # peak learning rate (AdamW), cosine decay after warmup
+    warmup: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    lm_weight: float = 0.1  # weight of next-byte loss on the prompt (language modelling helps recall emerge)
+    unanswerable: float = 0.2  # share of questions about an absent key
+    kinds: tuple[str, ...] = KINDS
+    haystack: str = "essays"
+    seed: int = 0
+    eval_every: int = 500  # steps between evaluations (0: only at the end)
+    eval_examples: int = 30  # fresh examples per length at each evaluation
+    eval_lengths: tuple[int, ...] = (512, 2048, 8192, 16384)
+    device: str | None = None
+    dtype: str = "bfloat16"  # autocast dtype on GPU (CPU trains in fp32)
+
+
+def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, step: int, tok: ByteTokenizer):
+    """Token ids [B, L] (right-padded), and loss weights [B, L] for predicting each next token."""
+    n = max(1, cfg.tokens_per_step // length)
+    rows, weights = [], []
+    for i in range(n):
+        ex = task.example(step * 10_000 + i, length=length, kind=rng.choice(cfg.kinds),
+                          unanswerable=rng.random() < cfg.unanswerable)
+        prompt, target = tok.encode(ex.prompt), list(ex.target.encode()) + [tok.eos_id]
+        ids = prompt + target
+        w = [cfg.lm_weight] * (len(prompt) - 1) + [1.0] * len(target)  # weight of predicting ids[j + 1]
+        rows.append(ids)
+        weights.append(w)
+    width = max(len(r) for r in rows)
+    ids = torch.full((n, width), tok.pad_id, dtype=torch.long)
+    wts = torch.zeros(n, width - 1)
+    for i, (r, w) in enumerate(zip(rows, weights)):
+        ids[i, : len(r)] = torch.tensor(r)
+        wts[i, : len(w)] = torch.tensor(w)
+    return ids, wts
+
+
+@torch.no_grad()
+def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_000) -> dict[str, dict]:
+    """Accuracy (string-match-all) per length on ``n`` fresh examples, with answerable and unanswerable rates."""
+    out = {}
+    was_training = gen.model.training
+    gen.model.eval()
+    for length in lengths:
+        scores, false_unans, unans_hits, n_unans = [], 0, 0, 0
+        for i in range(n):
+            ex = task.example(seed + i, length=length, kind=KINDS[i % len(KINDS)], unanswerable=(i % 5 == 4))
+            pred = gen.generate(ex.prompt, max_new_tokens=len(ex.target) + 4, stop=["\n"]).text
+            score = string_match_all(pred, ex.answers)
+            if ex.answerable:
+                scores.append(score)
+                false_unans += "unanswerable" in pred.lower()
+            else:
+                n_unans += 1
+                unans_hits += score
+        out[str(length)] = {"accuracy": sum(scores) / max(1, len(scores)),
+                            "unanswerable_recall": unans_hits / max(1, n_unans),
+                            "false_unanswerable": false_unans / max(1, len(scores)), "n": n}
+    gen.model.train(was_training)
+    return out
+
+
+def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
+    """Trains one model; returns its Generator and the per-step log (also written under ``out``)."""
+    if cfg.attention == "flash":
+        raise RagctxError("train 'softmax': flash is the same function and shares its weights")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tok = ByteTokenizer()
+    mcfg = ModelConfig.from_name(cfg.model, attention=cfg.attention, vocab_size=tok.vocab_size,
+                                 max_seq_len=max(max(cfg.lengths), max(cfg.eval_lengths)) + 256,
+                                 **cfg.model_overrides)
+    model = Transformer(mcfg).to(device)
+    if cfg.attention == "softmax":
+        model.set_attention("flash")  # the same function, fused: trains the softmax weights in O(N) memory
+    gen = Generator(model, tok)
+    task = NeedleTask(cfg.haystack, seed=cfg.seed)
+    eval_task = NeedleTask(cfg.haystack, seed=cfg.seed + 1)  # evaluation examples never seen in training
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    amp = torch.autocast("cuda", dtype=getattr(torch, cfg.dtype)) if device.startswith("cuda") else None
+    log, evals = [], []
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    with open(out / "train.jsonl", "w") as train_log, open(out / "eval.jsonl", "w") as eval_log:
+        model.train()
+        for step in range(1, cfg.steps + 1):
+            lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
+            if step > cfg.warmup:
+                lr *= 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            length = rng.choice(cfg.lengths)
+            ids, wts = _batch(task, rng, cfg, length, step, tok)
+            ids, wts = ids.to(device), wts.to(device)
+            t0 = time.perf_counter()
+            with amp if amp is not None else torch.enable_grad():
+                logits = model(ids[:, :-1])
+            loss_all = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+            loss = (loss_all * wts.flatten()).sum() / wts.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            target_loss = (loss_all * (wts.flatten() == 1.0)).sum() / (wts == 1.0).sum()
+            row = {"step": step, "length": length, "loss": loss.item(), "target_loss": target_loss.item(),
+                   "grad_norm": float(norm), "lr": lr, "bytes_per_s": ids.numel() / (time.perf_counter() - t0)}
+            log.append(row)
+            train_log.write(json.dumps(row) + "\n")
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                result = {"step": step, **evaluate(gen, eval_task, cfg.eval_lengths, cfg.eval_examples)}
+                evals.append(result)
+                eval_log.write(json.dumps(result) + "\n")
+                eval_log.flush()
+            train_log.flush()
+    model.eval()
+    model.set_attention(cfg.attention)
+    gen.save(out / "model", dtype=torch.bfloat16, training={"config": asdict(cfg), "final_eval": evals[-1] if evals else None})
+    return gen, log

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ragctx import RagctxError
+from ragctx.generator import Generator
+from ragctx.generator.train import TrainConfig, _batch, train
+from ragctx.generator.tokenizer import ByteTokenizer
+from ragctx.tasks import NeedleTask
+
+TINY = dict(model="tiny", lengths=(700, 900), tokens_per_step=2800, steps=25, lr=3e-3, warmup=5,
+            eval_every=0, eval_examples=2, eval_lengths=(700,), haystack="repeat", device="cpu")
+
+
+def test_batches_weigh_the_target_and_pad_on_the_right():
+    import random
+
+    tok = ByteTokenizer()
+    cfg = TrainConfig(**{**TINY, "lm_weight": 0.1})
+    ids, wts = _batch(NeedleTask("repeat", seed=0), random.Random(0), cfg, 700, 1, tok)
+    assert ids.shape[0] == 4 and wts.shape == (4, ids.shape[1] - 1)
+    for row, w in zip(ids, wts):
+        eos = (row == tok.eos_id).nonzero()[0].item()
+        assert (row[eos + 1 :] == tok.pad_id).all() and (w[eos:] == 0).all()
+        target = bytes(row[1:eos].tolist()).rsplit(b"Answer:", 1)[1]  # row[0] is <bos>
+        assert (w[eos - len(target) - 1 : eos] == 1.0).all()  # every target byte and <eos> at full weight
+        assert torch.allclose(w[: eos - len(target) - 1], torch.tensor(0.1))
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, attention):
+    gen, log = train(TrainConfig(**TINY, attention=attention), tmp_path / attention)
+    first = sum(r["loss"] for r in log[:5]) / 5
+    last = sum(r["loss"] for r in log[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    folder = tmp_path / attention
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 25 and json.loads(lines[-1])["step"] == 25
+    final = json.loads((folder / "eval.jsonl").read_text().splitlines()[-1])
+    assert set(final["700"]) == {"accuracy", "unanswerable_recall", "false_unanswerable", "n"}
+    loaded = Generator.load(folder / "model")
+    assert loaded.attention == attention
+    ids = list(range(60))  # weights are stored in bf16: logits agree to bf16 rounding
+    torch.testing.assert_close(loaded.logits(ids), gen.logits(ids), atol=0.1, rtol=0.05)
+    card = json.loads((folder / "model" / "config.json").read_text())
+    assert card["training"]["config"]["attention"] == attention
+
+
+def test_flash_is_trained_as_softmax(tmp_path):
+    with pytest.raises(RagctxError, match="shares its weights"):
+        train(TrainConfig(**TINY, attention="flash"), tmp_path)
+
+
+def test_builtin_preset_fits_the_size_limit():
+    from ragctx.generator import ModelConfig
+
+    cfg = ModelConfig.from_name("builtin")
+    assert cfg.n_params * 2 <= 8 * 2**20  # bf16 bytes
