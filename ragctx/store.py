@@ -150,6 +150,17 @@ class ChunkStore:
                 found[r[0]] = StoredChunk(*r[:7], metadata=json.loads(r[7]))
         return [found[i] for i in ids if i in found]
 
+    def document_chunks(self, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
+        """Every chunk of the given documents (all when None), ordered by document id, then position."""
+        sql = ("SELECT c.id, c.doc_id, c.ordinal, c.start, c.end, c.text, c.n_tokens, d.metadata "
+               "FROM chunks c JOIN documents d USING (doc_id)")
+        params: list[str] = []
+        if doc_ids is not None:
+            sql += f" WHERE c.doc_id IN ({','.join('?' * len(doc_ids))})"
+            params = list(doc_ids)
+        rows = self._conn.execute(sql + " ORDER BY c.doc_id, c.start", params)
+        return [StoredChunk(*r[:7], metadata=json.loads(r[7])) for r in rows]
+
     def vectors(self, dim: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 vectors [N, dim]) of all chunks, or of ``ids``, in id order."""
         if ids is None:

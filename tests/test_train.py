@@ -54,6 +54,12 @@ def test_flash_is_trained_as_softmax(tmp_path):
         train(TrainConfig(**TINY, attention="flash"), tmp_path)
 
 
+def test_lengths_too_short_for_a_kind_fail_before_training(tmp_path):
+    with pytest.raises(RagctxError, match="length=300 is too short for a multi(key|query) example"):
+        train(TrainConfig(**{**TINY, "lengths": (300, 900)}), tmp_path)
+    assert not (tmp_path / "train.jsonl").exists()
+
+
 def test_builtin_preset_fits_the_size_limit():
     from ragctx.generator import ModelConfig
 

@@ -83,15 +83,17 @@ def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, 
 
 
 @torch.no_grad()
-def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_000) -> dict[str, dict]:
-    """Accuracy (string-match-all) per length on ``n`` fresh examples, with answerable and unanswerable rates."""
+def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_000,
+             kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
+    """Accuracy (string-match-all) per length on ``n`` fresh examples (kinds in turn, every fifth question
+    unanswerable), with the rate of recognized and of false ``unanswerable``."""
     out = {}
     was_training = gen.model.training
     gen.model.eval()
     for length in lengths:
         scores, false_unans, unans_hits, n_unans = [], 0, 0, 0
         for i in range(n):
-            ex = task.example(seed + i, length=length, kind=KINDS[i % len(KINDS)], unanswerable=(i % 5 == 4))
+            ex = task.example(seed + i, length=length, kind=kinds[i % len(kinds)], unanswerable=(i % 5 == 4))
             pred = gen.generate(ex.prompt, max_new_tokens=len(ex.target) + 4, stop=["\n"]).text
             score = string_match_all(pred, ex.answers)
             if ex.answerable:
@@ -126,6 +128,9 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     gen = Generator(model, tok)
     task = NeedleTask(cfg.haystack, seed=cfg.seed)
     eval_task = NeedleTask(cfg.haystack, seed=cfg.seed + 1)  # evaluation examples never seen in training
+    for kind in cfg.kinds:  # fail now, not hours in, if a length cannot hold a kind's needles
+        for length in {*cfg.lengths, *cfg.eval_lengths}:
+            task.example(0, length=length, kind=kind)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -159,7 +164,8 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
             log.append(row)
             train_log.write(json.dumps(row) + "\n")
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                result = {"step": step, **evaluate(gen, eval_task, cfg.eval_lengths, cfg.eval_examples)}
+                result = {"step": step, **evaluate(gen, eval_task, cfg.eval_lengths, cfg.eval_examples,
+                                                   kinds=tuple(cfg.kinds))}
                 evals.append(result)
                 eval_log.write(json.dumps(result) + "\n")
                 eval_log.flush()

@@ -1,0 +1,289 @@
+"""Question answering over an index: ``rag``, ``full`` and ``auto`` (Self-Route) with citations.
+
+- ``rag``: the top-k chunks, put back in document order (OP-RAG, Yu et al. 2024: order-preserving retrieval beats
+  score order), overlapping neighbours merged, separated by ``template.separator``, and trimmed to the
+  generator's context budget counted in the generator's own tokens (lowest-scoring chunks go first).
+- ``full``: every document (or the named ones) in document order. Too long for the generator: an error, unless
+  the caller picks a truncation policy, ``truncate="start"`` (keep the beginning) or ``"end"`` (keep the end).
+- ``auto`` (Self-Route, Li et al. 2024): answer from RAG first; when the generator answers ``unanswerable``, or the
+  best retrieval score is under ``score_threshold``, ask again with the full context if it fits. With
+  ``escalate=(k2, k3, ...)`` larger retrievals are tried before the full context. The Answer keeps every attempt
+  and its cost.
+
+Documents are rebuilt from their chunks (chunks cover a document up to whitespace, so the rebuilt text differs
+from the file only in whitespace between chunks).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import RagctxError
+from .index import Index
+
+__all__ = ["QA", "Answer", "Attempt", "Citation", "PromptTemplate", "MODES"]
+
+MODES = ("rag", "full", "auto")
+TRUNCATE = (None, "start", "end")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a prompt is laid out. The default is the layout the built-in generators were trained on."""
+
+    prompt: str = "{context}\n\nQuestion: {question}\nAnswer:"
+    separator: str = "\n\n"  # between pieces of context that are not contiguous in one document
+    unanswerable: str = "unanswerable"  # what the generator says when the context does not hold the answer
+    stop: tuple[str, ...] = ("\n",)  # the answer ends at the first of these
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A span the generator saw: ``text == document.text[start:end]``."""
+
+    doc_id: str
+    start: int
+    end: int
+    text: str
+    score: float | None = None  # retrieval score (None in full-context mode)
+
+
+@dataclass
+class Attempt:
+    """One generation: what went in, what came out, what it cost."""
+
+    route: str  # "rag" or "full"
+    text: str
+    citations: list[Citation]
+    input_tokens: int
+    timings: dict[str, float]  # retrieve_s, prefill_s, decode_s
+    peak_memory_bytes: int
+    k: int | None = None
+    top_score: float | None = None
+    truncated: bool = False
+
+    @property
+    def said_unanswerable(self) -> bool:
+        return "unanswerable" in self.text.lower()
+
+
+@dataclass
+class Answer:
+    """The final answer, the route taken, and every attempt on the way."""
+
+    text: str
+    route: str  # "rag", "full", or "rag->full" (auto fell back); "rag(k=20)" for escalated retrieval
+    citations: list[Citation]
+    input_tokens: int  # summed over attempts
+    timings: dict[str, float]  # summed over attempts
+    peak_memory_bytes: int
+    attempts: list[Attempt] = field(default_factory=list)
+    fallback_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AnswerStream:
+    """Iterates over the answer's text as it is generated; ``.answer`` holds the :class:`Answer` afterwards."""
+
+    def __init__(self, events: Iterator[Any]) -> None:
+        self._events = events
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for event in self._events:
+            if isinstance(event, Answer):
+                self.answer = event
+            else:
+                yield event
+
+
+def _peak_memory(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
+
+
+class QA:
+    """Answers questions from an :class:`~ragctx.index.Index` with a :class:`~ragctx.generator.Generator`.
+
+    Args:
+        index: where chunks are retrieved from (and full documents rebuilt from).
+        generator: the model that answers; any attention variant, built-in or ``from_pretrained``.
+        template: the prompt layout (:class:`PromptTemplate`).
+        max_new_tokens: answer length limit.
+        retrieval: ``"dense"``, ``"bm25"`` or ``"hybrid"``.
+        score_threshold: ``auto`` also falls back when the best dense score is below this (None: never).
+    """
+
+    def __init__(self, index: Index, generator, *, template: PromptTemplate | None = None, max_new_tokens: int = 48,
+                 retrieval: str = "dense", score_threshold: float | None = None) -> None:
+        self.index = index
+        self.generator = generator
+        self.template = template or PromptTemplate()
+        self.max_new_tokens = max_new_tokens
+        self.retrieval = retrieval
+        self.score_threshold = score_threshold
+
+    # -- public ------------------------------------------------------------------------------------------
+    def ask(self, question: str, *, mode: str = "auto", k: int = 5, budget: int | None = None,
+            documents: Sequence[str] | None = None, truncate: str | None = None,
+            escalate: Sequence[int] = ()) -> Answer:
+        """Answers ``question``. ``budget``: max input tokens (default: the generator's context minus the answer);
+        ``documents``: restrict to these document ids; ``truncate``: full-context policy (None, "start", "end")."""
+        stream = self.stream(question, mode=mode, k=k, budget=budget, documents=documents, truncate=truncate,
+                             escalate=escalate)
+        for _ in stream:
+            pass
+        assert stream.answer is not None
+        return stream.answer
+
+    def stream(self, question: str, **kwargs: Any) -> AnswerStream:
+        """Like :meth:`ask`, but iterate to receive the final answer's text as it is generated (an ``auto`` run
+        streams its RAG attempt, then, if it falls back, the full-context one); ``.answer`` is set at the end."""
+        return AnswerStream(self._run(question, **kwargs))
+
+    # -- routes ------------------------------------------------------------------------------------------
+    def _run(self, question, *, mode="auto", k=5, budget=None, documents=None, truncate=None, escalate=()):
+        if not isinstance(question, str) or not question.strip():
+            raise RagctxError("empty question: pass the question to answer")
+        if mode not in MODES:
+            raise RagctxError(f"mode '{mode}' is unknown; use one of {', '.join(MODES)}")
+        if truncate not in TRUNCATE:
+            raise RagctxError(f"truncate='{truncate}': use None (error when too long), 'start' or 'end'")
+        if len(self.index) == 0:
+            raise RagctxError("the index is empty; add documents with `ragctx index add`")
+        budget = self._budget(question, budget)
+        attempts: list[Attempt] = []
+        reason = None
+        if mode == "full":
+            attempts.append((yield from self._full(question, budget, documents, truncate)))
+        else:
+            for i, kk in enumerate([k, *escalate]):
+                attempt = yield from self._rag(question, kk, budget, documents)
+                attempts.append(attempt)
+                reason = self._why_fall_back(attempt) if mode == "auto" else None
+                if reason is None:
+                    break
+            if reason is not None:
+                try:
+                    attempts.append((yield from self._full(question, budget, documents, truncate)))
+                except RagctxError as e:  # the corpus does not fit: keep the RAG answer, say why
+                    reason = f"{reason}; full context not tried: {e}"
+        final = attempts[-1]
+        route = final.route if len(attempts) == 1 else "->".join(
+            a.route + (f"(k={a.k})" if a.route == "rag" and i else "") for i, a in enumerate(attempts))
+        timings = {key: sum(a.timings.get(key, 0.0) for a in attempts) for key in ("retrieve_s", "prefill_s", "decode_s")}
+        yield Answer(final.text, route, final.citations, sum(a.input_tokens for a in attempts), timings,
+                     max(a.peak_memory_bytes for a in attempts), attempts, reason)
+
+    def _why_fall_back(self, attempt: Attempt) -> str | None:
+        if attempt.said_unanswerable:
+            return "the generator found no answer in the retrieved chunks"
+        if self.score_threshold is not None and (attempt.top_score is None or attempt.top_score < self.score_threshold):
+            return f"best retrieval score {attempt.top_score} is under the threshold {self.score_threshold}"
+        return None
+
+    def _rag(self, question, k, budget, documents):
+        t0 = time.perf_counter()
+        filt = {"doc_id": list(documents)} if documents else None
+        hits = self.index.search(question, k=k, filter=filt, mode=self.retrieval)
+        retrieve = time.perf_counter() - t0
+        pieces = [Citation(h.doc_id, h.start, h.end, h.text, h.score) for h in hits]
+        while True:  # trim: drop the lowest-scoring chunk until the prompt fits
+            context, cited = self._join(pieces)
+            prompt = self.template.prompt.format(context=context, question=question)
+            n = len(self._encode(prompt))
+            if n <= budget or not pieces:
+                break
+            pieces.remove(min(pieces, key=lambda c: c.score))
+        top = max((h.score for h in hits), default=None)
+        attempt = yield from self._generate("rag", prompt, cited, n, retrieve)
+        attempt.k, attempt.top_score = k, top
+        return attempt
+
+    def _full(self, question, budget, documents, truncate):
+        chunks = self.index.store.document_chunks(documents)
+        if documents and not chunks:
+            raise RagctxError(f"none of the documents {list(documents)} is in the index")
+        pieces = [Citation(c.doc_id, c.start, c.end, c.text) for c in chunks]
+        context, cited = self._join(pieces)
+        prompt = self.template.prompt.format(context=context, question=question)
+        n = len(self._encode(prompt))
+        truncated = False
+        if n > budget:
+            if truncate is None:
+                raise RagctxError(
+                    f"the full context is {n} tokens; the generator takes {budget} (its context minus the answer). "
+                    "Use mode='rag' or 'auto', name fewer documents, or pass truncate='start' or 'end'")
+            cited = self._truncate(question, cited, budget, keep=truncate)
+            context, cited = self._join(cited)
+            prompt = self.template.prompt.format(context=context, question=question)
+            n, truncated = len(self._encode(prompt)), True
+        attempt = yield from self._generate("full", prompt, cited, n, 0.0)
+        attempt.truncated = truncated
+        return attempt
+
+    def _truncate(self, question, pieces: list[Citation], budget: int, keep: str) -> list[Citation]:
+        """Whole chunks from the start (or the end) that fit the budget."""
+        order = pieces if keep == "start" else pieces[::-1]
+        kept: list[Citation] = []
+        for piece in order:
+            trial = kept + [piece]
+            context, _ = self._join(trial if keep == "start" else trial[::-1])
+            if len(self._encode(self.template.prompt.format(context=context, question=question))) > budget:
+                break
+            kept = trial
+        return kept if keep == "start" else kept[::-1]
+
+    def _generate(self, route, prompt, cited, n_tokens, retrieve_s):
+        import torch
+
+        gen = self.generator
+        if gen.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(gen.device)
+        stream = gen._run(prompt, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop))
+        result = None
+        for piece in stream:
+            if isinstance(piece, str):
+                yield piece
+            else:
+                result = piece
+        timings = {"retrieve_s": retrieve_s, "prefill_s": result.prefill_s, "decode_s": result.decode_s}
+        return Attempt(route, result.text.strip(), cited, n_tokens, timings, _peak_memory(gen.device))
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _budget(self, question: str, budget: int | None) -> int:
+        limit = self.generator.max_context - self.max_new_tokens
+        if budget is not None:
+            if budget <= 0:
+                raise RagctxError(f"budget={budget}: pass a positive number of tokens")
+            limit = min(limit, budget)
+        empty = len(self._encode(self.template.prompt.format(context="", question=question)))
+        if empty > limit:
+            raise RagctxError(f"the question alone takes {empty} tokens, over the budget of {limit}")
+        return limit
+
+    def _encode(self, text: str) -> list[int]:
+        return self.generator.tokenizer.encode(text)
+
+    def _join(self, pieces: list[Citation]) -> tuple[str, list[Citation]]:
+        """Context text in document order, overlapping or touching chunks of a document merged into one span."""
+        ordered = sorted(pieces, key=lambda c: (c.doc_id, c.start))
+        merged: list[Citation] = []
+        for c in ordered:
+            last = merged[-1] if merged else None
+            if last is not None and last.doc_id == c.doc_id and c.start <= last.end:
+                text = last.text + c.text[last.end - c.start :] if c.end > last.end else last.text
+                score = max(s for s in (last.score, c.score) if s is not None) if (last.score or c.score) else None
+                merged[-1] = Citation(c.doc_id, last.start, max(last.end, c.end), text, score)
+            else:
+                merged.append(c)
+        return self.template.separator.join(c.text for c in merged), merged
