@@ -120,6 +120,47 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_generator(spec: str, attention: str | None, device: str | None):
+    """``builtin:NAME``, a folder saved by ragctx, or a Hugging Face checkpoint folder."""
+    import json
+
+    from .generator import Generator
+
+    folder = Path(spec)
+    if not spec.startswith("builtin:") and (folder / "config.json").is_file():
+        meta = json.loads((folder / "config.json").read_text())
+        if meta.get("format") != "ragctx-generator":
+            return Generator.from_pretrained(folder, attention=attention or "flash", device=device)
+    elif not spec.startswith("builtin:"):
+        raise RagctxError(f"--generator {spec}: no such folder; pass builtin:NAME or a model folder")
+    return Generator.load(spec, attention=attention, device=device)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .index import Index
+    from .qa import QA
+
+    index = Index.load(args.index, device=args.device)
+    gen = load_generator(args.generator, args.attention, args.device)
+    qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval)
+    stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate)
+    for piece in stream:
+        if not args.json:
+            print(piece, end="", flush=True)
+    answer = stream.answer
+    if args.json:
+        print(json.dumps(answer.to_dict(), indent=2, default=str))
+        return 0
+    t = answer.timings
+    print(f"\n\nroute: {answer.route}" + (f"  ({answer.fallback_reason})" if answer.fallback_reason else ""))
+    print(f"input tokens: {answer.input_tokens}; retrieve {t['retrieve_s'] * 1e3:.0f} ms, "
+          f"prefill {t['prefill_s'] * 1e3:.0f} ms, decode {t['decode_s'] * 1e3:.0f} ms")
+    for i, c in enumerate(answer.citations, 1):
+        snippet = " ".join(c.text.split())
+        print(f"[{i}] {c.doc_id} chars {c.start}-{c.end}: {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -175,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print hits as JSON")
     device(s)
     s.set_defaults(func=cmd_search)
+
+    q = sub.add_parser("ask", help="answer a question from an index (streams the answer, then citations)")
+    q.add_argument("index")
+    q.add_argument("question")
+    q.add_argument("--mode", default="auto", choices=["rag", "full", "auto"])
+    q.add_argument("--generator", default="builtin:flash", help="builtin:NAME, a ragctx model folder or a HF checkpoint")
+    q.add_argument("--attention", default=None, help="override the generator's attention (softmax, flash, ...)")
+    q.add_argument("-k", type=int, default=5, help="chunks to retrieve (default 5)")
+    q.add_argument("--retrieval", default="dense", choices=["dense", "bm25", "hybrid"])
+    q.add_argument("--truncate", default=None, choices=["start", "end"], help="full mode: keep the start or end when too long")
+    q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
+    device(q)
+    q.set_defaults(func=cmd_ask)
 
     demo = sub.add_parser("demo", help="the main job on built-in defaults")
     demo.add_argument("--out", default="indexes/paul-graham", help="where the demo index is kept")

@@ -50,6 +50,7 @@ class Citation:
     end: int
     text: str
     score: float | None = None  # retrieval score (None in full-context mode)
+    ordinals: tuple[int, int] = (0, 0)  # first and last chunk ordinal in this span (consecutive ones join)
 
 
 @dataclass
@@ -196,7 +197,7 @@ class QA:
         filt = {"doc_id": list(documents)} if documents else None
         hits = self.index.search(question, k=k, filter=filt, mode=self.retrieval)
         retrieve = time.perf_counter() - t0
-        pieces = [Citation(h.doc_id, h.start, h.end, h.text, h.score) for h in hits]
+        pieces = [Citation(h.doc_id, h.start, h.end, h.text, h.score, (h.ordinal, h.ordinal)) for h in hits]
         while True:  # trim: drop the lowest-scoring chunk until the prompt fits
             context, cited = self._join(pieces)
             prompt = self.template.prompt.format(context=context, question=question)
@@ -213,7 +214,7 @@ class QA:
         chunks = self.index.store.document_chunks(documents)
         if documents and not chunks:
             raise RagctxError(f"none of the documents {list(documents)} is in the index")
-        pieces = [Citation(c.doc_id, c.start, c.end, c.text) for c in chunks]
+        pieces = [Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal)) for c in chunks]
         context, cited = self._join(pieces)
         prompt = self.template.prompt.format(context=context, question=question)
         n = len(self._encode(prompt))
@@ -275,15 +276,25 @@ class QA:
         return self.generator.tokenizer.encode(text)
 
     def _join(self, pieces: list[Citation]) -> tuple[str, list[Citation]]:
-        """Context text in document order, overlapping or touching chunks of a document merged into one span."""
+        """Context text in document order. Overlapping chunks of a document merge into one span; consecutive
+        chunks that do not overlap (only whitespace lies between them) stay separate citations but are joined
+        by a space, other pieces by ``template.separator``."""
         ordered = sorted(pieces, key=lambda c: (c.doc_id, c.start))
         merged: list[Citation] = []
         for c in ordered:
             last = merged[-1] if merged else None
             if last is not None and last.doc_id == c.doc_id and c.start <= last.end:
                 text = last.text + c.text[last.end - c.start :] if c.end > last.end else last.text
-                score = max(s for s in (last.score, c.score) if s is not None) if (last.score or c.score) else None
-                merged[-1] = Citation(c.doc_id, last.start, max(last.end, c.end), text, score)
+                scores = [x for x in (last.score, c.score) if x is not None]
+                merged[-1] = Citation(c.doc_id, last.start, max(last.end, c.end), text,
+                                      max(scores) if scores else None, (last.ordinals[0], max(last.ordinals[1], c.ordinals[1])))
             else:
                 merged.append(c)
-        return self.template.separator.join(c.text for c in merged), merged
+        parts = []
+        for i, c in enumerate(merged):
+            if i:
+                prev = merged[i - 1]
+                adjacent = prev.doc_id == c.doc_id and c.ordinals[0] == prev.ordinals[1] + 1
+                parts.append(" " if adjacent else self.template.separator)
+            parts.append(c.text)
+        return "".join(parts), merged

@@ -101,10 +101,13 @@ class Generator:
     @classmethod
     def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
-        """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package)."""
+        """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package;
+        ``builtin:flash`` is the softmax model run with flash attention)."""
         spec = str(spec)
         if spec.startswith("builtin:"):
             name = spec.removeprefix("builtin:")
+            if name == "flash":  # the same function as softmax: one set of weights serves both
+                name, attention = "softmax", attention or "flash"
             folder = BUILTIN_DIR / name
             if not (folder / "config.json").is_file():
                 available = sorted(p.name for p in BUILTIN_DIR.glob("*") if (p / "config.json").is_file())

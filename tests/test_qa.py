@@ -1,0 +1,144 @@
+"""QA mechanics with a real (small, untrained) generator: routes, ordering, budgets, citations, errors.
+Answer quality with a trained model is tested where the built-in models are (issue 4's fixtures)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ragctx import ChunkConfig, Document, Index, RagctxError
+from ragctx.cli import main
+from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
+from ragctx.qa import QA
+
+DOCS = {
+    "a-volcano.txt": "Mount Zirkel erupted in 1842. The ash covered the valley for a week. Farmers moved north. "
+    "The crater lake is green and cold.",
+    "b-bakery.txt": "The bakery on Quince Street sells the Midnight Crust loaf. It opens at five. The owner trained "
+    "in Copenhagen and bakes rye on Sundays.",
+    "c-probe.txt": "The probe Kestrel-9 reached Enceladus after eleven years. It found salt water plumes. "
+    "Engineers celebrated in Pasadena.",
+}
+
+
+@pytest.fixture(scope="module")
+def index(embedder):
+    docs = [Document.from_text(k, v) for k, v in DOCS.items()]
+    return Index.build(docs, embedder=embedder, chunking=ChunkConfig(max_tokens=16, overlap=4), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gen():
+    torch.manual_seed(0)
+    return Generator(Transformer(ModelConfig.from_name("tiny", max_seq_len=1024)), ByteTokenizer())
+
+
+def test_rag_cites_top_chunks_in_document_order_with_exact_spans(index, gen):
+    qa = QA(index, gen, max_new_tokens=8)
+    answer = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=3)
+    assert answer.route == "rag" and len(answer.attempts) == 1
+    keys = [(c.doc_id, c.start) for c in answer.citations]
+    assert keys == sorted(keys)  # document order, not score order
+    for c in answer.citations:
+        assert DOCS[c.doc_id][c.start : c.end] == c.text
+    assert any("1842" in c.text for c in answer.citations)
+    prompt = qa.template.prompt.format(context=qa.template.separator.join(c.text for c in answer.citations),
+                                       question="When did Mount Zirkel erupt?")
+    assert answer.input_tokens == len(gen.tokenizer.encode(prompt))
+    assert set(answer.timings) == {"retrieve_s", "prefill_s", "decode_s"} and answer.timings["retrieve_s"] > 0
+    assert answer.peak_memory_bytes > 0
+
+
+def test_overlapping_chunks_are_merged(index, gen):
+    qa = QA(index, gen, max_new_tokens=4)
+    answer = qa.ask("bakery Quince Street Midnight Crust loaf owner Copenhagen rye", mode="rag", k=len(index))
+    for c in answer.citations:
+        assert DOCS[c.doc_id][c.start : c.end] == c.text
+    assert len(answer.citations) < len(index)  # overlapping chunks merged into single spans
+    context, _ = qa._join(answer.citations)
+    # every document reads whole, in order: overlaps merged, consecutive chunks joined by one space
+    assert context == qa.template.separator.join(DOCS[d] for d in sorted(DOCS))
+
+
+def test_budget_trims_lowest_scoring_chunks(index, gen):
+    qa = QA(index, gen, max_new_tokens=4)
+    full = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=6)
+    small = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=6, budget=full.input_tokens - 60)
+    assert small.input_tokens <= full.input_tokens - 60
+    kept = {(c.doc_id, c.start) for c in small.citations}
+    assert len(kept) < len(full.citations) or sum(len(c.text) for c in small.citations) < sum(
+        len(c.text) for c in full.citations)
+    best = max(full.citations, key=lambda c: c.score)
+    assert any(c.doc_id == best.doc_id and c.start <= best.start < c.end + 1 for c in small.citations)
+
+
+def test_full_context_in_document_order_and_its_limits(index, gen):
+    qa = QA(index, gen, max_new_tokens=4)
+    answer = qa.ask("Which moon?", mode="full")
+    assert answer.route == "full"
+    assert [c.doc_id for c in answer.citations] == sorted(c.doc_id for c in answer.citations)
+    assert {c.doc_id for c in answer.citations} == set(DOCS)
+    assert answer.citations[0].text == DOCS["a-volcano.txt"]
+    context, _ = qa._join(answer.citations)  # the whole corpus, in document order
+    assert context == qa.template.separator.join(DOCS[d] for d in sorted(DOCS))
+    with pytest.raises(RagctxError, match="full context is .* tokens; the generator takes 200"):
+        qa.ask("Which moon?", mode="full", budget=200)
+    start = qa.ask("Which moon?", mode="full", budget=200, truncate="start")
+    end = qa.ask("Which moon?", mode="full", budget=200, truncate="end")
+    assert start.attempts[0].truncated and start.input_tokens <= 200 and end.input_tokens <= 200
+    assert start.citations[0].doc_id == "a-volcano.txt" and end.citations[-1].doc_id == "c-probe.txt"
+    only = qa.ask("Which moon?", mode="full", documents=["c-probe.txt"])
+    assert {c.doc_id for c in only.citations} == {"c-probe.txt"}
+
+
+def test_auto_falls_back_on_a_low_retrieval_score_and_records_both_attempts(index, gen):
+    confident = QA(index, gen, max_new_tokens=4, score_threshold=None).ask("Zirkel eruption year", k=1)
+    assert confident.route == "rag" and confident.fallback_reason is None
+    strict = QA(index, gen, max_new_tokens=4, score_threshold=1.01)  # no cosine similarity reaches it
+    answer = strict.ask("Zirkel eruption year", k=1)
+    assert answer.route == "rag->full" and [a.route for a in answer.attempts] == ["rag", "full"]
+    assert "threshold" in answer.fallback_reason
+    assert answer.input_tokens == sum(a.input_tokens for a in answer.attempts)
+    escalated = strict.ask("Zirkel eruption year", k=1, escalate=[2])
+    assert escalated.route == "rag->rag(k=2)->full"
+    too_small = strict.ask("Zirkel eruption year", k=1, budget=150)  # the full corpus does not fit
+    assert too_small.route == "rag" and "full context not tried" in too_small.fallback_reason
+
+
+def test_stream_yields_the_answer_text(index, gen):
+    qa = QA(index, gen, max_new_tokens=10)
+    stream = qa.stream("When did Mount Zirkel erupt?", mode="rag", k=2)
+    text = "".join(stream)
+    assert stream.answer is not None and text.strip() == stream.answer.text
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(question=""), "empty question"),
+    (dict(question="x", mode="long"), "rag, full, auto"),
+    (dict(question="x", truncate="middle"), "truncate"),
+    (dict(question="x", budget=0), "budget"),
+    (dict(question="x", mode="full", documents=["nope.txt"]), "none of the documents"),
+])
+def test_bad_input(index, gen, kwargs, match):
+    with pytest.raises(RagctxError, match=match):
+        QA(index, gen).ask(**kwargs)
+
+
+def test_cli_ask(index, gen, tmp_path, capsys):
+    index.save(tmp_path / "idx")
+    gen.save(tmp_path / "gen")
+    argv = ["ask", str(tmp_path / "idx"), "When did Mount Zirkel erupt?", "--generator", str(tmp_path / "gen"),
+            "--mode", "rag", "-k", "2", "--max-new-tokens", "5", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "route: rag" in out and "[1] a-volcano.txt chars" in out
+    assert main(argv + ["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["route"] == "rag" and data["citations"][0]["doc_id"] == "a-volcano.txt"
+    assert main(["ask", str(tmp_path / "idx"), "q", "--generator", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["ask", str(tmp_path / "idx"), "q", "--generator", "builtin:nothing"]) == 2
+    assert "no built-in generator" in capsys.readouterr().err
+    assert main(["ask", str(tmp_path / "missing"), "q"]) == 2
