@@ -266,7 +266,7 @@ class Index:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "embedder": {"name": self.model, "dim": self.dim},
             "vectors": {**asdict(self.vector_config), "metric": "inner_product",
-                        "files": [f for f in (files or {}) if f.endswith(".faiss")]},
+                        "files": VectorIndex.shard_files(self.vector_config.shards)},
             "chunking": self.chunking.to_dict(),
             "tokenizer": self.chunking.encoding,
             "counts": {"documents": self.store.count_documents(), "chunks": self.store.count_chunks(),

@@ -250,7 +250,7 @@ class QA:
         gen = self.generator
         if gen.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(gen.device)
-        stream = gen._run(prompt, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop))
+        stream = gen.run(prompt, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop))
         result = None
         for piece in stream:
             if isinstance(piece, str):

@@ -326,12 +326,15 @@ class VectorIndex:
     def save(self, folder: Path) -> list[str]:
         """Writes each shard as ``shard-NNN.faiss`` (CPU copies); returns the file names."""
         faiss = _faiss()
-        names = []
-        for i, shard in enumerate(self.shards):
-            name = f"shard-{i:03d}.faiss"
+        names = self.shard_files(len(self.shards))
+        for shard, name in zip(self.shards, names):
             faiss.write_index(shard, str(folder / name))
-            names.append(name)
         return names
+
+    @staticmethod
+    def shard_files(n: int) -> list[str]:
+        """File names of ``n`` shards, as saved and as listed in an index manifest."""
+        return [f"shard-{i:03d}.faiss" for i in range(n)]
 
     @classmethod
     def load(cls, folder: Path, names: list[str], dim: int, config: VectorConfig) -> VectorIndex:

@@ -166,7 +166,7 @@ class Generator:
     def generate(self, prompt: str | list[int], **kwargs) -> Generation:
         """Generates a completion of ``prompt`` (text or token ids); arguments as for :meth:`stream`."""
         result: Generation | None = None
-        for piece in self._run(prompt, **kwargs):
+        for piece in self.run(prompt, **kwargs):
             if isinstance(piece, Generation):
                 result = piece
         assert result is not None
@@ -178,13 +178,15 @@ class Generator:
         max_new_tokens (64): token limit. temperature (0 = greedy), top_p (1.0), seed: sampling.
         stop: strings that end the generation (not included in the text). bos: prepend <bos> to text prompts.
         """
-        for piece in self._run(prompt, **kwargs):
+        for piece in self.run(prompt, **kwargs):
             if isinstance(piece, str):
                 yield piece
 
     @torch.inference_mode()
-    def _run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-             stop: list[str] | str | None = None, seed: int | None = None, bos: bool = True):
+    def run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+            stop: list[str] | str | None = None, seed: int | None = None, bos: bool = True):
+        """Yields the completion's text pieces as they come, then its :class:`Generation` (arguments as for
+        :meth:`stream`). :meth:`generate` and :meth:`stream` are the two halves of this."""
         if max_new_tokens < 0:
             raise RagctxError(f"max_new_tokens={max_new_tokens}: pass 0 or more")
         ids = self.tokenizer.encode(prompt, bos=bos) if isinstance(prompt, str) else list(prompt)
