@@ -161,6 +161,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.report import write_report
+    from .evaluation.runner import load_config, run_eval
+
+    if args.report_only:
+        write_report(Path(args.config))
+        print(f"report written to {args.config}/report.md")
+        return 0
+    cfg = load_config(args.config)
+    if args.out:
+        cfg.out = args.out
+    out = run_eval(cfg)
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"\nresults in {out}: results.jsonl, summary.json, report.md, report.html and plots")
+    for c in summary["cells"]:
+        print(f"  {c['mode']:<5} {c['attention']:<15} len {c['length']:>7}  accuracy {c['accuracy']:.2f} "
+              f"[{c['accuracy_ci95'][0]:.2f}, {c['accuracy_ci95'][1]:.2f}]  tokens {c['input_tokens'] or 0:>8.0f}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -230,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
     device(q)
     q.set_defaults(func=cmd_ask)
+
+    ev = sub.add_parser("eval", help="run an evaluation grid from a JSON config (resumes; writes a report)")
+    ev.add_argument("config", help="eval config JSON (see eval/configs/), or a results folder with --report-only")
+    ev.add_argument("--out", default=None, help="results folder (overrides the config's out)")
+    ev.add_argument("--report-only", action="store_true", help="rewrite the report of a finished results folder")
+    ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="the main job on built-in defaults")
     demo.add_argument("--out", default="indexes/paul-graham", help="where the demo index is kept")

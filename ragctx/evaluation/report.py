@@ -1,0 +1,172 @@
+"""Summaries and reports from ``results.jsonl``: summary.json, report.md, report.html and PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .metrics import bootstrap_ci, loglog_slope
+
+__all__ = ["summarize", "write_report", "PLOTS"]
+
+PLOTS = ("accuracy_vs_length.png", "depth_heatmaps.png", "cost_vs_length.png", "tokens_vs_accuracy.png")
+
+
+def _rows(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (mode, attention, length): accuracy with a bootstrap 95% CI, retrieval recall, tokens, time, memory;
+    per (mode, attention): the log-log slope of prefill time against length; routes taken by ``auto``."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        cells[(r["mode"], r["attention"], r["length"])].append(r)
+    out: list[dict[str, Any]] = []
+    for (mode, attention, length), rs in sorted(cells.items()):
+        ok = [r for r in rs if r.get("status") == "ok"]
+        acc, lo, hi = bootstrap_ci([r["accuracy"] for r in ok])
+        recall = [r["retrieval_recall"] for r in ok if r.get("retrieval_recall") is not None]
+
+        def mean(key: str) -> float | None:
+            vals = [r[key] for r in ok if r.get(key) is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        out.append({"mode": mode, "attention": attention, "length": length, "n": len(rs), "errors": len(rs) - len(ok),
+                    "accuracy": acc, "accuracy_ci95": [lo, hi],
+                    "retrieval_recall": sum(recall) / len(recall) if recall else None,
+                    "input_tokens": mean("input_tokens"), "prefill_s": mean("prefill_s"), "decode_s": mean("decode_s"),
+                    "retrieve_s": mean("retrieve_s"), "peak_memory_bytes": mean("peak_memory_bytes"),
+                    "routes": dict(sorted({r["route"]: sum(x.get("route") == r["route"] for x in ok) for r in ok}.items()))})
+    slopes = {}
+    for mode, attention in sorted({(c["mode"], c["attention"]) for c in out}):
+        cs = [c for c in out if c["mode"] == mode and c["attention"] == attention and c["prefill_s"]]
+        slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs], [c["prefill_s"] for c in cs])
+    return {"cells": out, "prefill_slopes": slopes, "trials": len(rows)}
+
+
+def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = summary["cells"]
+    series = sorted({(c["mode"], c["attention"]) for c in cells})
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, att in series:
+        cs = sorted((c for c in cells if c["mode"] == mode and c["attention"] == att), key=lambda c: c["length"])
+        ax.errorbar([c["length"] for c in cs], [c["accuracy"] for c in cs],
+                    yerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in cs], [c["accuracy_ci95"][1] - c["accuracy"] for c in cs]],
+                    marker="o", capsize=3, label=f"{mode} / {att}")
+    ax.set(xscale="log", xlabel="context length (generator tokens)", ylabel="accuracy (string match all)", ylim=(-0.05, 1.05),
+           title="Accuracy against length (95% bootstrap CI)")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, folder / PLOTS[0]))
+
+    n = len(series)
+    cols = min(3, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4 * cols, 3.6 * ((n + cols - 1) // cols)), squeeze=False)
+    fig.subplots_adjust(hspace=0.55, wspace=0.35)
+    lengths = sorted({r["length"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    for ax, (mode, att) in zip(axes.flat, series):
+        grid = [[_mean([r["accuracy"] for r in rows if r.get("status") == "ok" and r["mode"] == mode
+                        and r["attention"] == att and r["length"] == L and r["depth"] == d]) for L in lengths] for d in depths]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set(title=f"{mode} / {att}", xticks=range(len(lengths)), xticklabels=lengths, yticks=range(len(depths)),
+               yticklabels=depths, xlabel="length", ylabel="depth")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
+    written.append(_save(fig, folder / PLOTS[1]))
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for mode, att in series:
+        cs = sorted((c for c in cells if c["mode"] == mode and c["attention"] == att and c["prefill_s"]), key=lambda c: c["length"])
+        slope = summary["prefill_slopes"].get(f"{mode}/{att}")
+        label = f"{mode} / {att}" + (f" (slope {slope:.2f})" if slope is not None else "")
+        ax1.plot([c["length"] for c in cs], [c["prefill_s"] for c in cs], marker="o", label=label)
+        ax2.plot([c["length"] for c in cs], [(c["peak_memory_bytes"] or 0) / 2**20 for c in cs], marker="o", label=f"{mode} / {att}")
+    ax1.set(xscale="log", yscale="log", xlabel="context length", ylabel="prefill time (s)", title="Prefill time (log-log)")
+    ax2.set(xscale="log", yscale="log", xlabel="context length", title="Peak memory (log-log)",
+            ylabel="peak MiB (CUDA max allocated; on CPU the process's peak RSS so far)")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    written.append(_save(fig, folder / PLOTS[2]))
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for mode, att in series:
+        cs = [c for c in cells if c["mode"] == mode and c["attention"] == att and c["input_tokens"]]
+        ax.scatter([c["input_tokens"] for c in cs], [c["accuracy"] for c in cs], label=f"{mode} / {att}")
+    ax.set(xscale="log", xlabel="input tokens per question", ylabel="accuracy", title="Tokens against accuracy")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, folder / PLOTS[3]))
+    return written
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _save(fig, path: Path) -> str:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def _findings(summary: dict[str, Any]) -> list[str]:
+    """Plain statements read off the summary (the conclusions a person then checks and extends)."""
+    cells = summary["cells"]
+    lines = []
+    for mode in sorted({c["mode"] for c in cells}):
+        cs = [c for c in cells if c["mode"] == mode]
+        best = max(cs, key=lambda c: c["accuracy"])
+        lines.append(f"`{mode}`: best accuracy {best['accuracy']:.2f} ({best['attention']}, length {best['length']}); "
+                     f"mean input {sum(c['input_tokens'] or 0 for c in cs) / len(cs):.0f} tokens.")
+    for key, slope in summary["prefill_slopes"].items():
+        if slope is not None:
+            lines.append(f"prefill time of `{key}` grows as length^{slope:.2f}.")
+    return lines
+
+
+def write_report(folder: str | Path) -> dict[str, Any]:
+    """Writes summary.json, report.md, report.html and the plots from ``folder/results.jsonl``."""
+    folder = Path(folder)
+    rows = _rows(folder)
+    summary = summarize(rows)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = _plots(folder, rows, summary)
+    header = ["mode", "attention", "length", "n", "accuracy", "95% CI", "retrieval recall", "input tokens",
+              "prefill s", "decode s", "peak MiB", "routes"]
+    table = []
+    for c in summary["cells"]:
+        table.append([c["mode"], c["attention"], c["length"], c["n"], f"{c['accuracy']:.2f}",
+                      f"{c['accuracy_ci95'][0]:.2f}-{c['accuracy_ci95'][1]:.2f}",
+                      "" if c["retrieval_recall"] is None else f"{c['retrieval_recall']:.2f}",
+                      f"{c['input_tokens'] or 0:.0f}", f"{c['prefill_s'] or 0:.3f}", f"{c['decode_s'] or 0:.3f}",
+                      f"{(c['peak_memory_bytes'] or 0) / 2**20:.0f}", ", ".join(f"{k}: {v}" for k, v in c["routes"].items())])
+    findings = _findings(summary)
+    md = ["# Evaluation report", "", "## Findings", "", *[f"- {f}" for f in findings], "",
+          "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+          *["| " + " | ".join(str(x) for x in row) + " |" for row in table], "", "## Plots", "",
+          *[f"![{p}]({p})" for p in plots], ""]
+    (folder / "report.md").write_text("\n".join(md))
+    imgs = "".join(f'<h3>{html.escape(p)}</h3><img src="data:image/png;base64,'
+                   f'{base64.b64encode((folder / p).read_bytes()).decode()}" style="max-width:100%">' for p in plots)
+    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in row) + "</tr>" for row in table)
+    page = (f"<!doctype html><meta charset='utf-8'><title>ragctx evaluation</title>"
+            f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>"
+            f"<h1>Evaluation report</h1><h2>Findings</h2><ul>{''.join(f'<li>{html.escape(f)}</li>' for f in findings)}</ul>"
+            f"<h2>Results</h2><table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{rows_html}</table>"
+            f"<h2>Plots</h2>{imgs}")
+    (folder / "report.html").write_text(page)
+    return summary

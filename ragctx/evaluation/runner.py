@@ -1,0 +1,158 @@
+"""The grid runner: needle examples x chunking x attention x mode x k, one row per trial in ``results.jsonl``.
+
+Each example (length, depth, kind, seed) is generated once and shared by every mode and attention, so the
+comparisons are paired. Trials have stable ids (a hash of their parameters): a rerun skips the ones already in
+``results.jsonl``, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import RagctxError
+from ..tasks import KINDS, NeedleTask, string_match_all
+from .metrics import spans_overlap
+
+__all__ = ["EvalConfig", "run_eval", "load_config", "trials"]
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation grid (a JSON file with these keys; lists are swept)."""
+
+    name: str = "eval"
+    out: str = "eval/runs/eval"  # folder for results.jsonl, summary.json, report.md/html and plots
+    generator: str = "builtin"  # "builtin" (each attention's own built-in weights), a model folder, or a HF checkpoint
+    modes: list[str] = field(default_factory=lambda: ["rag", "full", "auto"])
+    attentions: list[str] = field(default_factory=lambda: ["softmax", "flash", "linear", "sliding_window", "hybrid"])
+    lengths: list[int] = field(default_factory=lambda: [1024, 4096])  # context length in generator tokens
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # needle depth, 0 = start
+    kinds: list[str] = field(default_factory=lambda: ["single"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # one example per seed and cell
+    unanswerable_seeds: list[int] = field(default_factory=list)  # seeds whose question asks an absent key
+    haystack: str = "essays"
+    k: list[int] = field(default_factory=lambda: [5])
+    chunk_tokens: list[int] = field(default_factory=lambda: [128])
+    overlap: list[int] = field(default_factory=lambda: [16])
+    max_new_tokens: int = 48
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        for kind in self.kinds:
+            if kind not in KINDS:
+                raise RagctxError(f"eval config: kind '{kind}' is unknown; choose from {', '.join(KINDS)}")
+        if not (self.modes and self.attentions and self.lengths and self.depths and self.seeds):
+            raise RagctxError("eval config: modes, attentions, lengths, depths and seeds need at least one value each")
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise RagctxError(f"{path}: no such eval config; see eval/configs/ for examples")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RagctxError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from e
+    known = {f.name for f in fields(EvalConfig)}
+    unknown = sorted(set(data) - known - {"_doc"})
+    if unknown:
+        raise RagctxError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+    return EvalConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def trial_id(params: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Every trial of the grid, in the order they run (examples outermost, so each is built once)."""
+    out = []
+    for length, depth, kind, seed in itertools.product(cfg.lengths, cfg.depths, cfg.kinds, cfg.seeds):
+        for chunk, ov, attention, mode in itertools.product(cfg.chunk_tokens, cfg.overlap, cfg.attentions, cfg.modes):
+            for k in (cfg.k if mode != "full" else [None]):
+                params = dict(length=length, depth=depth, kind=kind, seed=seed, unanswerable=seed in cfg.unanswerable_seeds,
+                              chunk_tokens=chunk, overlap=ov, attention=attention, mode=mode, k=k,
+                              generator=cfg.generator, haystack=cfg.haystack)
+                out.append({"id": trial_id(params), **params})
+    return out
+
+
+def _generator(cfg: EvalConfig, attention: str, cache: dict):
+    from ..cli import load_generator
+
+    if cfg.generator == "builtin":
+        key = "softmax" if attention in ("softmax", "flash") else attention
+        if key not in cache:
+            cache[key] = load_generator(f"builtin:{key}", None, cfg.device)
+        gen = cache[key]
+    else:
+        if "shared" not in cache:
+            cache["shared"] = load_generator(cfg.generator, attention, cfg.device)
+        gen = cache["shared"]
+    gen.set_attention(attention)
+    return gen
+
+
+def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
+    """Runs the grid (resuming), then writes summary.json, report.md, report.html and plots. Returns the folder."""
+    from tqdm.auto import tqdm
+
+    from ..chunking import ChunkConfig
+    from ..documents import Document
+    from ..embeddings import shared_embedder
+    from ..index import Index
+    from ..qa import QA
+    from .report import write_report
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    results = out / "results.jsonl"
+    done = set()
+    if results.exists():
+        done = {json.loads(line)["id"] for line in results.read_text().splitlines() if line.strip()}
+    todo = [t for t in trials(cfg) if t["id"] not in done]
+    generators: dict = {}
+    examples: dict = {}
+    indexes: dict = {}
+    with open(results, "a") as sink, tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress) as bar:
+        for t in todo:
+            gen = _generator(cfg, t["attention"], generators)
+            ex_key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
+            if ex_key not in examples:
+                count = (lambda s, tok=gen.tokenizer: len(tok.encode(s, bos=False)))
+                task = NeedleTask(cfg.haystack, seed=t["seed"], count=count)
+                examples[ex_key] = task.example(0, length=t["length"], kind=t["kind"], depth=t["depth"],
+                                                unanswerable=t["unanswerable"])
+            ex = examples[ex_key]
+            idx_key = (ex_key, t["chunk_tokens"], t["overlap"])
+            if idx_key not in indexes:
+                indexes.clear()  # one example's indexes at a time
+                index = Index(embedder=shared_embedder(device=cfg.device), chunking=ChunkConfig(t["chunk_tokens"], t["overlap"]),
+                              device=cfg.device)
+                index.add([Document.from_text("context", ex.context)], progress=False)
+                indexes[idx_key] = index
+            qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens)
+            row = {**t}
+            try:
+                answer = qa.ask(ex.question, mode=t["mode"], k=t["k"] or 5)
+            except RagctxError as e:  # e.g. full context longer than the generator's window
+                row.update(status="error", error=str(e))
+            else:
+                rag = next((a for a in answer.attempts if a.route == "rag"), None)
+                row.update(
+                    status="ok", prediction=answer.text, answers=ex.answers, route=answer.route,
+                    accuracy=string_match_all(answer.text, ex.answers),
+                    retrieval_recall=(spans_overlap([(c.start, c.end) for c in rag.citations], ex.needle_spans)
+                                      if rag is not None and ex.answerable else None),
+                    input_tokens=answer.input_tokens, peak_memory_bytes=answer.peak_memory_bytes, **answer.timings)
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            bar.update(1)
+    write_report(out)
+    return out

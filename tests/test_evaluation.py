@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ragctx import RagctxError
+from ragctx.cli import main
+from ragctx.evaluation import EvalConfig, bootstrap_ci, exact_match, loglog_slope, run_eval, spans_overlap, token_f1
+from ragctx.evaluation.report import PLOTS
+from ragctx.evaluation.runner import load_config, trials
+from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
+
+
+def test_answer_metrics():
+    assert exact_match("The Eiffel Tower!", ["eiffel tower"]) == 1.0
+    assert exact_match("Eiffel", ["eiffel tower"]) == 0.0
+    assert token_f1("eiffel tower in paris", ["the eiffel tower"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert token_f1("nothing", ["eiffel tower"]) == 0.0
+    assert token_f1("", [""]) == 1.0
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_data():
+    mean, lo, hi = bootstrap_ci([1, 0, 1, 1, 0, 1, 1, 1])
+    assert mean == 0.75 and lo < mean < hi and 0 <= lo and hi <= 1
+    _, lo2, hi2 = bootstrap_ci([1, 0, 1, 1, 0, 1, 1, 1] * 20)
+    assert hi2 - lo2 < hi - lo
+    assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0, 1.0)
+    assert np.isnan(bootstrap_ci([])[0])
+
+
+def test_loglog_slope_and_retrieval_recall():
+    xs = [1024, 2048, 4096, 8192]
+    assert loglog_slope(xs, [x**2 * 1e-9 for x in xs]) == pytest.approx(2.0)
+    assert loglog_slope(xs, [x * 3e-6 for x in xs]) == pytest.approx(1.0)
+    assert loglog_slope([1024], [1.0]) is None
+    assert spans_overlap([(0, 10), (50, 60)], [(5, 8), (20, 30)]) == 0.5
+    assert spans_overlap([(0, 10)], [(10, 12)]) == 0.0  # touching is not overlapping
+
+
+@pytest.fixture(scope="module")
+def generator_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    gen = Generator(Transformer(ModelConfig.from_name("tiny", max_seq_len=1024)), ByteTokenizer())
+    return gen.save(tmp_path_factory.mktemp("gen") / "tiny")
+
+
+def grid(tmp_path, generator_folder, **kw) -> EvalConfig:
+    return EvalConfig(out=str(tmp_path / "run"), generator=str(generator_folder), modes=["rag", "full", "auto"],
+                      attentions=["softmax", "linear"], lengths=[300, 600], depths=[0.0, 1.0], seeds=[0],
+                      unanswerable_seeds=[], haystack="repeat", k=[2], chunk_tokens=[32], overlap=[4],
+                      max_new_tokens=6, device="cpu", **kw)
+
+
+def test_tiny_grid_end_to_end_writes_every_file_and_resumes(tmp_path, generator_folder):
+    cfg = grid(tmp_path, generator_folder)
+    out = run_eval(cfg, progress=False)
+    for name in ["results.jsonl", "summary.json", "report.md", "report.html", "config.json", *PLOTS]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len(trials(cfg)) == 2 * 2 * 2 * 3
+    assert {r["status"] for r in rows} == {"ok"}
+    rag = [r for r in rows if r["mode"] == "rag"]
+    assert all(0 <= r["accuracy"] <= 1 and r["retrieval_recall"] in (0.0, 1.0) for r in rag)
+    full = [r for r in rows if r["mode"] == "full"]
+    assert all(r["input_tokens"] > max(x["input_tokens"] for x in rag if x["length"] == r["length"]) for r in full)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cells"]) == 2 * 3 * 2 and set(summary["prefill_slopes"]) == {
+        f"{m}/{a}" for m in ("rag", "full", "auto") for a in ("softmax", "linear")}
+    assert "## Findings" in (out / "report.md").read_text() and "data:image/png;base64" in (out / "report.html").read_text()
+
+    # resume: nothing is redone; removed trials are run again, and only those
+    run_eval(cfg, progress=False)
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)
+    kept = rows[:-3]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    run_eval(cfg, progress=False)
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(again) == len(rows) and [r["id"] for r in again[-3:]] == [r["id"] for r in rows[-3:]]
+
+
+def test_cli_eval_and_config_errors(tmp_path, generator_folder, capsys):
+    cfg = grid(tmp_path, generator_folder, name="cli")
+    cfg.attentions, cfg.lengths, cfg.depths, cfg.modes = ["flash"], [400], [0.5], ["rag"]
+    path = tmp_path / "cfg.json"
+    from dataclasses import asdict
+
+    path.write_text(json.dumps(asdict(cfg)))
+    assert main(["eval", str(path)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run"), "--report-only"]) == 0
+    (tmp_path / "bad.json").write_text(json.dumps({"lengths": [100], "colour": "red"}))
+    assert main(["eval", str(tmp_path / "bad.json")]) == 2
+    assert "unknown keys ['colour']" in capsys.readouterr().err
+    with pytest.raises(RagctxError, match="kind 'haystack'"):
+        EvalConfig(kinds=["haystack"])
+    with pytest.raises(RagctxError, match="no such eval config"):
+        load_config(tmp_path / "missing.json")
