@@ -167,7 +167,7 @@ class QA:
         if mode == "full":
             attempts.append((yield from self._full(question, budget, documents, truncate)))
         else:
-            for i, kk in enumerate([k, *escalate]):
+            for kk in [k, *escalate]:
                 attempt = yield from self._rag(question, kk, budget, documents)
                 attempts.append(attempt)
                 reason = self._why_fall_back(attempt) if mode == "auto" else None
