@@ -2,6 +2,7 @@
 
     python eval/train_builtin.py --variant linear --out runs/linear
     python eval/train_builtin.py --variant softmax --out /tmp/smoke --smoke     # seconds on a CPU
+    python eval/train_builtin.py --variant hybrid --out runs/hybrid --max-minutes 8   # then the same again: resumes
 
 Writes the model (bf16 safetensors + config.json with the training config and final evaluation),
 ``train.jsonl`` (loss curve) and ``eval.jsonl`` (accuracy per length) under --out.
@@ -30,10 +31,13 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run to check the pipeline")
     p.add_argument("--steps", type=int, help="override the step count")
+    p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long; rerun to resume")
     args = p.parse_args()
     params = {**spec["common"], **spec["variants"][args.variant], **(SMOKE if args.smoke else {})}
     if args.steps:
         params["steps"] = args.steps
+    if args.max_minutes is not None:
+        params["max_minutes"] = args.max_minutes
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     _, log = train(TrainConfig(**params), args.out)
     print(f"{args.variant}: {len(log)} steps, final loss {log[-1]['loss']:.4f}; results in {args.out}")

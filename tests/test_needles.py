@@ -96,3 +96,13 @@ def test_string_match_all():
     assert string_match_all("", ["1"]) == 0.0
     with pytest.raises(RagctxError):
         string_match_all("x", [])
+
+
+def test_min_lengths_hold_every_kind_in_the_worst_case():
+    from ragctx.tasks.needles import MIN_LENGTH, kinds_for
+
+    task = NeedleTask("essays", seed=3)
+    for kind, length in MIN_LENGTH.items():
+        for i in range(40):  # random keys and value types: each must fit
+            task.example(i, length=length, kind=kind, value_type="uuid", unanswerable=i % 2 == 1)
+    assert kinds_for(300) == ["single"] and kinds_for(700) == ["single", "multikey", "multivalue"]

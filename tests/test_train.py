@@ -54,9 +54,14 @@ def test_flash_is_trained_as_softmax(tmp_path):
         train(TrainConfig(**TINY, attention="flash"), tmp_path)
 
 
-def test_lengths_too_short_for_a_kind_fail_before_training(tmp_path):
-    with pytest.raises(RagctxError, match="length=300 is too short for a multi(key|query) example"):
-        train(TrainConfig(**{**TINY, "lengths": (300, 900)}), tmp_path)
+def test_short_lengths_draw_only_kinds_that_fit_and_too_short_fails_up_front(tmp_path):
+    import random
+
+    cfg = TrainConfig(**{**TINY, "lengths": (300, 900)})
+    ids, _ = _batch(NeedleTask("repeat", seed=0), random.Random(0), cfg, 300, 1, ByteTokenizer())
+    assert ids.shape[0] == 9  # 2800 // 300 single-needle examples: the multi-needle kinds need more room
+    with pytest.raises(RagctxError, match="length 200 is too short for every kind"):
+        train(TrainConfig(**{**TINY, "lengths": (200, 900)}), tmp_path)
     assert not (tmp_path / "train.jsonl").exists()
 
 
@@ -65,3 +70,15 @@ def test_builtin_preset_fits_the_size_limit():
 
     cfg = ModelConfig.from_name("builtin")
     assert cfg.n_params * 2 <= 8 * 2**20  # bf16 bytes
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    base = {**TINY, "steps": 8, "checkpoint_every": 0, "lm_weight": 0.1}
+    whole, _ = train(TrainConfig(**base), tmp_path / "whole")
+    partial, log = train(TrainConfig(**base, max_minutes=0.0), tmp_path / "split")  # stops after step 1
+    assert len(log) == 1 and (tmp_path / "split" / "checkpoint" / "state.json").is_file()
+    resumed, log = train(TrainConfig(**base), tmp_path / "split")
+    assert [r["step"] for r in log] == list(range(2, 9))
+    assert len((tmp_path / "split" / "train.jsonl").read_text().splitlines()) == 8
+    ids = list(range(80))
+    torch.testing.assert_close(resumed.logits(ids), whole.logits(ids), atol=1e-5, rtol=1e-5)

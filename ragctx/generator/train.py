@@ -19,6 +19,7 @@ import json
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import RagctxError
 from ..tasks import KINDS, NeedleTask, string_match_all
+from ..tasks.needles import MIN_LENGTH, kinds_for
 from .config import ModelConfig
 from .generate import Generator
 from .model import Transformer
@@ -59,14 +61,17 @@ class TrainConfig:
     eval_lengths: tuple[int, ...] = (512, 2048, 8192, 16384)
     device: str | None = None
     dtype: str = "bfloat16"  # autocast dtype on GPU (CPU trains in fp32)
+    max_minutes: float | None = None  # stop (with a checkpoint) after this long; rerun with the same out to resume
+    checkpoint_every: int = 500  # steps between checkpoints in out/checkpoint (0: only when stopping)
 
 
 def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, step: int, tok: ByteTokenizer):
     """Token ids [B, L] (right-padded), and loss weights [B, L] for predicting each next token."""
     n = max(1, cfg.tokens_per_step // length)
+    kinds = kinds_for(length, cfg.kinds)  # short contexts draw from the kinds that fit
     rows, weights = [], []
     for i in range(n):
-        ex = task.example(step * 10_000 + i, length=length, kind=rng.choice(cfg.kinds),
+        ex = task.example(step * 10_000 + i, length=length, kind=rng.choice(kinds),
                           unanswerable=rng.random() < cfg.unanswerable)
         prompt, target = tok.encode(ex.prompt), list(ex.target.encode()) + [tok.eos_id]
         ids = prompt + target
@@ -93,7 +98,8 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
     for length in lengths:
         scores, false_unans, unans_hits, n_unans = [], 0, 0, 0
         for i in range(n):
-            ex = task.example(seed + i, length=length, kind=kinds[i % len(kinds)], unanswerable=(i % 5 == 4))
+            usable = kinds_for(length, kinds)
+            ex = task.example(seed + i, length=length, kind=usable[i % len(usable)], unanswerable=(i % 5 == 4))
             pred = gen.generate(ex.prompt, max_new_tokens=len(ex.target) + 4, stop=["\n"]).text
             score = string_match_all(pred, ex.answers)
             if ex.answerable:
@@ -109,6 +115,43 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
     return out
 
 
+def _save_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer, step: int) -> None:
+    """Weights and AdamW state as safetensors, the step as JSON; written beside the old one, then swapped in."""
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+               if not (model.cfg.tie_embeddings and k == "lm_head.weight")}, str(tmp / "model.safetensors"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                state[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    save_file(state, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _load_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer) -> int:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(next(model.parameters()).device)),
+                          strict=False)
+    model.tie_weights()
+    params = dict(model.named_parameters())
+    for key, value in load_file(str(folder / "optimizer.safetensors")).items():
+        name, field_name = key.split("::")
+        p = params[name]  # AdamW keeps its step count on the CPU, the moments beside the parameter
+        opt.state[p][field_name] = value if field_name == "step" else value.to(p.device)
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
 def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     """Trains one model; returns its Generator and the per-step log (also written under ``out``)."""
     if cfg.attention == "flash":
@@ -117,7 +160,6 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     out.mkdir(parents=True, exist_ok=True)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     tok = ByteTokenizer()
     mcfg = ModelConfig.from_name(cfg.model, attention=cfg.attention, vocab_size=tok.vocab_size,
                                  max_seq_len=max(max(cfg.lengths), max(cfg.eval_lengths)) + 256,
@@ -128,26 +170,43 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     gen = Generator(model, tok)
     task = NeedleTask(cfg.haystack, seed=cfg.seed)
     eval_task = NeedleTask(cfg.haystack, seed=cfg.seed + 1)  # evaluation examples never seen in training
-    for kind in cfg.kinds:  # fail now, not hours in, if a length cannot hold a kind's needles
-        for length in {*cfg.lengths, *cfg.eval_lengths}:
-            task.example(0, length=length, kind=kind)
+    for length in {*cfg.lengths, *cfg.eval_lengths}:  # fail now, not hours in, if a length holds no kind
+        if not kinds_for(length, cfg.kinds):
+            raise RagctxError(f"length {length} is too short for every kind in {list(cfg.kinds)}; "
+                              f"the shortest takes {min(MIN_LENGTH[k] for k in cfg.kinds)} bytes")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     amp = torch.autocast("cuda", dtype=getattr(torch, cfg.dtype)) if device.startswith("cuda") else None
     log, evals = [], []
+    checkpoint = out / "checkpoint"
+    first = 1
+    if checkpoint.is_dir():  # resume where the last run stopped (same config, same data stream)
+        first = _load_checkpoint(checkpoint, model, opt) + 1
+        print(f"resuming {out} at step {first}", flush=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    with open(out / "train.jsonl", "w") as train_log, open(out / "eval.jsonl", "w") as eval_log:
+    mode = "a" if first > 1 else "w"
+    started = time.perf_counter()
+    next_batch = None
+    with open(out / "train.jsonl", mode) as train_log, open(out / "eval.jsonl", mode) as eval_log, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         model.train()
-        for step in range(1, cfg.steps + 1):
+
+        def make(step: int):  # a step's data depends only on (seed, step): prefetching and resuming are exact
+            step_rng = random.Random(f"{cfg.seed}/step/{step}")
+            length = step_rng.choice(cfg.lengths)
+            return length, _batch(task, step_rng, cfg, length, step, tok)
+
+        for step in range(first, cfg.steps + 1):
             lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
             if step > cfg.warmup:
                 lr *= 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            length = rng.choice(cfg.lengths)
-            ids, wts = _batch(task, rng, cfg, length, step, tok)
+            # the next batch is built on a worker thread while this step runs on the device
+            length, (ids, wts) = next_batch.result() if next_batch is not None else make(step)
+            next_batch = pool.submit(make, step + 1) if step < cfg.steps else None
             ids, wts = ids.to(device), wts.to(device)
             t0 = time.perf_counter()
             with amp if amp is not None else torch.enable_grad():
@@ -170,6 +229,12 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                 eval_log.write(json.dumps(result) + "\n")
                 eval_log.flush()
             train_log.flush()
+            out_of_time = cfg.max_minutes is not None and time.perf_counter() - started > 60 * cfg.max_minutes
+            if out_of_time or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                _save_checkpoint(checkpoint, model, opt, step)
+            if out_of_time and step < cfg.steps:
+                print(f"stopped at step {step} after {cfg.max_minutes} min; run again to resume", flush=True)
+                return gen, log
     model.eval()
     model.set_attention(cfg.attention)
     gen.save(out / "model", dtype=torch.bfloat16, training={"config": asdict(cfg), "final_eval": evals[-1] if evals else None})

@@ -31,14 +31,23 @@ from typing import Any
 
 from ..errors import RagctxError
 
-__all__ = ["NeedleExample", "NeedleTask", "string_match_all", "KINDS", "HAYSTACKS", "UNANSWERABLE"]
+__all__ = ["NeedleExample", "NeedleTask", "string_match_all", "KINDS", "HAYSTACKS", "UNANSWERABLE", "MIN_LENGTH",
+           "kinds_for"]
 
 KINDS = ("single", "multikey", "multivalue", "multiquery")
+# shortest length (bytes) that always holds a kind's needles and question with default counts (UUID values, long
+# keys) plus some haystack; shorter contexts should draw only from the kinds that fit
+MIN_LENGTH = {"single": 256, "multikey": 640, "multivalue": 640, "multiquery": 768}
 HAYSTACKS = ("essays", "repeat")
 UNANSWERABLE = "unanswerable"
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def kinds_for(length: int, kinds: Sequence[str] = KINDS) -> list[str]:
+    """The kinds among ``kinds`` whose needles fit ``length`` bytes (see MIN_LENGTH)."""
+    return [k for k in kinds if length >= MIN_LENGTH[k]]
 
 
 @dataclass(frozen=True)
