@@ -98,3 +98,40 @@ def test_cli_eval_and_config_errors(tmp_path, generator_folder, capsys):
         EvalConfig(kinds=["haystack"])
     with pytest.raises(RagctxError, match="no such eval config"):
         load_config(tmp_path / "missing.json")
+
+
+def test_qa_file_trials_score_exact_match_and_f1(tmp_path, generator_folder, embedder):
+    from ragctx import Document, Index
+
+    saved = Index.build([Document.from_text("owls.txt", "Snowy owls hunt lemmings on the tundra.")],
+                        embedder=embedder, device="cpu").save(tmp_path / "owl-index")
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text("\n".join(json.dumps(x) for x in [
+        {"id": "q1", "question": "When did Mount Zirkel erupt?", "answers": ["1842"],
+         "documents": [{"id": "v", "text": "Mount Zirkel erupted in 1842."}, {"id": "b", "text": "Bread is baked."}]},
+        {"id": "q2", "question": "What do snowy owls hunt?", "answers": ["lemmings"], "index": str(saved)},
+    ]) + "\n")
+    cfg = grid(tmp_path, generator_folder, qa_file=str(qa_file))
+    out = run_eval(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 3 and {r["qid"] for r in rows} == {"q1", "q2"}
+    assert all(r["status"] == "ok" and {"exact_match", "f1"} <= set(r) and r["length"] > 0 for r in rows)
+    assert all(r["accuracy"] == r["exact_match"] for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(c["f1"] is not None for c in summary["cells"])
+    for name in PLOTS:
+        assert (out / name).is_file()
+
+
+@pytest.mark.parametrize("line,match", [
+    ({"question": "", "answers": ["x"], "documents": []}, "question"),
+    ({"question": "q", "answers": [], "documents": []}, "answers"),
+    ({"question": "q", "answers": ["x"]}, "either 'documents'"),
+])
+def test_bad_qa_files(tmp_path, line, match):
+    from ragctx.evaluation.runner import load_qa_file
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(RagctxError, match=match):
+        load_qa_file(path)

@@ -36,8 +36,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             vals = [r[key] for r in ok if r.get(key) is not None]
             return sum(vals) / len(vals) if vals else None
 
+        f1 = [r["f1"] for r in ok if r.get("f1") is not None]
         out.append({"mode": mode, "attention": attention, "length": length, "n": len(rs), "errors": len(rs) - len(ok),
-                    "accuracy": acc, "accuracy_ci95": [lo, hi],
+                    "accuracy": acc, "accuracy_ci95": [lo, hi], "f1": sum(f1) / len(f1) if f1 else None,
                     "retrieval_recall": sum(recall) / len(recall) if recall else None,
                     "input_tokens": mean("input_tokens"), "prefill_s": mean("prefill_s"), "decode_s": mean("decode_s"),
                     "retrieve_s": mean("retrieve_s"), "peak_memory_bytes": mean("peak_memory_bytes"),
@@ -74,17 +75,25 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     cols = min(3, n)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4 * cols, 3.6 * ((n + cols - 1) // cols)), squeeze=False)
     fig.subplots_adjust(hspace=0.55, wspace=0.35)
-    lengths = sorted({r["length"] for r in rows})
-    depths = sorted({r["depth"] for r in rows})
+    needle_rows = [r for r in rows if r["depth"] >= 0]  # QA-file rows have no depth
+    lengths = sorted({r["length"] for r in needle_rows})
+    depths = sorted({r["depth"] for r in needle_rows})
+    im = None
     for ax, (mode, att) in zip(axes.flat, series):
-        grid = [[_mean([r["accuracy"] for r in rows if r.get("status") == "ok" and r["mode"] == mode
+        if not lengths:
+            ax.axis("off")
+            continue
+        grid = [[_mean([r["accuracy"] for r in needle_rows if r.get("status") == "ok" and r["mode"] == mode
                         and r["attention"] == att and r["length"] == L and r["depth"] == d]) for L in lengths] for d in depths]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
         ax.set(title=f"{mode} / {att}", xticks=range(len(lengths)), xticklabels=lengths, yticks=range(len(depths)),
                yticklabels=depths, xlabel="length", ylabel="depth")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
+    if im is not None and lengths:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
+    else:
+        fig.text(0.5, 0.5, "no needle trials: depth heatmaps do not apply", ha="center")
     written.append(_save(fig, folder / PLOTS[1]))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))

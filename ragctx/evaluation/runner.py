@@ -18,7 +18,7 @@ from ..errors import RagctxError
 from ..tasks import KINDS, NeedleTask, string_match_all
 from .metrics import spans_overlap
 
-__all__ = ["EvalConfig", "run_eval", "load_config", "trials"]
+__all__ = ["EvalConfig", "run_eval", "load_config", "trials", "load_qa_file"]
 
 
 @dataclass
@@ -41,6 +41,7 @@ class EvalConfig:
     overlap: list[int] = field(default_factory=lambda: [16])
     max_new_tokens: int = 48
     device: str | None = None
+    qa_file: str | None = None  # a JSONL QA file instead of needle tasks (see load_qa_file); lengths/depths unused
 
     def __post_init__(self) -> None:
         for kind in self.kinds:
@@ -69,9 +70,43 @@ def trial_id(params: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def load_qa_file(path: str | Path) -> list[dict[str, Any]]:
+    """Questions from a JSONL file, one object per line: ``question``, ``answers`` (list of strings), and either
+    ``documents`` (a list of ``{"id", "text"}``) or ``index`` (a saved index folder). Scored by exact match and F1."""
+    path = Path(path)
+    if not path.is_file():
+        raise RagctxError(f"{path}: no such QA file")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RagctxError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise RagctxError(f"{path}:{n}: 'question' must be a non-empty string")
+        if not isinstance(row.get("answers"), list) or not all(isinstance(a, str) for a in row["answers"]) or not row["answers"]:
+            raise RagctxError(f"{path}:{n}: 'answers' must be a non-empty list of strings")
+        if ("documents" in row) == ("index" in row):
+            raise RagctxError(f"{path}:{n}: give either 'documents' (a list of {{id, text}}) or 'index' (a folder)")
+        items.append({"qid": str(row.get("id", n)), **row})
+    if not items:
+        raise RagctxError(f"{path}: no questions")
+    return items
+
+
 def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
     """Every trial of the grid, in the order they run (examples outermost, so each is built once)."""
     out = []
+    if cfg.qa_file:
+        for item in load_qa_file(cfg.qa_file):
+            for chunk, ov, attention, mode in itertools.product(cfg.chunk_tokens, cfg.overlap, cfg.attentions, cfg.modes):
+                for k in (cfg.k if mode != "full" else [None]):
+                    params = dict(qa_file=cfg.qa_file, qid=item["qid"], chunk_tokens=chunk, overlap=ov,
+                                  attention=attention, mode=mode, k=k, generator=cfg.generator)
+                    out.append({"id": trial_id(params), **params, "length": None, "depth": -1.0})
+        return out
     for length, depth, kind, seed in itertools.product(cfg.lengths, cfg.depths, cfg.kinds, cfg.seeds):
         for chunk, ov, attention, mode in itertools.product(cfg.chunk_tokens, cfg.overlap, cfg.attentions, cfg.modes):
             for k in (cfg.k if mode != "full" else [None]):
@@ -117,12 +152,18 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
     if results.exists():
         done = {json.loads(line)["id"] for line in results.read_text().splitlines() if line.strip()}
     todo = [t for t in trials(cfg) if t["id"] not in done]
+    questions = {q["qid"]: q for q in load_qa_file(cfg.qa_file)} if cfg.qa_file else {}
     generators: dict = {}
     examples: dict = {}
     indexes: dict = {}
     with open(results, "a") as sink, tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress) as bar:
         for t in todo:
             gen = _generator(cfg, t["attention"], generators)
+            if cfg.qa_file:
+                sink.write(json.dumps(_qa_trial(t, questions[t["qid"]], gen, cfg, indexes)) + "\n")
+                sink.flush()
+                bar.update(1)
+                continue
             ex_key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
             if ex_key not in examples:
                 count = (lambda s, tok=gen.tokenizer: len(tok.encode(s, bos=False)))
@@ -156,3 +197,33 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
             bar.update(1)
     write_report(out)
     return out
+
+
+def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict) -> dict[str, Any]:
+    """One QA-file trial: exact match and F1 (accuracy = exact match); length = the documents' tokens."""
+    from ..chunking import ChunkConfig
+    from ..documents import Document
+    from ..embeddings import shared_embedder
+    from ..index import Index
+    from ..qa import QA
+    from .metrics import exact_match, token_f1
+
+    key = (item.get("index") or item["qid"], t["chunk_tokens"], t["overlap"])
+    if key not in indexes:
+        if "index" in item:
+            indexes[key] = Index.load(item["index"], device=cfg.device)
+        else:
+            index = Index(embedder=shared_embedder(device=cfg.device), chunking=ChunkConfig(t["chunk_tokens"], t["overlap"]),
+                          device=cfg.device)
+            index.add([Document.from_text(str(d["id"]), d["text"]) for d in item["documents"]], progress=False)
+            indexes[key] = index
+    index = indexes[key]
+    row = {**t, "length": sum(len(gen.tokenizer.encode(c.text, bos=False)) for c in index.store.document_chunks())}
+    try:
+        answer = QA(index, gen, max_new_tokens=cfg.max_new_tokens).ask(item["question"], mode=t["mode"], k=t["k"] or 5)
+    except RagctxError as e:
+        return {**row, "status": "error", "error": str(e)}
+    em, f1 = exact_match(answer.text, item["answers"]), token_f1(answer.text, item["answers"])
+    return {**row, "status": "ok", "prediction": answer.text, "answers": item["answers"], "route": answer.route,
+            "accuracy": em, "exact_match": em, "f1": f1, "retrieval_recall": None,
+            "input_tokens": answer.input_tokens, "peak_memory_bytes": answer.peak_memory_bytes, **answer.timings}
