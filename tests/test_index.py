@@ -8,7 +8,6 @@ import pytest
 
 from ragctx import ChunkConfig, Document, Index, IndexFormatError, RagctxError, VectorConfig, load_documents
 from ragctx.index import MANIFEST, STORE_FILE
-from tests.conftest import write_corpus
 
 QUESTIONS = [  # (question, document that answers it, words the answering chunk must hold)
     ("When did Mount Zirkel erupt?", "volcano.md", "1842"),

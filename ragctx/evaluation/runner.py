@@ -137,10 +137,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
     """Runs the grid (resuming), then writes summary.json, report.md, report.html and plots. Returns the folder."""
     from tqdm.auto import tqdm
 
-    from ..chunking import ChunkConfig
     from ..documents import Document
-    from ..embeddings import shared_embedder
-    from ..index import Index
     from ..qa import QA
     from .report import write_report
 
@@ -174,10 +171,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
             idx_key = (ex_key, t["chunk_tokens"], t["overlap"])
             if idx_key not in indexes:
                 indexes.clear()  # one example's indexes at a time
-                index = Index(embedder=shared_embedder(device=cfg.device), chunking=ChunkConfig(t["chunk_tokens"], t["overlap"]),
-                              device=cfg.device)
-                index.add([Document.from_text("context", ex.context)], progress=False)
-                indexes[idx_key] = index
+                indexes[idx_key] = _memory_index([Document.from_text("context", ex.context)], t, cfg)
             qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens)
             row = {**t}
             try:
@@ -199,11 +193,21 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
     return out
 
 
+def _memory_index(documents: list, t: dict[str, Any], cfg: EvalConfig):
+    """An unsaved index over ``documents`` with the trial's chunking (the embedder is shared across trials)."""
+    from ..chunking import ChunkConfig
+    from ..embeddings import shared_embedder
+    from ..index import Index
+
+    index = Index(embedder=shared_embedder(device=cfg.device), chunking=ChunkConfig(t["chunk_tokens"], t["overlap"]),
+                  device=cfg.device)
+    index.add(documents, progress=False)
+    return index
+
+
 def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict) -> dict[str, Any]:
     """One QA-file trial: exact match and F1 (accuracy = exact match); length = the documents' tokens."""
-    from ..chunking import ChunkConfig
     from ..documents import Document
-    from ..embeddings import shared_embedder
     from ..index import Index
     from ..qa import QA
     from .metrics import exact_match, token_f1
@@ -213,10 +217,7 @@ def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, ind
         if "index" in item:
             indexes[key] = Index.load(item["index"], device=cfg.device)
         else:
-            index = Index(embedder=shared_embedder(device=cfg.device), chunking=ChunkConfig(t["chunk_tokens"], t["overlap"]),
-                          device=cfg.device)
-            index.add([Document.from_text(str(d["id"]), d["text"]) for d in item["documents"]], progress=False)
-            indexes[key] = index
+            indexes[key] = _memory_index([Document.from_text(str(d["id"]), d["text"]) for d in item["documents"]], t, cfg)
     index = indexes[key]
     row = {**t, "length": sum(len(gen.tokenizer.encode(c.text, bos=False)) for c in index.store.document_chunks())}
     try:

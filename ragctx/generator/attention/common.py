@@ -40,7 +40,7 @@ class KVCache:
 
     def add(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Writes T new keys/values; returns views of every filled slot (k, v, pos, valid)."""
-        t, end = k.shape[2], self.length + k.shape[2]
+        end = self.length + k.shape[2]
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} tokens; {end} were asked for")
         self.k[:, :, self.length : end] = k
