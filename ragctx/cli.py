@@ -143,7 +143,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     index = Index.load(args.index, device=args.device)
     gen = load_generator(args.generator, args.attention, args.device)
     qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval)
-    stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate)
+    stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate,
+                       fallback_marker="\n[{reason}: reading the full context]\n")
     for piece in stream:
         if not args.json:
             print(piece, end="", flush=True)

@@ -89,17 +89,31 @@ class Answer:
         return asdict(self)
 
 
-class AnswerStream:
-    """Iterates over the answer's text as it is generated; ``.answer`` holds the :class:`Answer` afterwards."""
+@dataclass(frozen=True)
+class _Fallback:
+    """Emitted between an ``auto`` run's RAG attempt and its full-context attempt."""
 
-    def __init__(self, events: Iterator[Any]) -> None:
+    reason: str
+
+
+class AnswerStream:
+    """Iterates over the answer's text as it is generated; ``.answer`` holds the :class:`Answer` afterwards.
+
+    When ``auto`` falls back, the full-context answer follows the RAG attempt's text; ``fallback_marker`` (a format
+    string with ``{reason}``) is yielded between the two if given."""
+
+    def __init__(self, events: Iterator[Any], fallback_marker: str | None = None) -> None:
         self._events = events
+        self._marker = fallback_marker
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
         for event in self._events:
             if isinstance(event, Answer):
                 self.answer = event
+            elif isinstance(event, _Fallback):
+                if self._marker:
+                    yield self._marker.format(reason=event.reason)
             else:
                 yield event
 
@@ -146,10 +160,11 @@ class QA:
         assert stream.answer is not None
         return stream.answer
 
-    def stream(self, question: str, **kwargs: Any) -> AnswerStream:
-        """Like :meth:`ask`, but iterate to receive the final answer's text as it is generated (an ``auto`` run
-        streams its RAG attempt, then, if it falls back, the full-context one); ``.answer`` is set at the end."""
-        return AnswerStream(self._run(question, **kwargs))
+    def stream(self, question: str, *, fallback_marker: str | None = None, **kwargs: Any) -> AnswerStream:
+        """Like :meth:`ask`, but iterate to receive the answer's text as it is generated (an ``auto`` run streams
+        its RAG attempt, then, if it falls back, the full-context one, with ``fallback_marker`` between);
+        ``.answer`` is set at the end."""
+        return AnswerStream(self._run(question, **kwargs), fallback_marker)
 
     # -- routes ------------------------------------------------------------------------------------------
     def _run(self, question, *, mode="auto", k=5, budget=None, documents=None, truncate=None, escalate=()):
@@ -175,6 +190,7 @@ class QA:
                     break
             if reason is not None:
                 try:
+                    yield _Fallback(reason)
                     attempts.append((yield from self._full(question, budget, documents, truncate)))
                 except RagctxError as e:  # the corpus does not fit: keep the RAG answer, say why
                     reason = f"{reason}; full context not tried: {e}"

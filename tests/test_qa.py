@@ -112,6 +112,13 @@ def test_stream_yields_the_answer_text(index, gen):
     stream = qa.stream("When did Mount Zirkel erupt?", mode="rag", k=2)
     text = "".join(stream)
     assert stream.answer is not None and text.strip() == stream.answer.text
+    fallback = QA(index, gen, max_new_tokens=10, score_threshold=1.01).stream(
+        "When did Mount Zirkel erupt?", k=2, fallback_marker="<<{reason}>>")
+    pieces = "".join(fallback)
+    rag, full = fallback.answer.attempts
+    assert pieces.count("<<") == 1 and "threshold" in pieces
+    before, after = pieces.split(">>")
+    assert before.split("<<")[0].strip() == rag.text and after.strip() == full.text == fallback.answer.text
 
 
 @pytest.mark.parametrize("kwargs,match", [
