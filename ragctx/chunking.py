@@ -109,11 +109,15 @@ class Chunker:
         base = self._base_spans(text)
         out: list[Chunk] = []
         prev_start = -1
-        for start, end in base:
+        for base_start, end in base:
+            start = base_start
             if out and self.config.overlap:
-                start = self._extend_back(text, start, end, lower=prev_start + 1)
+                start = self._extend_back(text, base_start, end, lower=prev_start + 1)
             s, e = _strip(text, start, end)
-            out.append(Chunk(doc.id, len(out), s, e, text[s:e], self.count(text[s:e])))
+            n = self.count(text[s:e])
+            if n > self.config.max_tokens:  # stripping the overlap's edge added a token: keep the base span
+                s, e, n = base_start, end, self.count(text[base_start:end])
+            out.append(Chunk(doc.id, len(out), s, e, text[s:e], n))
             prev_start = s
         return out
 
@@ -133,13 +137,24 @@ class Chunker:
                 if found < 0:
                     raise AssertionError("text splitter returned a piece that is not in the document")
                 start, pos = found, found + len(piece)
-            for s, e in self._fit(text, start, pos, budget):
-                s, e = _strip(text, s, e)
-                if s < e:
-                    spans.append((s, e))
+            spans += self._fit_stripped(text, start, pos, budget)
         if pos < len(text) and text[pos:].strip():  # never drop text the splitter left out
-            spans += [_strip(text, s, e) for s, e in self._fit(text, pos, len(text), budget)]
-        return [(s, e) for s, e in spans if s < e]
+            spans += self._fit_stripped(text, pos, len(text), budget)
+        return spans
+
+    def _fit_stripped(self, text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
+        """Non-empty stripped spans of at most ``limit`` tokens covering ``text[start:end]`` up to whitespace.
+        Stripping can add a token (" <" is one token, "<" then ":" are two), so a stripped span is checked again."""
+        out = []
+        for s, e in self._fit(text, start, end, limit):
+            s, e = _strip(text, s, e)
+            if s >= e:
+                continue
+            if self.count(text[s:e]) > limit:  # each piece of the refit is shorter: this terminates
+                out += self._fit_stripped(text, s, e, limit)
+            else:
+                out.append((s, e))
+        return out
 
     def _extend_back(self, text: str, start: int, end: int, lower: int) -> int:
         """The earliest start in [lower, start] such that the added prefix has at most ``overlap`` tokens and the

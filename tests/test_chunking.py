@@ -87,3 +87,11 @@ def test_chunks_fill_the_budget_on_prose():
 def test_bad_chunk_config_is_a_clear_error(kwargs):
     with pytest.raises(RagctxError):
         ChunkConfig(**kwargs)
+
+
+def test_stripping_whitespace_can_add_a_token_and_is_rechecked():
+    text = " <:0:0:0:0:0: 0000:0"  # found by hypothesis: 16 tokens with the space, 17 without
+    chunker = CHUNKERS[(16, 0)]
+    assert chunker.count(text) <= 16 < chunker.count(text.strip())
+    check_guarantees(text, chunker)
+    check_guarantees("x " * 30 + text * 3, CHUNKERS[(24, 6)])
