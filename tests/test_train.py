@@ -82,3 +82,14 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     assert len((tmp_path / "split" / "train.jsonl").read_text().splitlines()) == 8
     ids = list(range(80))
     torch.testing.assert_close(resumed.logits(ids), whole.logits(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_curriculum_grows_the_lengths():
+    from ragctx.generator.train import lengths_at
+
+    cfg = TrainConfig(lengths=(256, 1024, 4096, 16384), curriculum_steps=100)
+    assert lengths_at(cfg, 0) == [256]
+    assert lengths_at(cfg, 50) == [256, 1024]  # cap 2048 halfway (geometric)
+    assert lengths_at(cfg, 99) == [256, 1024, 4096]
+    assert lengths_at(cfg, 100) == [256, 1024, 4096, 16384]
+    assert lengths_at(TrainConfig(lengths=(4096, 256)), 0) == [256, 4096]  # no curriculum: all of them

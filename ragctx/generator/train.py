@@ -34,7 +34,7 @@ from .generate import Generator
 from .model import Transformer
 from .tokenizer import ByteTokenizer
 
-__all__ = ["TrainConfig", "train", "evaluate"]
+__all__ = ["TrainConfig", "train", "evaluate", "lengths_at"]
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig:
     eval_lengths: tuple[int, ...] = (512, 2048, 8192, 16384)
     device: str | None = None
     dtype: str = "bfloat16"  # autocast dtype on GPU (CPU trains in fp32)
+    curriculum_steps: int = 0  # over these first steps the longest allowed length grows from min to max(lengths)
     max_minutes: float | None = None  # stop (with a checkpoint) after this long; rerun with the same out to resume
     checkpoint_every: int = 500  # steps between checkpoints in out/checkpoint (0: only when stopping)
 
@@ -113,6 +114,16 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
                             "false_unanswerable": false_unans / max(1, len(scores)), "n": n}
     gen.model.train(was_training)
     return out
+
+
+def lengths_at(cfg: TrainConfig, step: int) -> list[int]:
+    """Lengths a step may draw. With a curriculum, the longest allowed grows geometrically from the shortest to
+    the longest length over ``curriculum_steps``: copying emerges first on short contexts (eval/reports/NOTES.md)."""
+    lengths = sorted(cfg.lengths)
+    if not cfg.curriculum_steps or step >= cfg.curriculum_steps:
+        return lengths
+    cap = lengths[0] * (lengths[-1] / lengths[0]) ** (step / cfg.curriculum_steps)
+    return [n for n in lengths if n <= cap]
 
 
 def _save_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer, step: int) -> None:
@@ -195,7 +206,7 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
 
         def make(step: int):  # a step's data depends only on (seed, step): prefetching and resuming are exact
             step_rng = random.Random(f"{cfg.seed}/step/{step}")
-            length = step_rng.choice(cfg.lengths)
+            length = step_rng.choice(lengths_at(cfg, step))
             return length, _batch(task, step_rng, cfg, length, step, tok)
 
         for step in range(first, cfg.steps + 1):
