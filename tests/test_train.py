@@ -20,14 +20,15 @@ def test_batches_weigh_the_target_and_pad_on_the_right():
 
     tok = ByteTokenizer()
     cfg = TrainConfig(**{**TINY, "lm_weight": 0.1})
-    ids, wts = _batch(NeedleTask("repeat", seed=0), random.Random(0), cfg, 700, 1, tok)
-    assert ids.shape[0] == 4 and wts.shape == (4, ids.shape[1] - 1)
-    for row, w in zip(ids, wts):
+    ids, wts, is_target = _batch(NeedleTask("repeat", seed=0), random.Random(0), cfg, 700, 1, tok)
+    assert ids.shape[0] == 4 and wts.shape == is_target.shape == (4, ids.shape[1] - 1)
+    for row, w, t in zip(ids, wts, is_target):
         eos = (row == tok.eos_id).nonzero()[0].item()
         assert (row[eos + 1 :] == tok.pad_id).all() and (w[eos:] == 0).all()
         target = bytes(row[1:eos].tolist()).rsplit(b"Answer:", 1)[1]  # row[0] is <bos>
         assert (w[eos - len(target) - 1 : eos] == 1.0).all()  # every target byte and <eos> at full weight
         assert torch.allclose(w[: eos - len(target) - 1], torch.tensor(0.1))
+        assert t.nonzero().flatten().tolist() == list(range(eos - len(target) - 1, eos))  # predictions of target
 
 
 @pytest.mark.parametrize("attention", ["softmax", "linear"])
@@ -58,7 +59,7 @@ def test_short_lengths_draw_only_kinds_that_fit_and_too_short_fails_up_front(tmp
     import random
 
     cfg = TrainConfig(**{**TINY, "lengths": (300, 900)})
-    ids, _ = _batch(NeedleTask("repeat", seed=0), random.Random(0), cfg, 300, 1, ByteTokenizer())
+    ids, _, _ = _batch(NeedleTask("repeat", seed=0), random.Random(0), cfg, 300, 1, ByteTokenizer())
     assert ids.shape[0] == 9  # 2800 // 300 single-needle examples: the multi-needle kinds need more room
     with pytest.raises(RagctxError, match="length 200 is too short for every kind"):
         train(TrainConfig(**{**TINY, "lengths": (200, 900)}), tmp_path)

@@ -67,10 +67,11 @@ class TrainConfig:
 
 
 def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, step: int, tok: ByteTokenizer):
-    """Token ids [B, L] (right-padded), and loss weights [B, L] for predicting each next token."""
+    """Token ids [B, L] (right-padded), loss weights [B, L-1] for predicting each next token, and a mask [B, L-1]
+    of the predictions that are target bytes (the answer and <eos>)."""
     n = max(1, cfg.tokens_per_step // length)
     kinds = kinds_for(length, cfg.kinds)  # short contexts draw from the kinds that fit
-    rows, weights = [], []
+    rows, weights, targets = [], [], []
     for i in range(n):
         ex = task.example(step * 10_000 + i, length=length, kind=rng.choice(kinds),
                           unanswerable=rng.random() < cfg.unanswerable)
@@ -79,13 +80,16 @@ def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, 
         w = [cfg.lm_weight] * (len(prompt) - 1) + [1.0] * len(target)  # weight of predicting ids[j + 1]
         rows.append(ids)
         weights.append(w)
+        targets.append(len(target))
     width = max(len(r) for r in rows)
     ids = torch.full((n, width), tok.pad_id, dtype=torch.long)
     wts = torch.zeros(n, width - 1)
-    for i, (r, w) in enumerate(zip(rows, weights)):
+    target = torch.zeros(n, width - 1, dtype=torch.bool)
+    for i, (r, w, t) in enumerate(zip(rows, weights, targets)):
         ids[i, : len(r)] = torch.tensor(r)
         wts[i, : len(w)] = torch.tensor(w)
-    return ids, wts
+        target[i, len(w) - t : len(w)] = True
+    return ids, wts, target
 
 
 @torch.no_grad()
@@ -216,9 +220,9 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
             for g in opt.param_groups:
                 g["lr"] = lr
             # the next batch is built on a worker thread while this step runs on the device
-            length, (ids, wts) = next_batch.result() if next_batch is not None else make(step)
+            length, (ids, wts, is_target) = next_batch.result() if next_batch is not None else make(step)
             next_batch = pool.submit(make, step + 1) if step < cfg.steps else None
-            ids, wts = ids.to(device), wts.to(device)
+            ids, wts, is_target = ids.to(device), wts.to(device), is_target.to(device).flatten()
             t0 = time.perf_counter()
             with amp if amp is not None else torch.enable_grad():
                 logits = model(ids[:, :-1])
@@ -228,7 +232,7 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            target_loss = (loss_all * (wts.flatten() == 1.0)).sum() / (wts == 1.0).sum()
+            target_loss = loss_all[is_target].mean()  # per target byte: chance is ln 10 (digits) / ln 16 (hex)
             row = {"step": step, "length": length, "loss": loss.item(), "target_loss": target_loss.item(),
                    "grad_norm": float(norm), "lr": lr, "bytes_per_s": ids.numel() / (time.perf_counter() - t0)}
             log.append(row)
