@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ragctx import Index, load_path
-from ragctx.cli import load_generator
+from ragctx.generator import Generator
 from ragctx.qa import QA
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     args = p.parse_args()
 
     index = Index.build(load_path(args.docs).documents, device=args.device)
-    qa = QA(index, load_generator(args.generator, None, args.device))
+    qa = QA(index, Generator.open(args.generator, device=args.device))
     for mode in ("rag", "full", "auto"):
         a = qa.ask(args.question, mode=mode, k=args.k, truncate="start" if mode != "rag" else None)
         print(f"{mode:<5} route={a.route:<10} input tokens={a.input_tokens:<6} cited spans={len(a.citations):<3} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ragctx import Index, load_path
-from ragctx.cli import load_generator
+from ragctx.generator import Generator
 from ragctx.qa import QA
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     report = load_path(args.docs)
     print(report.summary())
     index = Index.build(report.documents, device=args.device)
-    qa = QA(index, load_generator(args.generator, None, args.device))
+    qa = QA(index, Generator.open(args.generator, device=args.device))
     answer = qa.ask(args.question, mode="auto", k=5)
     print(f"\nanswer: {answer.text}\nroute:  {answer.route}")
     for c in answer.citations:

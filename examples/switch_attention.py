@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ragctx import Index, load_path
-from ragctx.cli import load_generator
-from ragctx.generator import ATTENTION
+from ragctx.generator import ATTENTION, Generator
 from ragctx.qa import QA
 
 
@@ -24,11 +23,11 @@ def main() -> None:
     args = p.parse_args()
 
     index = Index.build(load_path(args.docs).documents, device=args.device)
-    shared = None if args.generator == "builtin" else load_generator(args.generator, None, args.device)
+    shared = None if args.generator == "builtin" else Generator.open(args.generator, device=args.device)
     print(f"{'attention':<15} {'prefill ms':>10} {'decode ms':>10}  answer")
     for name in ATTENTION:
         if shared is None:
-            gen = load_generator(f"builtin:{name}", None, args.device)
+            gen = Generator.open(f"builtin:{name}", device=args.device)
         else:
             gen = shared.set_attention(name)
         answer = QA(index, gen).ask(args.question, mode="full")

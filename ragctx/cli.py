@@ -120,28 +120,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_generator(spec: str, attention: str | None, device: str | None):
-    """``builtin:NAME``, a folder saved by ragctx, or a Hugging Face checkpoint folder."""
-    import json
-
-    from .generator import Generator
-
-    folder = Path(spec)
-    if not spec.startswith("builtin:") and (folder / "config.json").is_file():
-        meta = json.loads((folder / "config.json").read_text())
-        if meta.get("format") != "ragctx-generator":
-            return Generator.from_pretrained(folder, attention=attention or "flash", device=device)
-    elif not spec.startswith("builtin:"):
-        raise RagctxError(f"--generator {spec}: no such folder; pass builtin:NAME or a model folder")
-    return Generator.load(spec, attention=attention, device=device)
-
-
 def cmd_ask(args: argparse.Namespace) -> int:
+    from .generator import Generator
     from .index import Index
     from .qa import QA
 
     index = Index.load(args.index, device=args.device)
-    gen = load_generator(args.generator, args.attention, args.device)
+    gen = Generator.open(args.generator, attention=args.attention, device=args.device)
     qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval)
     stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate,
                        fallback_marker="\n[{reason}: reading the full context]\n")

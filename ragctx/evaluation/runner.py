@@ -118,16 +118,16 @@ def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
 
 
 def _generator(cfg: EvalConfig, attention: str, cache: dict):
-    from ..cli import load_generator
+    from ..generator import Generator
 
     if cfg.generator == "builtin":
         key = "softmax" if attention in ("softmax", "flash") else attention
         if key not in cache:
-            cache[key] = load_generator(f"builtin:{key}", None, cfg.device)
+            cache[key] = Generator.open(f"builtin:{key}", device=cfg.device)
         gen = cache[key]
     else:
         if "shared" not in cache:
-            cache["shared"] = load_generator(cfg.generator, attention, cfg.device)
+            cache["shared"] = Generator.open(cfg.generator, attention=attention, device=cfg.device)
         gen = cache["shared"]
     gen.set_attention(attention)
     return gen

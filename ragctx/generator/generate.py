@@ -99,6 +99,20 @@ class Generator:
         return cls(_place(model, device, dtype), tok, compile=compile)
 
     @classmethod
+    def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None) -> Generator:
+        """Any generator by one name: ``builtin:NAME``, a folder written by :meth:`save` (:meth:`load`), or a
+        Hugging Face checkpoint folder (:meth:`from_pretrained`, with ``flash`` unless ``attention`` says)."""
+        spec = str(spec)
+        if not spec.startswith("builtin:"):
+            path = Path(spec) / "config.json"
+            if not path.is_file():
+                raise RagctxError(f"generator '{spec}': no such folder; pass builtin:NAME, a ragctx model folder "
+                                  "or a Hugging Face checkpoint folder")
+            if json.loads(path.read_text()).get("format") != FORMAT:
+                return cls.from_pretrained(spec, attention=attention or "flash", device=device)
+        return cls.load(spec, attention=attention, device=device)
+
+    @classmethod
     def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
         """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package;
