@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import RagctxError
+from .prefetch import prefetch
 
 __all__ = ["Embedder", "DEFAULT_MODEL", "resolve_model", "shared_embedder"]
 
@@ -138,9 +138,8 @@ class Embedder:
         spans = [(s, min(s + self.SPAN, len(texts))) for s in range(0, len(texts), self.SPAN)]
         stripped = [t.strip() for t in texts]  # sentence-transformers strips too
         depth = 2 if self.device.startswith("cuda") else 0  # on a CPU the cores belong to the model
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            for lengths, flat in _prefetch(pool, lambda span: _encode_span(self._fast[0], stripped, span), spans, depth):
-                yield from self._pack(lengths, flat)
+        for lengths, flat in prefetch(lambda span: _encode_span(self._fast[0], stripped, span), spans, depth):
+            yield from self._pack(lengths, flat)
 
     def _pack(self, lengths: np.ndarray, flat: np.ndarray) -> Iterator[dict[str, Any]]:
         """Padded batches from token-id runs (``flat`` holds each text's ids back to back)."""
@@ -202,17 +201,3 @@ def _encode_span(tokenizer, texts: list[str], span: tuple[int, int]) -> tuple[np
 
 def _to(value: Any, device: str) -> Any:
     return value.to(device, non_blocking=True) if hasattr(value, "to") else value
-
-
-def _prefetch(pool: ThreadPoolExecutor, fn, items: list, depth: int):
-    """Yields fn(item) in order, keeping up to ``depth`` calls running ahead on the pool (0: no pool)."""
-    if depth == 0:
-        yield from map(fn, items)
-        return
-    futures = [pool.submit(fn, item) for item in items[:depth]]
-    for i in range(len(items)):
-        result = futures[i].result()
-        futures[i] = None  # free the batch
-        if i + depth < len(items):
-            futures.append(pool.submit(fn, items[i + depth]))
-        yield result

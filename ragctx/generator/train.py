@@ -19,7 +19,6 @@ import json
 import math
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RagctxError
+from ..prefetch import prefetch
 from ..tasks import KINDS, NeedleTask, string_match_all
 from ..tasks.needles import MIN_LENGTH, kinds_for
 from .config import ModelConfig
@@ -203,25 +203,21 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     mode = "a" if first > 1 else "w"
     started = time.perf_counter()
-    next_batch = None
-    with open(out / "train.jsonl", mode) as train_log, open(out / "eval.jsonl", mode) as eval_log, \
-            ThreadPoolExecutor(max_workers=1) as pool:
+
+    def make(step: int):  # a step's data depends only on (seed, step): prefetching and resuming are exact
+        step_rng = random.Random(f"{cfg.seed}/step/{step}")
+        length = step_rng.choice(lengths_at(cfg, step))
+        return step, length, _batch(task, step_rng, cfg, length, step, tok)
+
+    with open(out / "train.jsonl", mode) as train_log, open(out / "eval.jsonl", mode) as eval_log:
         model.train()
-
-        def make(step: int):  # a step's data depends only on (seed, step): prefetching and resuming are exact
-            step_rng = random.Random(f"{cfg.seed}/step/{step}")
-            length = step_rng.choice(lengths_at(cfg, step))
-            return length, _batch(task, step_rng, cfg, length, step, tok)
-
-        for step in range(first, cfg.steps + 1):
+        # the next batch is built on a worker thread while this step runs on the device
+        for step, length, (ids, wts, is_target) in prefetch(make, range(first, cfg.steps + 1), depth=1):
             lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
             if step > cfg.warmup:
                 lr *= 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            # the next batch is built on a worker thread while this step runs on the device
-            length, (ids, wts, is_target) = next_batch.result() if next_batch is not None else make(step)
-            next_batch = pool.submit(make, step + 1) if step < cfg.steps else None
             ids, wts, is_target = ids.to(device), wts.to(device), is_target.to(device).flatten()
             t0 = time.perf_counter()
             with amp if amp is not None else torch.enable_grad():
