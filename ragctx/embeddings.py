@@ -145,19 +145,19 @@ class Embedder:
         """Padded batches from token-id runs (``flat`` holds each text's ids back to back)."""
         import torch
 
-        _, keys, extra = self._fast
+        _, keys, extra, pad_id = self._fast
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         for s in range(0, len(lengths), self.batch_size):
             lens = lengths[s : s + self.batch_size]
             mask = np.arange(int(lens.max()))[None, :] < lens[:, None]  # [B, W]
-            input_ids = np.full(mask.shape, self._pad_id, dtype=np.int64)
+            input_ids = np.full(mask.shape, pad_id, dtype=np.int64)
             input_ids[mask] = flat[offsets[s] : offsets[s + len(lens)]]
             arrays = {"input_ids": input_ids, "attention_mask": mask.astype(np.int64),
                       "token_type_ids": np.zeros(mask.shape, dtype=np.int64)}  # one segment: all type 0
             yield {**{k: torch.from_numpy(arrays[k]) for k in keys}, **extra}
 
     def _fast_tokenizer(self):
-        """(Rust tokenizer set up as sentence-transformers would, tensor keys, constant keys) or None when the
+        """(Rust tokenizer set up as sentence-transformers would, tensor keys, constant keys, pad id) or None when the
         model's inputs are not plain Hugging Face token ids (then its own ``preprocess`` is used)."""
         import copy
 
@@ -171,9 +171,8 @@ class Embedder:
         rust = copy.deepcopy(rust)
         rust.enable_truncation(self.max_seq_length)
         rust.no_padding()  # ragctx pads per batch from the lengths
-        self._pad_id = self.model.tokenizer.pad_token_id or 0
         extra = {k: v for k, v in probe.items() if not hasattr(v, "shape")}
-        return rust, keys, extra
+        return rust, keys, extra, self.model.tokenizer.pad_token_id or 0
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query's embedding, shape [dim]."""

@@ -65,5 +65,4 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
         else:
             add_s = torch.einsum("bhtf,bhtd->bhfd", fk[:, :, :t], v_all[:, :, :t].float())
             state.linear = LinearState(state.linear.s + add_s, state.linear.z + fk[:, :, :t].sum(2))
-        state.ring = ring
     return out.to(q.dtype)
