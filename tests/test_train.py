@@ -78,6 +78,8 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     whole, _ = train(TrainConfig(**base), tmp_path / "whole")
     partial, log = train(TrainConfig(**base, max_minutes=0.0), tmp_path / "split")  # stops after step 1
     assert len(log) == 1 and (tmp_path / "split" / "checkpoint" / "state.json").is_file()
+    saved = json.loads((tmp_path / "split" / "model" / "config.json").read_text())  # usable, marked unfinished
+    assert saved["training"]["stopped_at"] == 1
     resumed, log = train(TrainConfig(**base), tmp_path / "split")
     assert [r["step"] for r in log] == list(range(2, 9))
     assert len((tmp_path / "split" / "train.jsonl").read_text().splitlines()) == 8
@@ -94,3 +96,20 @@ def test_curriculum_grows_the_lengths():
     assert lengths_at(cfg, 99) == [256, 1024, 4096]
     assert lengths_at(cfg, 100) == [256, 1024, 4096, 16384]
     assert lengths_at(TrainConfig(lengths=(4096, 256)), 0) == [256, 4096]  # no curriculum: all of them
+
+
+def test_a_second_stage_starts_from_saved_weights(tmp_path):
+    first, _ = train(TrainConfig(**{**TINY, "steps": 3}), tmp_path / "first")
+    ids = list(range(60))
+    # lr 0: the second stage's model is the first one's, read back from its bf16 safetensors
+    second, _ = train(TrainConfig(**{**TINY, "steps": 1, "lr": 0.0, "init": str(tmp_path / "first" / "model")}),
+                      tmp_path / "second")
+    stored = Generator.load(tmp_path / "first" / "model")
+    torch.testing.assert_close(second.logits(ids), stored.logits(ids), atol=1e-4, rtol=1e-4)
+    fresh, _ = train(TrainConfig(**{**TINY, "steps": 1, "lr": 0.0}), tmp_path / "fresh")
+    assert not torch.allclose(fresh.logits(ids), stored.logits(ids), atol=1e-2)
+    with pytest.raises(RagctxError, match="does not fit this model"):
+        train(TrainConfig(**{**TINY, "model": "small", "steps": 1, "init": str(tmp_path / "first" / "model")}),
+              tmp_path / "bad")
+    with pytest.raises(RagctxError, match="no model.safetensors"):
+        train(TrainConfig(**{**TINY, "steps": 1, "init": str(tmp_path)}), tmp_path / "bad2")

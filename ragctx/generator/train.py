@@ -64,6 +64,7 @@ class TrainConfig:
     curriculum_steps: int = 0  # over these first steps the longest allowed length grows from min to max(lengths)
     max_minutes: float | None = None  # stop (with a checkpoint) after this long; rerun with the same out to resume
     checkpoint_every: int = 500  # steps between checkpoints in out/checkpoint (0: only when stopping)
+    init: str | None = None  # a saved model folder to start from (weights only: a second stage, same architecture)
 
 
 def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, step: int, tok: ByteTokenizer):
@@ -105,7 +106,8 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
         for i in range(n):
             usable = kinds_for(length, kinds)
             ex = task.example(seed + i, length=length, kind=usable[i % len(usable)], unanswerable=(i % 5 == 4))
-            pred = gen.generate(ex.prompt, max_new_tokens=len(ex.target) + 4, stop=["\n"]).text
+            room = max(len(ex.target), len(" unanswerable")) + 4  # a wrong "unanswerable" must fit, to be counted
+            pred = gen.generate(ex.prompt, max_new_tokens=room, stop=["\n"]).text
             score = string_match_all(pred, ex.answers)
             if ex.answerable:
                 scores.append(score)
@@ -180,6 +182,8 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                                  max_seq_len=max(max(cfg.lengths), max(cfg.eval_lengths)) + 256,
                                  **cfg.model_overrides)
     model = Transformer(mcfg).to(device)
+    if cfg.init:
+        _init_from(model, Path(cfg.init))
     if cfg.attention == "softmax":
         model.set_attention("flash")  # the same function, fused: trains the softmax weights in O(N) memory
     gen = Generator(model, tok)
@@ -245,8 +249,39 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                 _save_checkpoint(checkpoint, model, opt, step)
             if out_of_time and step < cfg.steps:
                 print(f"stopped at step {step} after {cfg.max_minutes} min; run again to resume", flush=True)
+                _save_model(gen, cfg, out, evals, stopped_at=step)  # usable now, marked unfinished
                 return gen, log
-    model.eval()
-    model.set_attention(cfg.attention)
-    gen.save(out / "model", dtype=torch.bfloat16, training={"config": asdict(cfg), "final_eval": evals[-1] if evals else None})
+    _save_model(gen, cfg, out, evals)
     return gen, log
+
+
+def _save_model(gen: Generator, cfg: TrainConfig, out: Path, evals: list[dict], stopped_at: int | None = None):
+    """The model in bf16 under out/model, with its training config and last evaluation (and, for a run stopped by
+    its time budget, the step it stopped at: its learning rate had not decayed yet)."""
+    was_training = gen.model.training
+    gen.model.eval()
+    gen.model.set_attention(cfg.attention)
+    training = {"config": asdict(cfg), "final_eval": evals[-1] if evals else None}
+    if stopped_at is not None:
+        training["stopped_at"] = stopped_at
+    gen.save(out / "model", dtype=torch.bfloat16, training=training)
+    if cfg.attention == "softmax":
+        gen.model.set_attention("flash")
+    gen.model.train(was_training)
+
+
+def _init_from(model: Transformer, folder: Path) -> None:
+    """Loads a saved model's weights into ``model`` (same architecture, checked by the state dict's names and
+    shapes)."""
+    from safetensors.torch import load_file
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise RagctxError(f"init: no model.safetensors in {folder}; pass a folder written by Generator.save")
+    weights = load_file(str(path), device=str(next(model.parameters()).device))
+    own = model.state_dict()
+    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise RagctxError(f"init: {folder} does not fit this model ({', '.join(bad[:3])}); use the same preset")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
+    model.tie_weights()

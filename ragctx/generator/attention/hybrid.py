@@ -16,7 +16,6 @@ O(W) memory in all.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup
@@ -40,16 +39,16 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
         out_w, lse_w = masked_softmax(q, k_all, v_all, allowed(positions, pos_all, valid_all, w), scale)
 
     # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
-    # W + i for the query's own key); padding rows of phi(k) are zero
+    # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys
+    # that leave the window in this call; padding rows of phi(k) are zero.
     fq = group_q(feature_map(q, kind), hkv)  # [B, Hkv, G, T, F]
-    fk = feature_map(k_all, kind) * valid_all[:, None, :, None]  # [B, Hkv, W + T, F]
+    fk = feature_map(k_all[:, :, :t], kind) * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
     prev = state.linear if state is not None else None
     if t == 1:  # decode: the one key leaving the window joins the state, then a recurrent read
         start = prev or LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d), fk.new_zeros(b, hkv, fk.shape[-1]))
-        num, den, evicted = linear_step(fq, fk[:, :, :1], v_all[:, :, :1], start)
+        num, den, evicted = linear_step(fq, fk, v_all[:, :, :1], start)
     else:
-        num, den, _ = linear_chunkwise(F.pad(fq, (0, 0, 0, w)), fk, v_all, prev, cfg.chunk_size)
-        num, den = num[..., :t, :], den[..., :t]
+        num, den, evicted = linear_chunkwise(fq, fk, v_all[:, :, :t], prev, cfg.chunk_size)
     seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
     log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
     out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
@@ -59,10 +58,6 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     c = torch.exp(lse_l - lse).nan_to_num(0.0)[..., None]
     out = a * out_w.float() + c * out_l
 
-    if state is not None:  # keys k_all[:T] left the window for good: fold them into the linear state
-        if t == 1:
-            state.linear = evicted
-        else:
-            add_s = torch.einsum("bhtf,bhtd->bhfd", fk[:, :, :t], v_all[:, :, :t].float())
-            state.linear = LinearState(state.linear.s + add_s, state.linear.z + fk[:, :, :t].sum(2))
+    if state is not None:  # keys k_all[:T] left the window for good: they are folded into the linear state
+        state.linear = evicted
     return out.to(q.dtype)
