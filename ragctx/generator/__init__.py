@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .attention import ATTENTION, get_attention
 from .config import PRESETS, ModelConfig
-from .generate import Generation, Generator
+from .generate import Generation, Generator, builtin_names
 from .model import Transformer
 from .tokenizer import ByteTokenizer, HFTokenizer
 
 __all__ = ["ATTENTION", "ByteTokenizer", "Generation", "Generator", "HFTokenizer", "ModelConfig", "PRESETS",
-           "Transformer", "get_attention"]
+           "Transformer", "builtin_names", "get_attention"]

@@ -19,7 +19,7 @@ from .hf import hf_config, load_hf_weights
 from .model import Transformer
 from .tokenizer import ByteTokenizer, HFTokenizer
 
-__all__ = ["Generator", "Generation", "sample"]
+__all__ = ["Generator", "Generation", "sample", "builtin_names"]
 
 FORMAT = "ragctx-generator"
 FORMAT_VERSION = 1
@@ -115,17 +115,12 @@ class Generator:
     @classmethod
     def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
-        """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package;
-        ``builtin:flash`` is the softmax model run with flash attention)."""
+        """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package, see
+        :func:`builtin_names`; ``builtin:flash`` is the softmax model run with flash attention)."""
         spec = str(spec)
         if spec.startswith("builtin:"):
-            name = spec.removeprefix("builtin:")
-            if name == "flash":  # the same function as softmax: one set of weights serves both
-                name, attention = "softmax", attention or "flash"
-            folder = BUILTIN_DIR / name
-            if not (folder / "config.json").is_file():
-                available = sorted(p.name for p in BUILTIN_DIR.glob("*") if (p / "config.json").is_file())
-                raise RagctxError(f"no built-in generator '{name}'; available: {', '.join(available) or 'none installed'}")
+            folder, alias_attention = _builtin_folder(spec.removeprefix("builtin:"))
+            attention = attention or alias_attention
         else:
             folder = Path(spec)
         path = folder / "config.json"
@@ -261,3 +256,22 @@ class Generator:
 def _place(model: Transformer, device: str | None, dtype: torch.dtype | None) -> Transformer:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device=device, dtype=dtype) if dtype else model.to(device)
+
+
+def builtin_names() -> list[str]:
+    """The built-in generators installed with the package (each folder's README.md is its model card)."""
+    return sorted(p.name for p in BUILTIN_DIR.glob("*") if (p / "config.json").is_file() or (p / "alias.json").is_file())
+
+
+def _builtin_folder(name: str) -> tuple[Path, str | None]:
+    """The weights folder of ``builtin:NAME`` and the attention it runs with. A folder holding ``alias.json``
+    ({"weights": OTHER, "attention": NAME}) runs another built-in's weights with its own attention: ``flash`` runs
+    ``softmax``'s (the same function)."""
+    folder = BUILTIN_DIR / name
+    if (folder / "alias.json").is_file():
+        alias = json.loads((folder / "alias.json").read_text())
+        return BUILTIN_DIR / alias["weights"], alias["attention"]
+    if not (folder / "config.json").is_file():
+        raise RagctxError(f"no built-in generator '{name}'; available: {', '.join(builtin_names()) or 'none installed'}")
+    return folder, None
+

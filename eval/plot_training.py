@@ -1,0 +1,60 @@
+"""Training curves of the built-in generators: per-byte target loss against step (smoothed) for every run under
+eval/reports/training/, and the per-length accuracy of each run's evaluations.
+
+    python eval/plot_training.py            # writes eval/reports/training/curves.png and accuracy.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FOLDER = Path(__file__).parent / "reports" / "training"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def main() -> None:
+    runs = sorted(p for p in FOLDER.iterdir() if (p / "train.jsonl").is_file())
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        rows = _rows(run / "train.jsonl")
+        if not rows:
+            continue
+        smooth, out = None, []
+        for r in rows:  # exponential moving average of the per-target-byte loss
+            smooth = r["target_loss"] if smooth is None else 0.98 * smooth + 0.02 * r["target_loss"]
+            out.append(smooth)
+        ax.plot([r["step"] for r in rows], out, label=run.name)
+    ax.axhline(math.log(10), color="grey", ls=":", lw=1, label="chance (digits)")
+    ax.set(xlabel="step", ylabel="target loss per byte (EMA)", yscale="log", title="built-in generators: training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(FOLDER / "curves.png", dpi=110)
+
+    evaluated = [(run, _rows(run / "eval.jsonl")) for run in runs]
+    evaluated = [(run, rows) for run, rows in evaluated if rows]
+    fig, axes = plt.subplots(1, len(evaluated), figsize=(3.2 * len(evaluated), 3.2), sharey=True, squeeze=False)
+    for ax, (run, rows) in zip(axes[0], evaluated):
+        lengths = [k for k in rows[-1] if k.isdigit()]
+        for length in lengths:
+            ax.plot([r["step"] for r in rows if length in r], [r[length]["accuracy"] for r in rows if length in r],
+                    marker="o", ms=3, label=f"{length} B")
+        ax.set(title=run.name, xlabel="step", ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("accuracy (all kinds)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(FOLDER / "accuracy.png", dpi=110)
+    print(f"wrote {FOLDER / 'curves.png'} and {FOLDER / 'accuracy.png'}")
+
+
+if __name__ == "__main__":
+    main()
