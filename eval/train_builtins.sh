@@ -5,10 +5,10 @@
 # latest checkpoint's weights when the run is not finished yet).
 #
 #   MINUTES=8.5 bash eval/train_builtins.sh
-#   VARIANTS="softmax linear" EXTRA=--smoke OUT=/tmp/o bash eval/train_builtins.sh   # CPU check
+#   VARIANTS="softmax linear-elu" EXTRA=--smoke OUT=/tmp/o bash eval/train_builtins.sh   # CPU check
 set -u
 cd "$(dirname "$0")/.."
-variants=(${VARIANTS:-softmax linear sliding_window hybrid})
+variants=(${VARIANTS:-softmax linear-elu sliding_window hybrid-taylor})
 minutes=${MINUTES:-8.5}
 out=${OUT:-eval/runs/out}
 mkdir -p eval/runs "$out"

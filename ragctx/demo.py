@@ -43,10 +43,9 @@ DEMO_GRID: dict[str, Any] = {
 
 
 def builtins_missing(attentions) -> list[str]:
-    from .generator.generate import BUILTIN_DIR
+    from .generator import builtin_names
 
-    names = {"softmax" if a == "flash" else a for a in attentions}
-    return sorted(n for n in names if not (BUILTIN_DIR / n / "config.json").is_file())
+    return sorted(set(attentions) - set(builtin_names()))
 
 
 def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None, docs: Path | None = None,

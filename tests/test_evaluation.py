@@ -158,6 +158,8 @@ def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypa
         torch.manual_seed(0)
         Generator(Transformer(ModelConfig.from_name("tiny", attention=name, max_seq_len=1024)),
                   ByteTokenizer()).save(builtin / name)
+    (builtin / "flash").mkdir()
+    (builtin / "flash" / "alias.json").write_text(json.dumps({"weights": "softmax", "attention": "flash"}))
     monkeypatch.setattr(generate_module, "BUILTIN_DIR", builtin)
     grid = dict(attentions=["softmax", "flash", "linear"], lengths=[300], depths=[0.5], seeds=[0],
                 unanswerable_seeds=[], haystack="repeat", modes=["rag", "auto"], max_new_tokens=4)
