@@ -152,3 +152,26 @@ def test_compiled_generation_gives_the_same_tokens():
     eager = Generator(model, ByteTokenizer()).generate("Hello", max_new_tokens=6)
     compiled = Generator(model, ByteTokenizer(), compile=True).generate("Hello", max_new_tokens=6)
     assert compiled.tokens == eager.tokens
+
+
+def test_builtin_aliases_run_another_builtins_weights_and_are_validated(tmp_path, monkeypatch):
+    import ragctx.generator.generate as generate_module
+
+    gen = Generator(tiny_model("softmax"), ByteTokenizer())
+    gen.save(tmp_path / "softmax")
+    monkeypatch.setattr(generate_module, "BUILTIN_DIR", tmp_path)
+    (tmp_path / "window").mkdir()
+    (tmp_path / "window" / "alias.json").write_text(json.dumps({"weights": "softmax", "attention": "sliding_window"}))
+    assert generate_module.builtin_names() == ["softmax", "window"]
+    alias = Generator.load("builtin:window")
+    assert alias.attention == "sliding_window"
+    assert Generator.load("builtin:window", attention="flash").attention == "flash"  # the caller's choice wins
+    alias.set_attention("softmax")
+    ids = list(range(30))
+    torch.testing.assert_close(alias.logits(ids), gen.logits(ids))
+    (tmp_path / "window" / "alias.json").write_text(json.dumps({"weights": "gone", "attention": "flash"}))
+    with pytest.raises(RagctxError, match="must name an installed built-in"):
+        Generator.load("builtin:window")
+    (tmp_path / "window" / "alias.json").write_text(json.dumps({"weights": "softmax", "attention": "fast"}))
+    with pytest.raises(RagctxError, match="unknown attention 'fast'"):
+        Generator.load("builtin:window")

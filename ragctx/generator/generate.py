@@ -270,6 +270,9 @@ def _builtin_folder(name: str) -> tuple[Path, str | None]:
     folder = BUILTIN_DIR / name
     if (folder / "alias.json").is_file():
         alias = json.loads((folder / "alias.json").read_text())
+        if not isinstance(alias, dict) or not (BUILTIN_DIR / str(alias.get("weights")) / "config.json").is_file():
+            raise RagctxError(f"{folder / 'alias.json'}: 'weights' must name an installed built-in; reinstall ragctx")
+        get_attention(alias.get("attention", ""))  # an unknown name lists the valid ones
         return BUILTIN_DIR / alias["weights"], alias["attention"]
     if not (folder / "config.json").is_file():
         raise RagctxError(f"no built-in generator '{name}'; available: {', '.join(builtin_names()) or 'none installed'}")
