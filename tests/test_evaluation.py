@@ -80,6 +80,15 @@ def test_tiny_grid_end_to_end_writes_every_file_and_resumes(tmp_path, generator_
     again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(again) == len(rows) and [r["id"] for r in again[-3:]] == [r["id"] for r in rows[-3:]]
 
+    # conclusions written by a person open both reports, above the computed findings
+    from ragctx.evaluation.report import write_report
+
+    (out / "conclusions.md").write_text("RAG <b>read</b> fewer tokens at equal accuracy.\n")
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert md.index("## Conclusions") < md.index("RAG <b>read</b> fewer") < md.index("## Findings")
+    assert "RAG &lt;b&gt;read&lt;/b&gt; fewer" in (out / "report.html").read_text()
+
 
 def test_cli_eval_and_config_errors(tmp_path, generator_folder, capsys):
     cfg = grid(tmp_path, generator_folder, name="cli")

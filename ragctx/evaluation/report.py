@@ -148,7 +148,8 @@ def _findings(summary: dict[str, Any]) -> list[str]:
 
 
 def write_report(folder: str | Path) -> dict[str, Any]:
-    """Writes summary.json, report.md, report.html and the plots from ``folder/results.jsonl``."""
+    """Writes summary.json, report.md, report.html and the plots from ``folder/results.jsonl``; a
+    ``folder/conclusions.md`` (plain-words conclusions, written after reading the results) opens both reports."""
     folder = Path(folder)
     rows = _rows(folder)
     summary = summarize(rows)
@@ -164,7 +165,10 @@ def write_report(folder: str | Path) -> dict[str, Any]:
                       f"{c['input_tokens'] or 0:.0f}", f"{c['prefill_s'] or 0:.3f}", f"{c['decode_s'] or 0:.3f}",
                       f"{(c['peak_memory_bytes'] or 0) / 2**20:.0f}", ", ".join(f"{k}: {v}" for k, v in c["routes"].items())])
     findings = _findings(summary)
-    md = ["# Evaluation report", "", "## Findings", "", *[f"- {f}" for f in findings], "",
+    # conclusions.md, written by a person who read the results, goes first (the findings are computed)
+    written = (folder / "conclusions.md").read_text().strip() if (folder / "conclusions.md").is_file() else ""
+    conclusions = ["## Conclusions", "", written, ""] if written else []
+    md = ["# Evaluation report", "", *conclusions, "## Findings", "", *[f"- {f}" for f in findings], "",
           "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
           *["| " + " | ".join(str(x) for x in row) + " |" for row in table], "", "## Plots", "",
           *[f"![{p}]({p})" for p in plots], ""]
@@ -174,7 +178,10 @@ def write_report(folder: str | Path) -> dict[str, Any]:
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in row) + "</tr>" for row in table)
     page = (f"<!doctype html><meta charset='utf-8'><title>ragctx evaluation</title>"
             f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>"
-            f"<h1>Evaluation report</h1><h2>Findings</h2><ul>{''.join(f'<li>{html.escape(f)}</li>' for f in findings)}</ul>"
+            f"<h1>Evaluation report</h1>"
+            + (f"<h2>Conclusions</h2><pre style='white-space:pre-wrap;font-family:inherit'>{html.escape(written)}</pre>"
+               if written else "")
+            + f"<h2>Findings</h2><ul>{''.join(f'<li>{html.escape(f)}</li>' for f in findings)}</ul>"
             f"<h2>Results</h2><table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{rows_html}</table>"
             f"<h2>Plots</h2>{imgs}")
     (folder / "report.html").write_text(page)
