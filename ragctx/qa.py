@@ -118,11 +118,30 @@ class AnswerStream:
                 yield event
 
 
+def _reset_peak_rss() -> None:
+    """Linux: start the process's peak-RSS mark (VmHWM) again from the current RSS, so that the peak read after a
+    generation is that generation's. Elsewhere a no-op (the peak is then the process's so far)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_memory(device) -> int:
+    """Peak memory of the last generation: CUDA max allocated, or on a CPU the peak RSS since _reset_peak_rss
+    (Linux; the whole process's peak RSS elsewhere)."""
     import torch
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
 
 
@@ -266,6 +285,8 @@ class QA:
         gen = self.generator
         if gen.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(gen.device)
+        else:
+            _reset_peak_rss()
         stream = gen.run(prompt, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop))
         result = None
         for piece in stream:

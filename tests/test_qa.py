@@ -149,3 +149,18 @@ def test_cli_ask(index, gen, tmp_path, capsys):
     assert main(["ask", str(tmp_path / "idx"), "q", "--generator", "builtin:nothing"]) == 2
     assert "no built-in generator" in capsys.readouterr().err
     assert main(["ask", str(tmp_path / "missing"), "q"]) == 2
+
+
+def test_cpu_peak_memory_is_the_generations_own(index, gen):
+    import os
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("per-generation peak RSS needs Linux's /proc/self/clear_refs")
+    big = torch.ones(400_000_000, dtype=torch.uint8)  # lift the process's peak RSS by ~400 MB, then free it
+    big += 1
+    del big
+    from ragctx.qa import _peak_memory
+
+    process_peak = _peak_memory(torch.device("cpu"))
+    answer = QA(index, gen, max_new_tokens=4).ask("When did Mount Zirkel erupt?", mode="rag", k=1)
+    assert 0 < answer.peak_memory_bytes < process_peak - 200 * 2**20

@@ -105,7 +105,7 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
         ax2.plot([c["length"] for c in cs], [(c["peak_memory_bytes"] or 0) / 2**20 for c in cs], marker="o", label=f"{mode} / {att}")
     ax1.set(xscale="log", yscale="log", xlabel="context length", ylabel="prefill time (s)", title="Prefill time (log-log)")
     ax2.set(xscale="log", yscale="log", xlabel="context length", title="Peak memory (log-log)",
-            ylabel="peak MiB (CUDA max allocated; on CPU the process's peak RSS so far)")
+            ylabel="peak MiB (CUDA max allocated; on CPU peak RSS during the generation)")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     written.append(_save(fig, folder / PLOTS[2]))
