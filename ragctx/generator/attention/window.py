@@ -1,7 +1,8 @@
 """``sliding_window``: softmax over the last ``window`` tokens (the query's own included).
 
 Prefill of a fresh sequence on a GPU with no padding runs FlexAttention (compiled, block-sparse sliding-window
-mask); elsewhere ``scaled_dot_product_attention`` with a boolean band mask computes the same function. Decoding keeps a ring buffer of the last ``window`` keys and
+mask); elsewhere ``scaled_dot_product_attention`` with a boolean band mask computes the same function, in blocks of
+W queries once the sequence is 2W long (O(T W) work and memory instead of a T x T mask). Decoding keeps a ring buffer of the last ``window`` keys and
 values, so its memory stays O(W) however long the sequence grows.
 """
 
@@ -58,4 +59,18 @@ def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
         return out
     padded = valid is not None  # without padding every query sees at least itself
     k, v, pos_k, valid_k = visible_keys(state, k, v, positions, all_valid(valid, positions))
-    return sdpa(q, k, v, allowed(positions, pos_k, valid_k, cfg.window), padded=padded)
+    t, w = q.shape[2], cfg.window
+    if t < 2 * w:
+        return sdpa(q, k, v, allowed(positions, pos_k, valid_k, w), padded=padded)
+    # long prefill: blocks of W queries, each against the keys its window can reach, so the dense band mask costs
+    # O(T W) instead of O(T^2). Keys are in position order and the new ones come last (a ring puts its W older
+    # slots first), so query i's own key is key offset + i and its window ends W - 1 keys before that.
+    offset = k.shape[2] - t
+    out = torch.empty_like(q)
+    for start in range(0, t, w):
+        end = min(start + w, t)
+        lo = max(0, offset + start - w + 1)
+        ok = allowed(positions[:, start:end], pos_k[:, lo : offset + end], valid_k[:, lo : offset + end], w)
+        out[:, :, start:end] = sdpa(q[:, :, start:end], k[:, :, lo : offset + end], v[:, :, lo : offset + end], ok,
+                                    padded=padded)
+    return out
