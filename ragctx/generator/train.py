@@ -252,6 +252,8 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                 _save_model(gen, cfg, out, evals, stopped_at=step)  # usable now, marked unfinished
                 return gen, log
     _save_model(gen, cfg, out, evals)
+    model.eval()
+    model.set_attention(cfg.attention)  # hand back the model as saved: evaluation mode, its own attention
     return gen, log
 
 
