@@ -122,6 +122,17 @@ def allowed(pos_q: Tensor, pos_k: Tensor, valid_k: Tensor, window: int | None = 
     return ok[:, None]
 
 
+def window_blocks(t: int, n_keys: int, window: int):
+    """(query slice, key slice) pairs that cover ``t`` queries in blocks of ``window``, each with the keys its
+    sliding window can reach. Keys are in position order and the queries' own keys come last (a ring puts its W
+    older slots first), so query i's key is key ``n_keys - t + i`` and its window starts ``window - 1`` keys before.
+    The band mask of each block is then [W, 2W - 1]: O(T W) work and memory instead of O(T^2)."""
+    offset = n_keys - t
+    for start in range(0, t, window):
+        end = min(start + window, t)
+        yield slice(start, end), slice(max(0, offset + start - window + 1), offset + end)
+
+
 def group_q(q: Tensor, n_kv_heads: int) -> Tensor:
     """[B, Hq, T, D] -> [B, Hkv, G, T, D]: query heads grouped by the key/value head they share."""
     b, h, t, d = q.shape

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup
+from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup, window_blocks
 from .linear import feature_map, linear_chunkwise, linear_step, normalize
 from .softmax import masked_softmax
 from .window import flex_window, use_flex
@@ -35,8 +35,13 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     k_all, v_all, pos_all, valid_all = ring.add(k, v, positions, valid)  # [W + T], oldest first
     if fast:
         out_w, lse_w = flex_window(q, k, v, w, scale)
-    else:
+    elif t < 2 * w:
         out_w, lse_w = masked_softmax(q, k_all, v_all, allowed(positions, pos_all, valid_all, w), scale)
+    else:  # a long prefill off the GPU: the window part in blocks of W queries (O(T W), not a T x T band)
+        parts = [masked_softmax(q[:, :, qs], k_all[:, :, ks], v_all[:, :, ks],
+                                allowed(positions[:, qs], pos_all[:, ks], valid_all[:, ks], w), scale)
+                 for qs, ks in window_blocks(t, k_all.shape[2], w)]
+        out_w, lse_w = torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2)
 
     # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
     # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys

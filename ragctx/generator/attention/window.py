@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .common import RingBuffer, all_valid, allowed, visible_keys
+from .common import RingBuffer, all_valid, allowed, visible_keys, window_blocks
 from .flash import sdpa
 
 __all__ = ["window_attention", "flex_window", "use_flex"]
@@ -62,15 +62,8 @@ def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     t, w = q.shape[2], cfg.window
     if t < 2 * w:
         return sdpa(q, k, v, allowed(positions, pos_k, valid_k, w), padded=padded)
-    # long prefill: blocks of W queries, each against the keys its window can reach, so the dense band mask costs
-    # O(T W) instead of O(T^2). Keys are in position order and the new ones come last (a ring puts its W older
-    # slots first), so query i's own key is key offset + i and its window ends W - 1 keys before that.
-    offset = k.shape[2] - t
-    out = torch.empty_like(q)
-    for start in range(0, t, w):
-        end = min(start + w, t)
-        lo = max(0, offset + start - w + 1)
-        ok = allowed(positions[:, start:end], pos_k[:, lo : offset + end], valid_k[:, lo : offset + end], w)
-        out[:, :, start:end] = sdpa(q[:, :, start:end], k[:, :, lo : offset + end], v[:, :, lo : offset + end], ok,
-                                    padded=padded)
+    out = torch.empty_like(q)  # a long prefill: blocks of W queries against the keys their windows reach
+    for qs, ks in window_blocks(t, k.shape[2], w):
+        ok = allowed(positions[:, qs], pos_k[:, ks], valid_k[:, ks], w)
+        out[:, :, qs] = sdpa(q[:, :, qs], k[:, :, ks], v[:, :, ks], ok, padded=padded)
     return out
