@@ -175,3 +175,16 @@ def test_builtin_aliases_run_another_builtins_weights_and_are_validated(tmp_path
     (tmp_path / "window" / "alias.json").write_text(json.dumps({"weights": "softmax", "attention": "fast"}))
     with pytest.raises(RagctxError, match="unknown attention 'fast'"):
         Generator.load("builtin:window")
+
+
+def test_context_override_lets_longer_inputs_in(tmp_path):
+    folder = Generator(tiny_model("softmax"), ByteTokenizer()).save(tmp_path / "gen")
+    short = Generator.open(folder)
+    limit = short.max_context
+    prompt = "x" * (limit + 100)
+    with pytest.raises(RagctxError, match="exceeds the generator's context"):
+        short.generate(prompt, max_new_tokens=2)
+    longer = Generator.open(folder, max_seq_len=limit + 200)
+    assert longer.max_context == limit + 200 and len(longer.generate(prompt, max_new_tokens=2).tokens) <= 2
+    with pytest.raises(RagctxError, match="positive number of tokens"):
+        longer.with_context(0)

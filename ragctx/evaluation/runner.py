@@ -41,6 +41,7 @@ class EvalConfig:
     overlap: list[int] = field(default_factory=lambda: [16])
     max_new_tokens: int = 48
     device: str | None = None
+    max_seq_len: int | None = None  # let the generator take longer inputs than its config says (lengths past training)
     qa_file: str | None = None  # a JSONL QA file instead of needle tasks (see load_qa_file); lengths/depths unused
 
     def __post_init__(self) -> None:
@@ -123,11 +124,12 @@ def _generator(cfg: EvalConfig, attention: str, cache: dict):
     if cfg.generator == "builtin":
         key = "softmax" if attention in ("softmax", "flash") else attention
         if key not in cache:
-            cache[key] = Generator.open(f"builtin:{key}", device=cfg.device)
+            cache[key] = Generator.open(f"builtin:{key}", device=cfg.device, max_seq_len=cfg.max_seq_len)
         gen = cache[key]
     else:
         if "shared" not in cache:
-            cache["shared"] = Generator.open(cfg.generator, attention=attention, device=cfg.device)
+            cache["shared"] = Generator.open(cfg.generator, attention=attention, device=cfg.device,
+                                             max_seq_len=cfg.max_seq_len)
         gen = cache["shared"]
     gen.set_attention(attention)
     return gen

@@ -99,9 +99,11 @@ class Generator:
         return cls(_place(model, device, dtype), tok, compile=compile)
 
     @classmethod
-    def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None) -> Generator:
+    def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
+             max_seq_len: int | None = None) -> Generator:
         """Any generator by one name: ``builtin:NAME``, a folder written by :meth:`save` (:meth:`load`), or a
-        Hugging Face checkpoint folder (:meth:`from_pretrained`, with ``flash`` unless ``attention`` says)."""
+        Hugging Face checkpoint folder (:meth:`from_pretrained`, with ``flash`` unless ``attention`` says).
+        ``max_seq_len`` overrides the context the model accepts (see :meth:`with_context`)."""
         spec = str(spec)
         if not spec.startswith("builtin:"):
             path = Path(spec) / "config.json"
@@ -109,8 +111,19 @@ class Generator:
                 raise RagctxError(f"generator '{spec}': no such folder; pass builtin:NAME, a ragctx model folder "
                                   "or a Hugging Face checkpoint folder")
             if json.loads(path.read_text()).get("format") != FORMAT:
-                return cls.from_pretrained(spec, attention=attention or "flash", device=device)
-        return cls.load(spec, attention=attention, device=device)
+                gen = cls.from_pretrained(spec, attention=attention or "flash", device=device)
+                return gen.with_context(max_seq_len) if max_seq_len else gen
+        gen = cls.load(spec, attention=attention, device=device)
+        return gen.with_context(max_seq_len) if max_seq_len else gen
+
+    def with_context(self, max_seq_len: int) -> Generator:
+        """Accepts inputs up to ``max_seq_len`` tokens (caches are sized per call, RoPE is computed per position).
+        Past the length a model was trained on, nothing is promised about quality: that is what an evaluation
+        at those lengths measures."""
+        if not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise RagctxError(f"max_seq_len={max_seq_len!r}: pass a positive number of tokens")
+        self.model.cfg.max_seq_len = max_seq_len
+        return self
 
     @classmethod
     def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
