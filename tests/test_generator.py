@@ -188,3 +188,5 @@ def test_context_override_lets_longer_inputs_in(tmp_path):
     assert longer.max_context == limit + 200 and len(longer.generate(prompt, max_new_tokens=2).tokens) <= 2
     with pytest.raises(RagctxError, match="positive number of tokens"):
         longer.with_context(0)
+    with pytest.raises(RagctxError, match="positive number of tokens"):
+        Generator.open(folder, max_seq_len=0)  # 0 is refused, not read as "no override"

@@ -104,17 +104,16 @@ class Generator:
         """Any generator by one name: ``builtin:NAME``, a folder written by :meth:`save` (:meth:`load`), or a
         Hugging Face checkpoint folder (:meth:`from_pretrained`, with ``flash`` unless ``attention`` says).
         ``max_seq_len`` overrides the context the model accepts (see :meth:`with_context`)."""
-        spec = str(spec)
+        spec, hf = str(spec), False
         if not spec.startswith("builtin:"):
             path = Path(spec) / "config.json"
             if not path.is_file():
                 raise RagctxError(f"generator '{spec}': no such folder; pass builtin:NAME, a ragctx model folder "
                                   "or a Hugging Face checkpoint folder")
-            if json.loads(path.read_text()).get("format") != FORMAT:
-                gen = cls.from_pretrained(spec, attention=attention or "flash", device=device)
-                return gen.with_context(max_seq_len) if max_seq_len else gen
-        gen = cls.load(spec, attention=attention, device=device)
-        return gen.with_context(max_seq_len) if max_seq_len else gen
+            hf = json.loads(path.read_text()).get("format") != FORMAT
+        gen = (cls.from_pretrained(spec, attention=attention or "flash", device=device) if hf
+               else cls.load(spec, attention=attention, device=device))
+        return gen if max_seq_len is None else gen.with_context(max_seq_len)
 
     def with_context(self, max_seq_len: int) -> Generator:
         """Accepts inputs up to ``max_seq_len`` tokens (caches are sized per call, RoPE is computed per position).

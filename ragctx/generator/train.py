@@ -158,9 +158,7 @@ def _save_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimize
 def _load_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer) -> int:
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(next(model.parameters()).device)),
-                          strict=False)
-    model.tie_weights()
+    _load_weights(model, folder)
     params = dict(model.named_parameters())
     for key, value in load_file(str(folder / "optimizer.safetensors")).items():
         name, field_name = key.split("::")
@@ -183,7 +181,7 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                                  **cfg.model_overrides)
     model = Transformer(mcfg).to(device)
     if cfg.init:
-        _init_from(model, Path(cfg.init))
+        _load_weights(model, Path(cfg.init))
     if cfg.attention == "softmax":
         model.set_attention("flash")  # the same function, fused: trains the softmax weights in O(N) memory
     gen = Generator(model, tok)
@@ -249,32 +247,27 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                 _save_checkpoint(checkpoint, model, opt, step)
             if out_of_time and step < cfg.steps:
                 print(f"stopped at step {step} after {cfg.max_minutes} min; run again to resume", flush=True)
-                _save_model(gen, cfg, out, evals, stopped_at=step)  # usable now, marked unfinished
+                _finish(gen, cfg, out, evals, stopped_at=step)  # usable now, marked unfinished
                 return gen, log
-    _save_model(gen, cfg, out, evals)
-    model.eval()
-    model.set_attention(cfg.attention)  # hand back the model as saved: evaluation mode, its own attention
+    _finish(gen, cfg, out, evals)
     return gen, log
 
 
-def _save_model(gen: Generator, cfg: TrainConfig, out: Path, evals: list[dict], stopped_at: int | None = None):
-    """The model in bf16 under out/model, with its training config and last evaluation (and, for a run stopped by
-    its time budget, the step it stopped at: its learning rate had not decayed yet)."""
-    was_training = gen.model.training
+def _finish(gen: Generator, cfg: TrainConfig, out: Path, evals: list[dict], stopped_at: int | None = None) -> None:
+    """Puts the model in evaluation mode with its own attention and saves it in bf16 under out/model, with its
+    training config and last evaluation (and, for a run stopped by its time budget, the step it stopped at: its
+    learning rate had not decayed yet)."""
     gen.model.eval()
     gen.model.set_attention(cfg.attention)
     training = {"config": asdict(cfg), "final_eval": evals[-1] if evals else None}
     if stopped_at is not None:
         training["stopped_at"] = stopped_at
     gen.save(out / "model", dtype=torch.bfloat16, training=training)
-    if cfg.attention == "softmax":
-        gen.model.set_attention("flash")
-    gen.model.train(was_training)
 
 
-def _init_from(model: Transformer, folder: Path) -> None:
-    """Loads a saved model's weights into ``model`` (same architecture, checked by the state dict's names and
-    shapes)."""
+def _load_weights(model: Transformer, folder: Path) -> None:
+    """Loads ``folder/model.safetensors`` (a saved model or a checkpoint) into ``model``: same architecture,
+    checked by the state dict's names and shapes."""
     from safetensors.torch import load_file
 
     path = folder / "model.safetensors"
