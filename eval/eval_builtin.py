@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ragctx.evaluation.metrics import bootstrap_ci  # noqa: E402
 from ragctx.generator import Generator  # noqa: E402
+from ragctx.generator.train import answer_needle  # noqa: E402
 from ragctx.tasks import NeedleTask, string_match_all  # noqa: E402
 from ragctx.tasks.needles import kinds_for  # noqa: E402
 
@@ -105,8 +106,7 @@ def main() -> None:
                                              attention="flash" if model == "softmax" else None)
             task = tasks.setdefault(haystack, NeedleTask(haystack, seed=SEED))
             ex = task.example(i, length=length, kind=kind, unanswerable=unans)
-            room = max(len(ex.target), len(" unanswerable")) + 4
-            pred = gens[model].generate(ex.prompt, max_new_tokens=room, stop=["\n"]).text
+            pred = answer_needle(gens[model], ex)
             row = {"model": model, "haystack": haystack, "length": length, "kind": kind, "answerable": not unans,
                    "index": i, "depth": ex.depth, "prediction": pred, "target": ex.target,
                    "score": string_match_all(pred, ex.answers), "said_unanswerable": "unanswerable" in pred.lower()}

@@ -12,6 +12,7 @@ import pytest
 from ragctx import ChunkConfig, Document, Index
 from ragctx.data import essays_dir
 from ragctx.generator import Generator, builtin_names
+from ragctx.generator.train import answer_needle
 from ragctx.qa import QA
 from ragctx.tasks import NeedleTask, string_match_all
 
@@ -22,11 +23,6 @@ RAG_SIZES = (512, 1024, 2048)
 @lru_cache(maxsize=None)
 def builtin(name: str, attention: str | None = None) -> Generator:
     return Generator.load(f"builtin:{name}", attention=attention)
-
-
-def answer(gen: Generator, ex) -> str:
-    room = max(len(ex.target), len(" unanswerable")) + 4
-    return gen.generate(ex.prompt, max_new_tokens=room, stop=["\n"]).text
 
 
 def examples(n: int, lengths, *, unanswerable: bool = False, seed: int = SEED):
@@ -45,16 +41,16 @@ def test_every_variant_is_installed_and_flash_shares_softmax_weights():
 def test_softmax_finds_single_needles_in_rag_sized_inputs():
     exs = examples(30, RAG_SIZES)
     gen = builtin("softmax", "flash")  # the same function as softmax (tested equal), fused: faster on a CPU
-    accuracy = sum(string_match_all(answer(gen, ex), ex.answers) for ex in exs) / len(exs)
+    accuracy = sum(string_match_all(answer_needle(gen, ex), ex.answers) for ex in exs) / len(exs)
     assert accuracy >= 0.98
 
 
 def test_softmax_says_unanswerable_when_the_key_is_absent_and_only_then():
     gen = builtin("softmax", "flash")
     absent = examples(30, RAG_SIZES, unanswerable=True, seed=SEED + 1)
-    recall = sum("unanswerable" in answer(gen, ex).lower() for ex in absent) / len(absent)
+    recall = sum("unanswerable" in answer_needle(gen, ex).lower() for ex in absent) / len(absent)
     present = examples(30, RAG_SIZES, seed=SEED + 2)
-    false = sum("unanswerable" in answer(gen, ex).lower() for ex in present) / len(present)
+    false = sum("unanswerable" in answer_needle(gen, ex).lower() for ex in present) / len(present)
     assert recall >= 0.95 and false <= 0.05
 
 
@@ -68,7 +64,7 @@ def test_softmax_says_unanswerable_when_the_key_is_absent_and_only_then():
 def test_every_model_answers_short_inputs(name):
     exs = examples(30, (512, 1024), seed=SEED + 3)
     gen = builtin(name)
-    accuracy = sum(string_match_all(answer(gen, ex), ex.answers) for ex in exs) / len(exs)
+    accuracy = sum(string_match_all(answer_needle(gen, ex), ex.answers) for ex in exs) / len(exs)
     assert accuracy >= 0.90
 
 

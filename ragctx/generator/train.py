@@ -34,7 +34,7 @@ from .generate import Generator
 from .model import Transformer
 from .tokenizer import ByteTokenizer
 
-__all__ = ["TrainConfig", "train", "evaluate", "lengths_at"]
+__all__ = ["TrainConfig", "train", "evaluate", "answer_needle", "lengths_at"]
 
 
 @dataclass
@@ -93,6 +93,13 @@ def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, 
     return ids, wts, target
 
 
+def answer_needle(gen: Generator, ex) -> str:
+    """The generator's greedy answer to a needle example, up to the first newline. Room is left for the longer of
+    the target and ``unanswerable``, so that a wrong ``unanswerable`` is seen whole and counted."""
+    room = max(len(ex.target), len(" unanswerable")) + 4
+    return gen.generate(ex.prompt, max_new_tokens=room, stop=["\n"]).text
+
+
 @torch.no_grad()
 def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_000,
              kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
@@ -106,8 +113,7 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
         for i in range(n):
             usable = kinds_for(length, kinds)
             ex = task.example(seed + i, length=length, kind=usable[i % len(usable)], unanswerable=(i % 5 == 4))
-            room = max(len(ex.target), len(" unanswerable")) + 4  # a wrong "unanswerable" must fit, to be counted
-            pred = gen.generate(ex.prompt, max_new_tokens=room, stop=["\n"]).text
+            pred = answer_needle(gen, ex)
             score = string_match_all(pred, ex.answers)
             if ex.answerable:
                 scores.append(score)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup", "NEG_INF",
-           "all_valid", "visible_keys"]
+           "all_valid", "visible_keys", "window_blocks"]
 
 NEG_INF = float("-inf")
 

@@ -1,9 +1,9 @@
 """``sliding_window``: softmax over the last ``window`` tokens (the query's own included).
 
 Prefill of a fresh sequence on a GPU with no padding runs FlexAttention (compiled, block-sparse sliding-window
-mask); elsewhere ``scaled_dot_product_attention`` with a boolean band mask computes the same function, in blocks of
-W queries once the sequence is 2W long (O(T W) work and memory instead of a T x T mask). Decoding keeps a ring buffer of the last ``window`` keys and
-values, so its memory stays O(W) however long the sequence grows.
+mask); elsewhere ``scaled_dot_product_attention`` with a boolean band mask computes the same function, in blocks
+of W queries once the sequence is 2W long (O(T W) work and memory instead of a T x T mask). Decoding keeps a ring
+buffer of the last ``window`` keys and values, so its memory stays O(W) however long the sequence grows.
 """
 
 from __future__ import annotations
