@@ -234,9 +234,7 @@ class QA:
         retrieve = time.perf_counter() - t0
         pieces = [Citation(h.doc_id, h.start, h.end, h.text, h.score, (h.ordinal, h.ordinal)) for h in hits]
         while True:  # trim: drop the lowest-scoring chunk until the prompt fits
-            context, cited = self._join(pieces)
-            prompt = self.template.prompt.format(context=context, question=question)
-            n = len(self._encode(prompt))
+            prompt, cited, n = self._prompt(question, pieces)
             if n <= budget or not pieces:
                 break
             pieces.remove(min(pieces, key=lambda c: c.score))
@@ -250,19 +248,15 @@ class QA:
         if documents and not chunks:
             raise RagctxError(f"none of the documents {list(documents)} is in the index")
         pieces = [Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal)) for c in chunks]
-        context, cited = self._join(pieces)
-        prompt = self.template.prompt.format(context=context, question=question)
-        n = len(self._encode(prompt))
+        prompt, cited, n = self._prompt(question, pieces)
         truncated = False
         if n > budget:
             if truncate is None:
                 raise RagctxError(
                     f"the full context is {n} tokens; the generator takes {budget} (its context minus the answer). "
                     "Use mode='rag' or 'auto', name fewer documents, or pass truncate='start' or 'end'")
-            cited = self._truncate(question, cited, budget, keep=truncate)
-            context, cited = self._join(cited)
-            prompt = self.template.prompt.format(context=context, question=question)
-            n, truncated = len(self._encode(prompt)), True
+            prompt, cited, n = self._prompt(question, self._truncate(question, cited, budget, keep=truncate))
+            truncated = True
         attempt = yield from self._generate("full", prompt, cited, n, 0.0)
         attempt.truncated = truncated
         return attempt
@@ -273,8 +267,7 @@ class QA:
         kept: list[Citation] = []
         for piece in order:
             trial = kept + [piece]
-            context, _ = self._join(trial if keep == "start" else trial[::-1])
-            if len(self._encode(self.template.prompt.format(context=context, question=question))) > budget:
+            if self._prompt(question, trial if keep == "start" else trial[::-1])[2] > budget:
                 break
             kept = trial
         return kept if keep == "start" else kept[::-1]
@@ -311,6 +304,13 @@ class QA:
 
     def _encode(self, text: str) -> list[int]:
         return self.generator.tokenizer.encode(text)
+
+    def _prompt(self, question: str, pieces: list[Citation]) -> tuple[str, list[Citation], int]:
+        """The prompt over ``pieces`` (joined by :meth:`_join`), the citations it holds, and its length in the
+        generator's tokens."""
+        context, cited = self._join(pieces)
+        prompt = self.template.prompt.format(context=context, question=question)
+        return prompt, cited, len(self._encode(prompt))
 
     def _join(self, pieces: list[Citation]) -> tuple[str, list[Citation]]:
         """Context text in document order. Overlapping chunks of a document merge into one span; consecutive
