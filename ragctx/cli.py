@@ -149,7 +149,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.report import write_report
-    from .evaluation.runner import load_config, run_eval
+    from .evaluation.runner import load_config, parse_shard, run_eval
 
     if args.report_only:
         write_report(Path(args.config))
@@ -158,7 +158,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.out:
         cfg.out = args.out
-    out = run_eval(cfg)
+    shard = parse_shard(args.shard) if args.shard else None
+    out = run_eval(cfg, shard=shard)
+    if shard is not None:
+        print(f"\nshard {args.shard} done in {out}; when every shard is: ragctx eval {out} --report-only")
+        return 0
     summary = json.loads((out / "summary.json").read_text())
     print(f"\nresults in {out}: results.jsonl, summary.json, report.md, report.html and plots")
     for c in summary["cells"]:
@@ -241,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("config", help="eval config JSON (see eval/configs/), or a results folder with --report-only")
     ev.add_argument("--out", default=None, help="results folder (overrides the config's out)")
     ev.add_argument("--report-only", action="store_true", help="rewrite the report of a finished results folder")
+    ev.add_argument("--shard", default=None, metavar="I/N",
+                    help="run shard I of N (every N-th example; shards can run side by side, one per GPU)")
     ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="the main job on built-in defaults")

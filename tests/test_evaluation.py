@@ -177,3 +177,53 @@ def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypa
     assert "== evaluation" in out and "linear" in out and (tmp_path / "demo-report" / "report.html").is_file()
     assert run_demo(tmp_path / "idx", device="cpu", docs=docs, grid={**grid, "attentions": ["hybrid"]}) == 0
     assert "built-in generators hybrid are not installed" in capsys.readouterr().out
+
+
+def test_shards_split_the_grid_by_example_and_report_together(tmp_path, generator_folder, capsys):
+    cfg = grid(tmp_path, generator_folder)
+    cfg.modes, cfg.attentions = ["full"], ["softmax"]
+    path = tmp_path / "cfg.json"
+    from dataclasses import asdict
+
+    path.write_text(json.dumps(asdict(cfg)))
+    assert main(["eval", str(path), "--shard", "0/3"]) == 0 and main(["eval", str(path), "--shard", "2/3"]) == 0
+    assert not (tmp_path / "run" / "report.md").exists()  # a shard leaves the report to --report-only
+    assert "--report-only" in capsys.readouterr().out
+    out = run_eval(cfg, progress=False, shard=(1, 3))
+    files = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in out.glob("results*.jsonl")}
+    assert set(files) == {f"results.shard-{i}-of-3.jsonl" for i in range(3)}
+    examples = [{(r["length"], r["depth"]) for r in rows} for rows in files.values()]
+    assert all(examples) and sum(len(e) for e in examples) == len(set().union(*examples)) == 4  # disjoint, complete
+    assert sorted(r["id"] for rows in files.values() for r in rows) == sorted(t["id"] for t in trials(cfg))
+    run_eval(cfg, progress=False)  # the unsharded run finds every trial done
+    assert not (out / "results.jsonl").read_text().strip()
+    assert main(["eval", str(out), "--report-only"]) == 0
+    assert json.loads((out / "summary.json").read_text())["trials"] == len(trials(cfg))
+    for bad in ("3/3", "x", "1/0"):
+        assert main(["eval", str(path), "--shard", bad]) == 2
+    assert "shard '1/0'" in capsys.readouterr().err
+
+
+def test_a_trial_out_of_memory_is_recorded_and_the_grid_goes_on(tmp_path, generator_folder, monkeypatch):
+    from ragctx.qa import QA
+
+    real_ask = QA.ask
+
+    def ask(self, question, *, mode, **kw):  # the long contexts of `full` exhaust the device, as softmax's do
+        if mode == "full" and sum(len(c.text) for c in self.index.store.document_chunks()) > 450:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real_ask(self, question, mode=mode, **kw)
+
+    monkeypatch.setattr(QA, "ask", ask)
+    cfg = grid(tmp_path, generator_folder)
+    cfg.modes, cfg.attentions = ["rag", "full"], ["softmax"]
+    out = run_eval(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    oom = [r for r in rows if r["status"] == "oom"]
+    assert oom and all(r["mode"] == "full" and r["length"] == 600 and "out of memory" in r["error"] for r in oom)
+    assert all(r["status"] == "ok" for r in rows if r not in oom) and len(rows) == len(trials(cfg))
+    cell = next(c for c in json.loads((out / "summary.json").read_text())["cells"]
+                if c["mode"] == "full" and c["length"] == 600)
+    assert cell["out_of_memory"] == cell["n"] == len(oom)
+    report = (out / "report.md").read_text()
+    assert "| full | softmax | 600 | 2 | OOM |" in report and "ran out of memory" in report

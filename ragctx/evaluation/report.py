@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..errors import RagctxError
 from .metrics import bootstrap_ci, loglog_slope
 
 __all__ = ["summarize", "write_report", "PLOTS"]
@@ -17,7 +18,12 @@ PLOTS = ("accuracy_vs_length.png", "depth_heatmaps.png", "cost_vs_length.png", "
 
 
 def _rows(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+    from .runner import result_files
+
+    files = result_files(folder)
+    if not files:
+        raise RagctxError(f"{folder}: no results.jsonl here; run `ragctx eval CONFIG` first")
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -38,6 +44,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
         f1 = [r["f1"] for r in ok if r.get("f1") is not None]
         out.append({"mode": mode, "attention": attention, "length": length, "n": len(rs), "errors": len(rs) - len(ok),
+                    "out_of_memory": sum(r.get("status") == "oom" for r in rs),
                     "accuracy": acc, "accuracy_ci95": [lo, hi], "f1": sum(f1) / len(f1) if f1 else None,
                     "retrieval_recall": sum(recall) / len(recall) if recall else None,
                     "input_tokens": mean("input_tokens"), "prefill_s": mean("prefill_s"), "decode_s": mean("decode_s"),
@@ -137,13 +144,19 @@ def _findings(summary: dict[str, Any]) -> list[str]:
     cells = summary["cells"]
     lines = []
     for mode in sorted({c["mode"] for c in cells}):
-        cs = [c for c in cells if c["mode"] == mode]
+        cs = [c for c in cells if c["mode"] == mode and c["n"] > c["errors"]]
+        if not cs:
+            continue
         best = max(cs, key=lambda c: c["accuracy"])
         lines.append(f"`{mode}`: best accuracy {best['accuracy']:.2f} ({best['attention']}, length {best['length']}); "
                      f"mean input {sum(c['input_tokens'] or 0 for c in cs) / len(cs):.0f} tokens.")
     for key, slope in summary["prefill_slopes"].items():
         if slope is not None:
             lines.append(f"prefill time of `{key}` grows as length^{slope:.2f}.")
+    for c in cells:
+        if c["out_of_memory"]:
+            lines.append(f"`{c['mode']}/{c['attention']}` at length {c['length']}: {c['out_of_memory']} of {c['n']} "
+                         "trials ran out of memory.")
     return lines
 
 
@@ -159,8 +172,10 @@ def write_report(folder: str | Path) -> dict[str, Any]:
               "prefill s", "decode s", "peak MiB", "routes"]
     table = []
     for c in summary["cells"]:
-        table.append([c["mode"], c["attention"], c["length"], c["n"], f"{c['accuracy']:.2f}",
-                      f"{c['accuracy_ci95'][0]:.2f}-{c['accuracy_ci95'][1]:.2f}",
+        ran = c["n"] > c["errors"]
+        failed = "OOM" if c["out_of_memory"] == c["n"] else "error"  # no trial of the cell ran to the end
+        table.append([c["mode"], c["attention"], c["length"], c["n"], f"{c['accuracy']:.2f}" if ran else failed,
+                      f"{c['accuracy_ci95'][0]:.2f}-{c['accuracy_ci95'][1]:.2f}" if ran else "",
                       "" if c["retrieval_recall"] is None else f"{c['retrieval_recall']:.2f}",
                       f"{c['input_tokens'] or 0:.0f}", f"{c['prefill_s'] or 0:.3f}", f"{c['decode_s'] or 0:.3f}",
                       f"{(c['peak_memory_bytes'] or 0) / 2**20:.0f}", ", ".join(f"{k}: {v}" for k, v in c["routes"].items())])

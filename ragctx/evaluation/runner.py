@@ -3,6 +3,12 @@
 Each example (length, depth, kind, seed) is generated once and shared by every mode and attention, so the
 comparisons are paired. Trials have stable ids (a hash of their parameters): a rerun skips the ones already in
 ``results.jsonl``, so an interrupted run resumes where it stopped.
+
+A grid can be split into shards by example (``shard=(i, n)``, ``ragctx eval --shard i/n``): shard i runs every
+n-th example and writes ``results.shard-i-of-n.jsonl`` into the same folder, so shards run side by side (one per
+GPU, or one per machine over a shared folder); the report reads every ``results*.jsonl`` (``--report-only`` once
+all shards are done). A trial that runs out of memory is recorded with ``status: "oom"`` and the grid goes on:
+the reference softmax is expected to, past some length.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from ..errors import RagctxError
 from ..tasks import KINDS, NeedleTask, string_match_all
 from .metrics import spans_overlap
 
-__all__ = ["EvalConfig", "run_eval", "load_config", "trials", "load_qa_file"]
+__all__ = ["EvalConfig", "run_eval", "load_config", "trials", "load_qa_file", "parse_shard", "result_files"]
 
 
 @dataclass
@@ -118,6 +124,54 @@ def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
     return out
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), checked: 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise RagctxError(f"shard '{text}': write it as I/N, e.g. 0/2 for the first of two shards") from None
+    if n < 1 or not 0 <= i < n:
+        raise RagctxError(f"shard '{text}': need N >= 1 and 0 <= I < N (shards are numbered from 0)")
+    return i, n
+
+
+def result_files(folder: str | Path) -> list[Path]:
+    """``results.jsonl`` and every shard's ``results.shard-*.jsonl`` in ``folder``."""
+    return sorted(Path(folder).glob("results*.jsonl"))
+
+
+def _example_of(t: dict[str, Any]) -> tuple:
+    if "qid" in t:
+        return (t["qid"],)
+    return (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"])
+
+
+def _in_shard(all_trials: list[dict[str, Any]], shard: tuple[int, int]) -> list[dict[str, Any]]:
+    """The trials of every n-th example (in the grid's order), so each example is built by one shard only."""
+    i, n = shard
+    order: dict[tuple, int] = {}
+    for t in all_trials:
+        order.setdefault(_example_of(t), len(order))
+    return [t for t in all_trials if order[_example_of(t)] % n == i]
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(e) \
+        or "can't allocate memory" in str(e)
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _generator(cfg: EvalConfig, attention: str, cache: dict):
     from ..generator import Generator
 
@@ -135,8 +189,11 @@ def _generator(cfg: EvalConfig, attention: str, cache: dict):
     return gen
 
 
-def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
-    """Runs the grid (resuming), then writes summary.json, report.md, report.html and plots. Returns the folder."""
+def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+    """Runs the grid (resuming), then writes summary.json, report.md, report.html and plots. Returns the folder.
+
+    ``shard=(i, n)``: run only shard i of n (see the module docstring); its report is left to ``--report-only``
+    once every shard is done."""
     from tqdm.auto import tqdm
 
     from ..documents import Document
@@ -146,11 +203,9 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    results = out / "results.jsonl"
-    done = set()
-    if results.exists():
-        done = {json.loads(line)["id"] for line in results.read_text().splitlines() if line.strip()}
-    todo = [t for t in trials(cfg) if t["id"] not in done]
+    results = out / ("results.jsonl" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl")
+    done = {json.loads(line)["id"] for f in result_files(out) for line in f.read_text().splitlines() if line.strip()}
+    todo = [t for t in (trials(cfg) if shard is None else _in_shard(trials(cfg), shard)) if t["id"] not in done]
     questions = {q["qid"]: q for q in load_qa_file(cfg.qa_file)} if cfg.qa_file else {}
     generators: dict = {}
     examples: dict = {}
@@ -180,6 +235,11 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
                 answer = qa.ask(ex.question, mode=t["mode"], k=t["k"] or 5)
             except RagctxError as e:  # e.g. full context longer than the generator's window
                 row.update(status="error", error=str(e))
+            except (RuntimeError, MemoryError) as e:
+                if not _out_of_memory(e):
+                    raise
+                row.update(status="oom", error=str(e).splitlines()[0][:200])
+                _free_memory()
             else:
                 rag = next((a for a in answer.attempts if a.route == "rag"), None)
                 row.update(
@@ -191,7 +251,8 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True) -> Path:
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             bar.update(1)
-    write_report(out)
+    if shard is None:
+        write_report(out)
     return out
 
 
