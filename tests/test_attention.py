@@ -140,6 +140,29 @@ def test_linear_chunkwise_recurrent_quadratic_agree_with_gradients(kind, chunk):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=name)
 
 
+
+@pytest.mark.parametrize("kind", ["elu", "taylor"])
+@pytest.mark.parametrize("state_in", [False, True])
+def test_linear_chunkwise_in_bf16_stays_close_to_the_fp64_definition(kind, state_in):
+    """bf16 features run the matmuls in bf16 while the state sums in fp32: the error is bf16 rounding's, not
+    growing with length (a bf16 running state would drift over these 700 tokens)."""
+    q, k, v, valid, _ = inputs(1, 4, 2, 700, 16, 0, seed=3)
+    prev = None
+    if state_in:  # a prefix already folded into the state, as in chunked prefill
+        fk0 = feature_map(k[:, :, :100].double(), kind)
+        prev = LinearState(torch.einsum("bhtf,bhtd->bhfd", fk0, v[:, :, :100].double()).float(), fk0.sum(2).float())
+        q, k, v = q[:, :, 100:], k[:, :, 100:], v[:, :, 100:]
+    low = [x.bfloat16() for x in (q, k, v)]
+    num, den, last = linear_chunkwise(group_q(feature_map(low[0], kind), 2), feature_map(low[1], kind), low[2],
+                                      prev, 64)
+    assert num.dtype == den.dtype == last.s.dtype == torch.float32
+    ref_num, ref_den, ref_last = linear_chunkwise(group_q(feature_map(q.double(), kind), 2),
+                                                  feature_map(k.double(), kind), v.double(),
+                                                  None if prev is None else LinearState(prev.s.double(), prev.z.double()), 64)
+    out, ref = ungroup(normalize(num, den)).double(), ungroup(normalize(ref_num, ref_den))
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-2
+    assert ((last.s.double() - ref_last.s).norm() / ref_last.s.norm()).item() < 1e-2
+
 def test_taylor_feature_map_is_the_second_order_expansion_of_exp():
     x, y = torch.randn(5, 16).double(), torch.randn(5, 16).double()
     dot = (x * y).sum(-1) / 16**0.5

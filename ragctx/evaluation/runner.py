@@ -48,12 +48,15 @@ class EvalConfig:
     max_new_tokens: int = 48
     device: str | None = None
     max_seq_len: int | None = None  # let the generator take longer inputs than its config says (lengths past training)
+    dtype: str | None = None  # generator weights: "bfloat16", "float16", "float32"; default bf16 on a GPU, fp32 on CPU
     qa_file: str | None = None  # a JSONL QA file instead of needle tasks (see load_qa_file); lengths/depths unused
 
     def __post_init__(self) -> None:
         for kind in self.kinds:
             if kind not in KINDS:
                 raise RagctxError(f"eval config: kind '{kind}' is unknown; choose from {', '.join(KINDS)}")
+        if self.dtype not in (None, "bfloat16", "float16", "float32"):
+            raise RagctxError(f"eval config: dtype '{self.dtype}' is unknown; choose bfloat16, float16 or float32")
         if not (self.modes and self.attentions and self.lengths and self.depths and self.seeds):
             raise RagctxError("eval config: modes, attentions, lengths, depths and seeds need at least one value each")
 
@@ -172,18 +175,28 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _dtype(cfg: EvalConfig):
+    import torch
+
+    if cfg.dtype:
+        return getattr(torch, cfg.dtype)
+    gpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return torch.bfloat16 if gpu else torch.float32
+
+
 def _generator(cfg: EvalConfig, attention: str, cache: dict):
     from ..generator import Generator
 
     if cfg.generator == "builtin":
         key = "softmax" if attention in ("softmax", "flash") else attention
         if key not in cache:
-            cache[key] = Generator.open(f"builtin:{key}", device=cfg.device, max_seq_len=cfg.max_seq_len)
+            cache[key] = Generator.open(f"builtin:{key}", device=cfg.device, max_seq_len=cfg.max_seq_len,
+                                        dtype=_dtype(cfg))
         gen = cache[key]
     else:
         if "shared" not in cache:
             cache["shared"] = Generator.open(cfg.generator, attention=attention, device=cfg.device,
-                                             max_seq_len=cfg.max_seq_len)
+                                             max_seq_len=cfg.max_seq_len, dtype=_dtype(cfg))
         gen = cache["shared"]
     gen.set_attention(attention)
     return gen

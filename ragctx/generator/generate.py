@@ -100,10 +100,11 @@ class Generator:
 
     @classmethod
     def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
-             max_seq_len: int | None = None) -> Generator:
+             max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> Generator:
         """Any generator by one name: ``builtin:NAME``, a folder written by :meth:`save` (:meth:`load`), or a
         Hugging Face checkpoint folder (:meth:`from_pretrained`, with ``flash`` unless ``attention`` says).
-        ``max_seq_len`` overrides the context the model accepts (see :meth:`with_context`)."""
+        ``max_seq_len`` overrides the context the model accepts (see :meth:`with_context`); ``dtype`` casts the
+        weights (e.g. ``torch.bfloat16`` on a GPU; default: as loaded, fp32 for ragctx folders)."""
         spec, hf = str(spec), False
         if not spec.startswith("builtin:"):
             path = Path(spec) / "config.json"
@@ -111,8 +112,8 @@ class Generator:
                 raise RagctxError(f"generator '{spec}': no such folder; pass builtin:NAME, a ragctx model folder "
                                   "or a Hugging Face checkpoint folder")
             hf = json.loads(path.read_text()).get("format") != FORMAT
-        gen = (cls.from_pretrained(spec, attention=attention or "flash", device=device) if hf
-               else cls.load(spec, attention=attention, device=device))
+        gen = (cls.from_pretrained(spec, attention=attention or "flash", device=device, dtype=dtype) if hf
+               else cls.load(spec, attention=attention, device=device, dtype=dtype))
         return gen if max_seq_len is None else gen.with_context(max_seq_len)
 
     def with_context(self, max_seq_len: int) -> Generator:

@@ -50,7 +50,9 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     fk = feature_map(k_all[:, :, :t], kind) * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
     prev = state.linear if state is not None else None
     if t == 1:  # decode: the one key leaving the window joins the state, then a recurrent read
-        start = prev or LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d), fk.new_zeros(b, hkv, fk.shape[-1]))
+        wide = torch.float64 if fk.dtype == torch.float64 else torch.float32  # states sum in fp32 (fp64 in tests)
+        start = prev or LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d, dtype=wide),
+                                    fk.new_zeros(b, hkv, fk.shape[-1], dtype=wide))
         num, den, evicted = linear_step(fq, fk, v_all[:, :, :1], start)
     else:
         num, den, evicted = linear_chunkwise(fq, fk, v_all[:, :, :t], prev, cfg.chunk_size)

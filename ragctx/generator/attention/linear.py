@@ -48,9 +48,12 @@ def _wide(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def _low(x: Tensor) -> bool:
+    return x.dtype in (torch.float16, torch.bfloat16)
+
+
 def feature_map(x: Tensor, kind: str) -> Tensor:
-    """phi(x) in fp32 (or fp64 for fp64 input): [..., D] -> [..., F]."""
-    x = _wide(x)
+    """phi(x): [..., D] -> [..., F], in x's dtype (bf16 features feed bf16 matmuls; sums and states are fp32)."""
     if kind == "elu":
         return F.elu(x) + 1.0
     if kind == "taylor":
@@ -69,37 +72,47 @@ def linear_chunkwise(
     """Chunkwise-parallel causal linear attention on features.
 
     fq [B, Hkv, G, T, F], fk [B, Hkv, T, F] (rows of padding already zeroed), v [B, Hkv, T, Dv].
-    Returns (numerator [B, Hkv, G, T, Dv], denominator [B, Hkv, G, T], state after the last token), all fp32.
+    Returns (numerator [B, Hkv, G, T, Dv], denominator [B, Hkv, G, T], state after the last token), all fp32 (fp64
+    for fp64 input). With bf16/fp16 features the matmuls run in that dtype (fp32 accumulation inside each), while
+    the running state is summed in fp32 across chunks; fp32 and fp64 features run every step in their own dtype.
     """
     b, h, g, t, f = fq.shape
     dv = v.shape[-1]
     c = max(1, min(chunk, t))
     n = -(-t // c)
     pad = n * c - t
-    v = _wide(v)
+    dt = fq.dtype
+    acc = torch.float32 if _low(fq) else dt  # dtype of sums across chunks and of the results
+    v = v.to(dt)
     if pad:  # zero rows contribute nothing
         fq, fk, v = F.pad(fq, (0, 0, 0, pad)), F.pad(fk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
-    fq = fq.view(b, h, g, n, c, f)
-    fk = fk.view(b, h, n, c, f)
+    # queries of one chunk, all G of a group together: [B, Hkv, N, G*C, F] (a free view when G == 1)
+    q = fq.view(b, h, g, n, c, f).transpose(2, 3).reshape(b, h, n, g * c, f)
+    k = fk.view(b, h, n, c, f)
     v = v.view(b, h, n, c, dv)
-    s0 = state.s if state is not None else fk.new_zeros(b, h, f, dv)
-    z0 = state.z if state is not None else fk.new_zeros(b, h, f)
-    kv = torch.einsum("bhncf,bhncd->bhnfd", fk, v)  # per-chunk sum of phi(k) v^T
-    ks = fk.sum(3)  # [B, Hkv, N, F]
-    s_before = torch.cumsum(kv, 2) - kv + s0[:, :, None]  # state entering each chunk
-    z_before = torch.cumsum(ks, 2) - ks + z0[:, :, None]
-    causal = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
-    a = torch.einsum("bhgncf,bhnmf->bhgncm", fq, fk).masked_fill(~causal, 0.0)  # inside the chunk
-    num = torch.einsum("bhgncf,bhnfd->bhgncd", fq, s_before) + torch.einsum("bhgncm,bhnmd->bhgncd", a, v)
-    den = torch.einsum("bhgncf,bhnf->bhgnc", fq, z_before) + a.sum(-1)
-    num = num.reshape(b, h, g, n * c, dv)[..., :t, :]
-    den = den.reshape(b, h, g, n * c)[..., :t]
-    return num, den, LinearState(s0 + kv.sum(2), z0 + ks.sum(2))
+    kv = torch.matmul(k.transpose(-1, -2), v)  # [B, Hkv, N, F, Dv]: each chunk's sum of phi(k) v^T
+    ks = k.sum(3, dtype=acc)  # [B, Hkv, N, F]
+    s_before = torch.cumsum(kv, 2, dtype=acc).sub_(kv)  # exclusive prefix sums: the state entering each chunk
+    z_before = torch.cumsum(ks, 2).sub_(ks)
+    if state is not None:
+        s_before.add_(state.s[:, :, None])
+        z_before.add_(state.z[:, :, None])
+    a = torch.matmul(q, k.transpose(-1, -2))  # [B, Hkv, N, G*C, C] scores inside the chunk
+    causal = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril().repeat(g, 1)
+    a = a.masked_fill(~causal, 0.0)
+    num = torch.matmul(q, s_before.to(dt)).add_(torch.matmul(a, v)).to(acc)  # [B, Hkv, N, G*C, Dv]
+    den = torch.matmul(q, z_before.to(dt)[..., None])[..., 0].to(acc).add_(a.sum(-1, dtype=acc))
+    num = num.view(b, h, n, g, c, dv).transpose(2, 3).reshape(b, h, g, n * c, dv)[..., :t, :]
+    den = den.view(b, h, n, g, c).transpose(2, 3).reshape(b, h, g, n * c)[..., :t]
+    last = (s_before[:, :, -1] + kv[:, :, -1].to(acc), z_before[:, :, -1] + ks[:, :, -1])
+    return num, den, LinearState(*last)
 
 
 def linear_step(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState) -> tuple[Tensor, Tensor, LinearState]:
-    """One token: fq [B, Hkv, G, 1, F], fk [B, Hkv, 1, F], v [B, Hkv, 1, Dv]; the recurrent update."""
-    s = state.s + torch.einsum("bhf,bhd->bhfd", fk[:, :, 0], _wide(v[:, :, 0]))
+    """One token: fq [B, Hkv, G, 1, F], fk [B, Hkv, 1, F], v [B, Hkv, 1, Dv]; the recurrent update (in the state's
+    dtype, fp32 or fp64)."""
+    fq, fk, v = (x.to(state.s.dtype) for x in (fq, fk, v))
+    s = state.s + torch.einsum("bhf,bhd->bhfd", fk[:, :, 0], v[:, :, 0])
     z = state.z + fk[:, :, 0]
     num = torch.einsum("bhgtf,bhfd->bhgtd", fq, s)
     den = torch.einsum("bhgtf,bhf->bhgt", fq, z)
