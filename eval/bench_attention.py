@@ -3,6 +3,7 @@
     python eval/bench_attention.py --part op     # bf16, B=1, H=16, D=128, causal, N = 1K..128K: TFLOP/s
     python eval/bench_attention.py --part model  # prefill time + peak memory, decode ms/token, log-log slopes
     python eval/bench_attention.py --part all --out eval/reports/attention
+    python eval/bench_attention.py --part model --variants flash linear linear:torch   # linear:torch = no fla-core
 
 Every number is the median of timed runs after warm-up, between CUDA events. Prints a table per part and writes
 ``<out>/<part>.json`` with the card, versions and date. Compare ratios only within one run.
@@ -16,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +87,10 @@ def bench_op(args) -> list[dict]:
             cases.append((f"sdpa forced {backend}", forced, True))
         cases.append(("softmax (ragctx, fp32 N x N)", reg("softmax"), True))
         cases.append(("sliding_window (ragctx, flex, W=%d)" % args.window, reg("sliding_window"), False))
-        cases.append(("linear (ragctx, pure torch)", lambda: _no_fla(reg("linear")), False))
+        for chunk in args.linear_chunks:
+            ccfg = replace(cfg, chunk_size=chunk)
+            cases.append((f"linear (ragctx, pure torch, C={chunk})", lambda ccfg=ccfg: _no_fla(
+                lambda: get_attention("linear").fn(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
         kernel = fla_kernel()
         if kernel is not None:
             qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (fq, fk, v))
@@ -93,7 +98,7 @@ def bench_op(args) -> list[dict]:
                           lambda: kernel(qt, kt, vt, scale=1.0, normalize=True), False))
             cases.append(("linear (ragctx, with fla-core)", reg("linear"), False))
         for name, fn, quadratic in cases:
-            if name in dead:
+            if name in dead or (args.op_cases and not any(c in name for c in args.op_cases)):
                 continue
             try:
                 sec, mem = cuda_time(fn, reps)
@@ -117,8 +122,8 @@ def bench_op(args) -> list[dict]:
         if best and "flash (ragctx)" in at:
             at["flash (ragctx)"]["vs_best_sdpa"] = at["flash (ragctx)"]["tflops"] / best
         if "linear (fla-core chunk kernel)" in at:
-            for name in ("linear (ragctx, pure torch)", "linear (ragctx, with fla-core)"):
-                if name in at:
+            for name in at:
+                if name.startswith("linear (ragctx"):
                     at[name]["vs_fla"] = at["linear (fla-core chunk kernel)"]["ms"] / at[name]["ms"]
     rows.sort(key=lambda r: (r["op"], r["N"]))
     print(table(rows, ["op", "N", "ms", "tflops", "tokens_per_s", "peak_gib", "vs_best_sdpa", "vs_fla", "status"]))
@@ -145,7 +150,9 @@ def bench_model(args) -> list[dict]:
     rows = []
     steps = args.decode_steps
     for variant in args.variants:
-        model.set_attention(variant)
+        model.set_attention(variant.removesuffix(":torch"))  # linear:torch = linear without fla-core's kernel
+        os.environ["RAGCTX_FLA"] = "0" if variant.endswith(":torch") else "1"
+        fla_kernel.cache_clear()
         for n in [x * K for x in args.model_lengths]:
             ids = torch.randint(0, 256, (1, n), device="cuda")
             holder = {}
@@ -203,6 +210,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--max-prefill-s", type=float, default=20.0, help="stop lengthening a variant past this")
+    p.add_argument("--op-cases", nargs="+", default=[], help="only op cases whose name contains one of these")
+    p.add_argument("--linear-chunks", type=int, nargs="+", default=[64, 128, 256], help="pure-torch linear chunk sizes")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
