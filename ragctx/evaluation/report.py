@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,26 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             vals = [r[key] for r in ok if r.get(key) is not None]
             return sum(vals) / len(vals) if vals else None
 
+        def median(key: str) -> float | None:  # times: one trial's compile or autotune must not move the cell
+            vals = [r[key] for r in ok if r.get(key) is not None]
+            return statistics.median(vals) if vals else None
+
         f1 = [r["f1"] for r in ok if r.get("f1") is not None]
         out.append({"mode": mode, "attention": attention, "length": length, "n": len(rs), "errors": len(rs) - len(ok),
                     "out_of_memory": sum(r.get("status") == "oom" for r in rs),
                     "accuracy": acc, "accuracy_ci95": [lo, hi], "f1": sum(f1) / len(f1) if f1 else None,
                     "retrieval_recall": sum(recall) / len(recall) if recall else None,
-                    "input_tokens": mean("input_tokens"), "prefill_s": mean("prefill_s"), "decode_s": mean("decode_s"),
-                    "retrieve_s": mean("retrieve_s"), "peak_memory_bytes": mean("peak_memory_bytes"),
+                    "input_tokens": mean("input_tokens"), "prefill_s": median("prefill_s"), "decode_s": median("decode_s"),
+                    "retrieve_s": median("retrieve_s"), "peak_memory_bytes": mean("peak_memory_bytes"),
                     "routes": dict(sorted({r["route"]: sum(x.get("route") == r["route"] for x in ok) for r in ok}.items()))})
-    slopes = {}
+    slopes, long_slopes = {}, {}
     for mode, attention in sorted({(c["mode"], c["attention"]) for c in out}):
-        cs = [c for c in out if c["mode"] == mode and c["attention"] == attention and c["prefill_s"]]
+        cs = sorted((c for c in out if c["mode"] == mode and c["attention"] == attention and c["prefill_s"]),
+                    key=lambda c: c["length"])
         slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs], [c["prefill_s"] for c in cs])
-    return {"cells": out, "prefill_slopes": slopes, "trials": len(rows)}
+        # fixed per-call costs flatten the short end: the three longest lengths show the asymptotic growth
+        long_slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs[-3:]], [c["prefill_s"] for c in cs[-3:]])
+    return {"cells": out, "prefill_slopes": slopes, "prefill_slopes_longest3": long_slopes, "trials": len(rows)}
 
 
 def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
@@ -66,16 +74,23 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     cells = summary["cells"]
     series = sorted({(c["mode"], c["attention"]) for c in cells})
     written = []
+    attentions = sorted({att for _, att in series})
+    line = {"full": ("-", "o"), "rag": ("--", "s"), "auto": (":", "^")}
+
+    def style(mode: str, att: str) -> dict[str, Any]:  # colour = attention, line and marker = mode
+        ls, marker = line.get(mode, ("-.", "D"))
+        return {"color": plt.cm.tab10(attentions.index(att) % 10), "linestyle": ls, "marker": marker,
+                "label": f"{mode} / {att}"}
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, att in series:
         cs = sorted((c for c in cells if c["mode"] == mode and c["attention"] == att), key=lambda c: c["length"])
         ax.errorbar([c["length"] for c in cs], [c["accuracy"] for c in cs],
                     yerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in cs], [c["accuracy_ci95"][1] - c["accuracy"] for c in cs]],
-                    marker="o", capsize=3, label=f"{mode} / {att}")
+                    capsize=3, **style(mode, att))
     ax.set(xscale="log", xlabel="context length (generator tokens)", ylabel="accuracy (string match all)", ylim=(-0.05, 1.05),
            title="Accuracy against length (95% bootstrap CI)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     written.append(_save(fig, folder / PLOTS[0]))
 
     n = len(series)
@@ -107,22 +122,25 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     for mode, att in series:
         cs = sorted((c for c in cells if c["mode"] == mode and c["attention"] == att and c["prefill_s"]), key=lambda c: c["length"])
         slope = summary["prefill_slopes"].get(f"{mode}/{att}")
-        label = f"{mode} / {att}" + (f" (slope {slope:.2f})" if slope is not None else "")
-        ax1.plot([c["length"] for c in cs], [c["prefill_s"] for c in cs], marker="o", label=label)
-        ax2.plot([c["length"] for c in cs], [(c["peak_memory_bytes"] or 0) / 2**20 for c in cs], marker="o", label=f"{mode} / {att}")
+        st = style(mode, att)
+        ax1.plot([c["length"] for c in cs], [c["prefill_s"] for c in cs],
+                 **{**st, "label": st["label"] + (f" (slope {slope:.2f})" if slope is not None else "")})
+        ax2.plot([c["length"] for c in cs], [(c["peak_memory_bytes"] or 0) / 2**20 for c in cs], **st)
     ax1.set(xscale="log", yscale="log", xlabel="context length", ylabel="prefill time (s)", title="Prefill time (log-log)")
     ax2.set(xscale="log", yscale="log", xlabel="context length", title="Peak memory (log-log)",
             ylabel="peak MiB (CUDA max allocated; on CPU peak RSS during the generation)")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
+    ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=2)
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=2)
     written.append(_save(fig, folder / PLOTS[2]))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for mode, att in series:
         cs = [c for c in cells if c["mode"] == mode and c["attention"] == att and c["input_tokens"]]
-        ax.scatter([c["input_tokens"] for c in cs], [c["accuracy"] for c in cs], label=f"{mode} / {att}")
+        st = style(mode, att)
+        ax.scatter([c["input_tokens"] for c in cs], [c["accuracy"] for c in cs], color=st["color"], marker=st["marker"],
+                   label=st["label"])
     ax.set(xscale="log", xlabel="input tokens per question", ylabel="accuracy", title="Tokens against accuracy")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     written.append(_save(fig, folder / PLOTS[3]))
     return written
 
@@ -152,7 +170,9 @@ def _findings(summary: dict[str, Any]) -> list[str]:
                      f"mean input {sum(c['input_tokens'] or 0 for c in cs) / len(cs):.0f} tokens.")
     for key, slope in summary["prefill_slopes"].items():
         if slope is not None:
-            lines.append(f"prefill time of `{key}` grows as length^{slope:.2f}.")
+            long = summary.get("prefill_slopes_longest3", {}).get(key)
+            lines.append(f"prefill time of `{key}` grows as length^{slope:.2f}"
+                         + (f" (length^{long:.2f} over its three longest lengths)." if long is not None else "."))
     for c in cells:
         if c["out_of_memory"]:
             lines.append(f"`{c['mode']}/{c['attention']}` at length {c['length']}: {c['out_of_memory']} of {c['n']} "
@@ -169,7 +189,7 @@ def write_report(folder: str | Path) -> dict[str, Any]:
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     plots = _plots(folder, rows, summary)
     header = ["mode", "attention", "length", "n", "accuracy", "95% CI", "retrieval recall", "input tokens",
-              "prefill s", "decode s", "peak MiB", "routes"]
+              "prefill s (median)", "decode s (median)", "peak MiB", "routes"]
     table = []
     for c in summary["cells"]:
         ran = c["n"] > c["errors"]
