@@ -79,7 +79,8 @@ def write_report(summary: list[dict], folder: Path, meta: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--models", nargs="+", default=["softmax", "sliding_window", "hybrid", "linear"])
+    p.add_argument("--models", nargs="+", default=["softmax", "sliding_window", "hybrid", "linear"],
+                   help="built-in names, or NAME=FOLDER for a trained model that is not shipped yet")
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--haystacks", nargs="+", default=["essays", "repeat"])
     p.add_argument("-n", type=int, default=30, help="answerable examples per cell (2/3 of it from --long-from)")
@@ -95,6 +96,8 @@ def main() -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     done = {(r["model"], r["haystack"], r["length"], r["kind"], not r["answerable"], r["index"]) for r in rows}
     caps = {m: int(b) for m, b in (x.split("=") for x in args.max_length)}
+    folders = dict(m.split("=", 1) for m in args.models if "=" in m)  # NAME=FOLDER: a candidate not shipped yet
+    args.models = [m.split("=", 1)[0] for m in args.models]
     todo = [t for t in plan(args.models, args.lengths, args.n, args.haystacks, set(args.kinds_at), args.unanswerable,
                             args.long_from) if t not in done and t[2] <= caps.get(t[0], 1 << 30)]
     gens, tasks = {}, {}
@@ -102,7 +105,7 @@ def main() -> None:
     with open(results, "a") as log:
         for j, (model, haystack, length, kind, unans, i) in enumerate(todo):
             if model not in gens:  # softmax runs as flash: the same function (tested equal), without N x N scores
-                gens[model] = Generator.load(f"builtin:{model}", device=args.device,
+                gens[model] = Generator.load(folders.get(model, f"builtin:{model}"), device=args.device,
                                              attention="flash" if model == "softmax" else None)
             task = tasks.setdefault(haystack, NeedleTask(haystack, seed=SEED))
             ex = task.example(i, length=length, kind=kind, unanswerable=unans)

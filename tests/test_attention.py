@@ -213,6 +213,37 @@ def test_gradients_are_finite_with_padding(name):
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v)), name
 
 
+def _fla_shaped_kernel(seen):
+    """fla-core's chunk_linear_attn interface ([B, T, H, F] in, normalized output, (S, z) state) on ragctx's own
+    chunkwise form, to check the wrapper's layouts, padding and state handling where fla-core cannot run."""
+    def kernel(q, k, v, *, scale, initial_state, output_final_state, **opts):
+        seen.append(q.shape[-1])
+        assert q.shape[-1] % 16 == 0 and scale == 1.0 and output_final_state and opts == {"normalize": True}
+        fq, fk, vv = (x.transpose(1, 2).double() for x in (q, k, v))
+        prev = None if initial_state is None else LinearState(initial_state[0].double(), initial_state[1][:, 0].double())
+        num, den, last = linear_chunkwise(fq[:, :, None], fk, vv, prev, 8)
+        return normalize(num, den)[:, :, 0].transpose(1, 2), (last.s, last.z[:, None])
+    return kernel
+
+
+@pytest.mark.parametrize("kind", ["elu", "taylor"])
+def test_fla_wrapper_pads_features_and_keeps_the_state_exact(kind):
+    from ragctx.generator.attention.linear import linear_fla
+
+    q, k, v, _, _ = inputs(2, 4, 2, 30, 6, 0, seed=21)
+    q, k, v = q.double(), k.double(), v.double()
+    fq, fk = group_q(feature_map(q, kind), 2), feature_map(k, kind)
+    f = fq.shape[-1]
+    head = LinearState(torch.einsum("bhtf,bhtd->bhfd", fk[:, :, :10], v[:, :, :10]), fk[:, :, :10].sum(2))
+    seen = []
+    out, new = linear_fla(fq[..., 10:, :], fk[:, :, 10:], v[:, :, 10:], head, _fla_shaped_kernel(seen))
+    num, den, ref = linear_chunkwise(fq[..., 10:, :], fk[:, :, 10:], v[:, :, 10:], head, 8)
+    assert f % 16 and seen == [f + (-f % 16)]  # padding was exercised (elu: 6 -> 16, taylor: 28 -> 32)
+    torch.testing.assert_close(out.double(), ungroup(normalize(num, den)), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(new.s.double(), ref.s, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(new.z.double(), ref.z, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fla-core's Triton kernel runs on a GPU")
 def test_fla_prefill_equals_pure_torch_on_gpu(monkeypatch):
     from ragctx.generator.attention.linear import fla_kernel

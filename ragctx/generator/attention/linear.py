@@ -142,19 +142,25 @@ def linear_fla(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, ker
     """Prefill through fla-core: normalized output [B, Hq, T, Dv] and the state after the last token.
 
     fla takes [B, T, H, F] with as many key as query heads, so keys, values and state are repeated per group;
-    ``scale=1`` because phi already holds it (and the scale cancels in the normalized output anyway).
+    ``scale=1`` because phi already holds it (and the scale cancels in the normalized output anyway). Features are
+    zero-padded to a multiple of 16 (fla's bf16 backward refuses odd sizes such as Taylor's 561; zero features
+    change no dot product) and the state is cut back.
     """
     b, h, g, t, f = fq.shape
     dtype = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    q = fq.reshape(b, h * g, t, f).transpose(1, 2).to(dtype)
-    k = fk.repeat_interleave(g, 1).transpose(1, 2).to(dtype)
+    pad = -f % 16
+    q = F.pad(fq.reshape(b, h * g, t, f), (0, pad)).transpose(1, 2).to(dtype)
+    k = F.pad(fk, (0, pad)).repeat_interleave(g, 1).transpose(1, 2).to(dtype)
     vv = v.repeat_interleave(g, 1).transpose(1, 2).to(dtype)
     init = None
     if state is not None:
-        init = (state.s.repeat_interleave(g, 1).contiguous(), state.z.repeat_interleave(g, 1)[:, None].contiguous())
+        s0 = F.pad(state.s, (0, 0, 0, pad)).repeat_interleave(g, 1).contiguous()
+        z0 = F.pad(state.z, (0, pad)).repeat_interleave(g, 1)[:, None].contiguous()
+        init = (s0, z0)
     o, (s, z) = kernel(q, k, vv, scale=1.0, initial_state=init, output_final_state=True, normalize=True)
-    new = LinearState(s.float().view(b, h, g, f, -1)[:, :, 0], z.float().view(b, h, g, f)[:, :, 0])
-    return o.transpose(1, 2), new
+    s = s.float().view(b, h, g, f + pad, -1)[:, :, 0, :f]
+    z = z.float().view(b, h, g, f + pad)[:, :, 0, :f]
+    return o.transpose(1, 2), LinearState(s, z)
 
 
 def features(q: Tensor, k: Tensor, valid: Tensor | None, positions: Tensor, kind: str) -> tuple[Tensor, Tensor]:
