@@ -211,9 +211,9 @@ def write_report(folder: str | Path) -> dict[str, Any]:
     imgs = "".join(f'<h3>{html.escape(p)}</h3><img src="data:image/png;base64,'
                    f'{base64.b64encode((folder / p).read_bytes()).decode()}" style="max-width:100%">' for p in plots)
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in row) + "</tr>" for row in table)
-    page = (f"<!doctype html><meta charset='utf-8'><title>ragctx evaluation</title>"
-            f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>"
-            f"<h1>Evaluation report</h1>"
+    page = ("<!doctype html><meta charset='utf-8'><title>ragctx evaluation</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
+            "<h1>Evaluation report</h1>"
             + (f"<h2>Conclusions</h2><pre style='white-space:pre-wrap;font-family:inherit'>{html.escape(written)}</pre>"
                if written else "")
             + f"<h2>Findings</h2><ul>{''.join(f'<li>{html.escape(f)}</li>' for f in findings)}</ul>"

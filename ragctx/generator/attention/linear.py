@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import RagctxError
-from .common import LinearState, all_valid, group_q, ungroup
+from .common import LinearState, group_q, ungroup
 
 __all__ = ["feature_map", "n_features", "linear_chunkwise", "linear_step", "linear_attention", "FEATURE_MAPS"]
 
@@ -163,15 +163,17 @@ def linear_fla(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, ker
     return o.transpose(1, 2), LinearState(s, z)
 
 
-def features(q: Tensor, k: Tensor, valid: Tensor | None, positions: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
     """(phi(q) grouped [B, Hkv, G, T, F], phi(k) [B, Hkv, T, F] with padding rows zeroed)."""
     fq = group_q(feature_map(q, kind), k.shape[1])
-    fk = feature_map(k, kind) * all_valid(valid, positions)[:, None, :, None]
+    fk = feature_map(k, kind)
+    if valid is not None:  # no padding: no pass over the features at all
+        fk = fk * valid[:, None, :, None]
     return fq, fk
 
 
 def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
-    fq, fk = features(q, k, valid, positions, cfg.feature_map)
+    fq, fk = features(q, k, valid, cfg.feature_map)
     kernel = fla_kernel() if q.is_cuda and q.shape[2] > 1 else None
     if kernel is not None:
         out, new = linear_fla(fq, fk, v, state, kernel)
