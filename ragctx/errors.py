@@ -6,7 +6,7 @@ and what to do about it. The CLI prints the message on one line and exits with c
 
 from __future__ import annotations
 
-__all__ = ["RagctxError", "IndexFormatError", "DocumentError"]
+__all__ = ["RagctxError", "IndexFormatError", "DocumentError", "is_out_of_memory", "release_memory"]
 
 
 class RagctxError(Exception):
@@ -19,3 +19,24 @@ class IndexFormatError(RagctxError):
 
 class DocumentError(RagctxError):
     """A document could not be read (raised in ``strict`` mode; otherwise the file is skipped and reported)."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is a failed allocation: torch's ``OutOfMemoryError`` (a GPU), ``MemoryError``, or the
+    RuntimeError a CPU allocator raises ("can't allocate memory")."""
+    import torch
+
+    text = str(e)
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text
+
+
+def release_memory() -> None:
+    """Gives back what a failed allocation left: unreachable tensors, and the GPU allocator's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -8,7 +8,8 @@
 - ``auto`` (Self-Route, Li et al. 2024): answer from RAG first; when the generator answers ``unanswerable``, or the
   best retrieval score is under ``score_threshold``, ask again with the full context if it fits. With
   ``escalate=(k2, k3, ...)`` larger retrievals are tried before the full context. The Answer keeps every attempt
-  and its cost.
+  and its cost. A full context that does not fit the generator, or that runs out of device memory (the reference
+  softmax at 64K tokens on an H200), leaves the RAG answer in place, with the reason in ``fallback_reason``.
 
 Documents are rebuilt from their chunks (chunks cover a document up to whitespace, so the rebuilt text differs
 from the file only in whitespace between chunks).
@@ -22,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import RagctxError
+from .errors import RagctxError, is_out_of_memory, release_memory
 from .index import Index
 
 __all__ = ["QA", "Answer", "Attempt", "Citation", "PromptTemplate", "MODES"]
@@ -213,6 +214,12 @@ class QA:
                     attempts.append((yield from self._full(question, budget, documents, truncate)))
                 except RagctxError as e:  # the corpus does not fit: keep the RAG answer, say why
                     reason = f"{reason}; full context not tried: {e}"
+                except (RuntimeError, MemoryError) as e:  # it fit the context but not the device: same
+                    if not is_out_of_memory(e):
+                        raise
+                    release_memory()
+                    reason = f"{reason}; the full context ran out of memory ({str(e).splitlines()[0][:120]}): " \
+                             "the RAG answer stands"
         final = attempts[-1]
         route = final.route if len(attempts) == 1 else "->".join(
             a.route + (f"(k={a.k})" if a.route == "rag" and i else "") for i, a in enumerate(attempts))

@@ -107,6 +107,31 @@ def test_auto_falls_back_on_a_low_retrieval_score_and_records_both_attempts(inde
     assert too_small.route == "rag" and "full context not tried" in too_small.fallback_reason
 
 
+def test_auto_keeps_the_rag_answer_when_the_full_context_runs_out_of_memory(index, gen, monkeypatch):
+    real_run = gen.run
+
+    def run(prompt, **kw):  # the device fails on long inputs, as the reference softmax does at 64K on an H200
+        if len(prompt) > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 GiB")
+        return real_run(prompt, **kw)
+
+    monkeypatch.setattr(gen, "run", run)
+    qa = QA(index, gen, max_new_tokens=4, score_threshold=1.01)  # always falls back
+    answer = qa.ask("Zirkel eruption year", k=1)
+    assert answer.route == "rag" and [a.route for a in answer.attempts] == ["rag"]
+    assert "ran out of memory" in answer.fallback_reason and "the RAG answer stands" in answer.fallback_reason
+    assert answer.text == answer.attempts[0].text
+    with pytest.raises(torch.OutOfMemoryError):  # asked for the full context alone, the failure is the caller's
+        qa.ask("Zirkel eruption year", mode="full")
+
+    def broken(prompt, **kw):  # any other runtime error is not swallowed
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gen, "run", lambda prompt, **kw: broken(prompt) if len(prompt) > 300 else real_run(prompt, **kw))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        qa.ask("Zirkel eruption year", k=1)
+
+
 def test_stream_yields_the_answer_text(index, gen):
     qa = QA(index, gen, max_new_tokens=10)
     stream = qa.stream("When did Mount Zirkel erupt?", mode="rag", k=2)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import RagctxError
+from ..errors import RagctxError, is_out_of_memory, release_memory
 from ..tasks import KINDS, NeedleTask, string_match_all
 from .metrics import spans_overlap
 
@@ -158,23 +158,6 @@ def _in_shard(all_trials: list[dict[str, Any]], shard: tuple[int, int]) -> list[
     return [t for t in all_trials if order[_example_of(t)] % n == i]
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(e) \
-        or "can't allocate memory" in str(e)
-
-
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _dtype(cfg: EvalConfig):
     import torch
 
@@ -249,10 +232,10 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
             except RagctxError as e:  # e.g. full context longer than the generator's window
                 row.update(status="error", error=str(e))
             except (RuntimeError, MemoryError) as e:
-                if not _out_of_memory(e):
+                if not is_out_of_memory(e):
                     raise
                 row.update(status="oom", error=str(e).splitlines()[0][:200])
-                _free_memory()
+                release_memory()
             else:
                 rag = next((a for a in answer.attempts if a.route == "rag"), None)
                 row.update(
