@@ -143,7 +143,7 @@ def _no_fla(fn):
 # -- the model ---------------------------------------------------------------------------------------------
 def bench_model(args) -> list[dict]:
     torch.manual_seed(0)
-    cfg = ModelConfig.from_name("base100m", n_layers=args.layers)
+    cfg = ModelConfig.from_name("base100m", n_layers=args.layers, **({"chunk_size": args.model_chunk} if args.model_chunk else {}))
     model = Transformer(cfg).cuda().to(torch.bfloat16).eval()
     print(f"model: {cfg.n_params / 1e6:.1f}M parameters, {cfg.n_layers} layers, {cfg.n_heads} heads "
           f"({cfg.n_kv_heads} KV), head dim {cfg.head_dim}", flush=True)
@@ -212,6 +212,7 @@ def main() -> None:
     p.add_argument("--max-prefill-s", type=float, default=20.0, help="stop lengthening a variant past this")
     p.add_argument("--op-cases", nargs="+", default=[], help="only op cases whose name contains one of these")
     p.add_argument("--linear-chunks", type=int, nargs="+", default=[64, 128, 256], help="pure-torch linear chunk sizes")
+    p.add_argument("--model-chunk", type=int, default=None, help="the model's linear chunk size (default: its preset's)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
