@@ -128,6 +128,10 @@ def test_qa_file_trials_score_exact_match_and_f1(tmp_path, generator_folder, emb
     assert all(r["accuracy"] == r["exact_match"] for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert all(c["f1"] is not None for c in summary["cells"])
+    from ragctx.evaluation.runner import _in_shard
+
+    halves = [_in_shard(trials(cfg), (i, 2)) for i in range(2)]  # QA-file grids shard by question
+    assert [{t["qid"] for t in h} for h in halves] == [{"q1"}, {"q2"}] and sum(map(len, halves)) == len(rows)
     for name in PLOTS:
         assert (out / name).is_file()
 
