@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup, window_blocks
-from .linear import feature_map, linear_chunkwise, linear_step, normalize
+from .linear import feature_map, linear_chunkwise, linear_step, normalize, sum_dtype
 from .softmax import masked_softmax
 from .window import flex_window, use_flex
 
@@ -50,7 +50,7 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     fk = feature_map(k_all[:, :, :t], kind) * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
     prev = state.linear if state is not None else None
     if t == 1:  # decode: the one key leaving the window joins the state, then a recurrent read
-        wide = torch.float64 if fk.dtype == torch.float64 else torch.float32  # states sum in fp32 (fp64 in tests)
+        wide = sum_dtype(fk)
         start = prev or LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d, dtype=wide),
                                     fk.new_zeros(b, hkv, fk.shape[-1], dtype=wide))
         num, den, evicted = linear_step(fq, fk, v_all[:, :, :1], start)

@@ -43,13 +43,10 @@ def n_features(kind: str, head_dim: int) -> int:
     raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
 
 
-def _wide(x: Tensor) -> Tensor:
-    """fp16/bf16 upcast to fp32; fp32 and fp64 kept (the tests run the same code in fp64)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _low(x: Tensor) -> bool:
-    return x.dtype in (torch.float16, torch.bfloat16)
+def sum_dtype(x: Tensor) -> torch.dtype:
+    """The dtype running sums and states of features ``x`` are kept in: fp32 for fp16/bf16 (and fp32), fp64 for fp64
+    (the tests)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def feature_map(x: Tensor, kind: str) -> Tensor:
@@ -82,7 +79,7 @@ def linear_chunkwise(
     n = -(-t // c)
     pad = n * c - t
     dt = fq.dtype
-    acc = torch.float32 if _low(fq) else dt  # dtype of sums across chunks and of the results
+    acc = sum_dtype(fq)  # dtype of sums across chunks and of the results
     v = v.to(dt)
     if pad:  # zero rows contribute nothing
         fq, fk, v = F.pad(fq, (0, 0, 0, pad)), F.pad(fk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
