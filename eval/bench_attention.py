@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.bench_retrieval import environment, table  # noqa: E402
+from ragctx.errors import is_out_of_memory  # noqa: E402
 from ragctx.generator.attention import get_attention  # noqa: E402
 from ragctx.generator.attention.linear import fla_kernel, feature_map  # noqa: E402
 from ragctx.generator.config import ModelConfig  # noqa: E402
@@ -103,7 +104,7 @@ def bench_op(args) -> list[dict]:
             try:
                 sec, mem = cuda_time(fn, reps)
             except (torch.OutOfMemoryError, RuntimeError) as e:
-                if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e):
+                if is_out_of_memory(e):
                     rows.append({"op": name, "N": n, "status": "OOM"})
                     dead.add(name)
                     torch.cuda.empty_cache()

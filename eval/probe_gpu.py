@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.bench_attention import cuda_time  # noqa: E402
 from eval.bench_retrieval import environment, table  # noqa: E402
 from ragctx.generator.attention.common import group_q, ungroup  # noqa: E402
 from ragctx.generator.attention.linear import linear_chunkwise, normalize  # noqa: E402
@@ -38,23 +40,18 @@ from ragctx.generator.attention.linear import linear_chunkwise, normalize  # noq
 K = 1024
 
 
-def timed(fn, device: str, reps: int = 3) -> float:
-    """Median seconds of fn() after one warm-up call (CUDA events on a GPU, wall clock on a CPU)."""
+def timed(fn, device: str, reps: int = 3) -> tuple[float, float | None]:
+    """(median seconds, peak bytes allocated above the start) of fn() after one warm-up call: the benchmarks'
+    CUDA-event timer on a GPU; wall clock and no peak (None) on a CPU."""
+    if device == "cuda":
+        return cuda_time(fn, reps)
     fn()
     times = []
     for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), None
 
 
 # -- taylor-step -------------------------------------------------------------------------------------------
@@ -108,13 +105,10 @@ def probe_taylor_step(args, device) -> list[dict]:
                 out.float().square().mean().backward()
 
             try:
-                sec = timed(step, device)
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                    step()
+                sec, peak = timed(step, device)
                 rows.append({"length": length, "features": name, "F": phi(q[:1, :1, :1]).shape[-1],
                              "ms_fwd_bwd": sec * 1e3, "bytes_per_s": tokens / sec,
-                             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None})
+                             "peak_gib": None if peak is None else peak / 2**30})
             except torch.OutOfMemoryError:
                 rows.append({"length": length, "features": name, "status": "OOM"})
             if device == "cuda":
@@ -182,8 +176,7 @@ def probe_linear_profile(args, device) -> list[dict]:
         with torch.inference_mode():
             model(ids, states=model.new_states(1, n + 1), last_only=True)
 
-    prefill()
-    total = timed(prefill, device)
+    total, _ = timed(prefill, device)  # its warm-up call also compiles what the profile should not see
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=acts) as prof:
         prefill()
