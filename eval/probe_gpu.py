@@ -6,10 +6,12 @@
 - ``linear-profile``: where the ~14 ms per layer of the 100M model's linear prefill at 128K goes (the attention op
   alone is ~5 ms): torch.profiler over one prefill, top operators by device time.
 - ``taylor-step``: forward + backward of Based's Taylor feature map plus chunkwise linear attention at the built-in
-  models' training shape (131072 bytes per step, 8 query / 2 KV heads of 32), for three ways of building the
-  second-order features: the current gather of the 528 upper-triangle products, the full 1024-wide outer product
-  (no gather; twice the features), and the outer product times a fixed 1024 x 528 selection matrix (a matmul in
-  place of the gather). Training with this map ran ~13x slower per byte than softmax.
+  models' training shape (131072 bytes per step, 8 query / 2 KV heads of 32), for four ways of building the
+  second-order features: the current one (the 528 upper-triangle products picked out of the outer product, one
+  index each), the gather used until 2026-12-01 (x[..., i] * x[..., j]: each index repeated 33 times, so its
+  backward scatters with colliding atomic adds), the full 1024-wide outer product (twice the features), and the
+  outer product times a fixed 1024 x 528 selection matrix. Training with the gather ran ~13x slower per byte than
+  softmax.
 - ``flash-shapes``: prefill time of builtin:softmax under ``flash`` (bf16) for lengths 1K-32K, each shape run
   twice in a row, under PyTorch's default SDPA dispatch and with FlashAttention forced. The GPU grid saw a flat
   ~60 ms from 2.4K to 32K tokens and 5 ms below; this says whether it is per-shape planning (second call fast)
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.bench_attention import cuda_time  # noqa: E402
 from eval.bench_retrieval import environment, table  # noqa: E402
 from ragctx.generator.attention.common import group_q, ungroup  # noqa: E402
-from ragctx.generator.attention.linear import linear_chunkwise, normalize  # noqa: E402
+from ragctx.generator.attention.linear import feature_map, linear_chunkwise, normalize  # noqa: E402
 
 K = 1024
 
@@ -89,8 +91,8 @@ def probe_taylor_step(args, device) -> list[dict]:
     tokens, hq, hkv, d = (4096, 4, 2, 16) if args.smoke else (131072, 8, 2, 32)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     sel = _selection(d, device, dtype)
-    ways = {"gather (current)": _taylor_gather, "outer product (full d^2)": _taylor_outer,
-            "outer @ selection matrix": lambda x: _taylor_selected(x, sel)}
+    ways = {"outer + index_select (current)": lambda x: feature_map(x, "taylor"), "gather (before)": _taylor_gather,
+            "outer product (full d^2)": _taylor_outer, "outer @ selection matrix": lambda x: _taylor_selected(x, sel)}
     rows = []
     for length in ([512, 2048] if args.smoke else [512, 4096, 16384]):
         b = tokens // length

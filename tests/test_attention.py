@@ -144,8 +144,9 @@ def test_linear_chunkwise_recurrent_quadratic_agree_with_gradients(kind, chunk):
 @pytest.mark.parametrize("kind", ["elu", "taylor"])
 @pytest.mark.parametrize("state_in", [False, True])
 def test_linear_chunkwise_in_bf16_stays_close_to_the_fp64_definition(kind, state_in):
-    """bf16 features run the matmuls in bf16 while the state sums in fp32: the error is bf16 rounding's, not
-    growing with length (a bf16 running state would drift over these 700 tokens)."""
+    """bf16 features run the matmuls in bf16 (numerator and denominator come out in bf16) while the state sums in
+    fp32: the error is bf16 rounding's, not growing with length (a bf16 running state would drift over these 700
+    tokens)."""
     q, k, v, valid, _ = inputs(1, 4, 2, 700, 16, 0, seed=3)
     prev = None
     if state_in:  # a prefix already folded into the state, as in chunked prefill
@@ -155,7 +156,7 @@ def test_linear_chunkwise_in_bf16_stays_close_to_the_fp64_definition(kind, state
     low = [x.bfloat16() for x in (q, k, v)]
     num, den, last = linear_chunkwise(group_q(feature_map(low[0], kind), 2), feature_map(low[1], kind), low[2],
                                       prev, 64)
-    assert num.dtype == den.dtype == last.s.dtype == torch.float32
+    assert num.dtype == den.dtype == torch.bfloat16 and last.s.dtype == last.z.dtype == torch.float32
     ref_num, ref_den, ref_last = linear_chunkwise(group_q(feature_map(q.double(), kind), 2),
                                                   feature_map(k.double(), kind), v.double(),
                                                   None if prev is None else LinearState(prev.s.double(), prev.z.double()), 64)

@@ -24,21 +24,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        # Hugging Face's order: normalize in fp32, round to x's dtype, then scale (one fused kernel on a GPU)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope(positions: Tensor, head_dim: int, base: float, dtype) -> tuple[Tensor, Tensor]:
-    """(cos, sin) [B, 1, T, D] for rotate-half RoPE (Hugging Face's layout)."""
+    """(cos, signed sin) [B, 1, T, D] for rotate-half RoPE (Hugging Face's layout): with x = [x1, x2] halves,
+    rotate_half(x) * sin = [-x2, x1] * [s, s] = roll(x, D/2) * [-s, s], so :func:`_rotate` needs no negation or
+    concatenation pass."""
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     angles = positions.float()[..., None] * inv  # [B, T, D/2]
-    emb = torch.cat([angles, angles], -1)[:, None]  # [B, 1, T, D]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = torch.cat([angles, angles], -1).cos(), angles.sin()
+    return cos[:, None].to(dtype), torch.cat([-sin, sin], -1)[:, None].to(dtype)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], -1) * sin
+def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
 class Attention(nn.Module):

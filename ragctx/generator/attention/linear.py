@@ -14,7 +14,7 @@ Three forms of one function, tested equal for outputs and gradients:
   tested on the GPU).
 - :func:`linear_step`: decode, one token against the recurrent state (S, z): O(1) per token.
 - ``reference.linear_quadratic``: the masked O(T^2) twin.
-State and accumulations are fp32 whatever the input dtype.
+Running states are summed in fp32 (fp64 for fp64 input) whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor
 from ...errors import RagctxError
 from .common import LinearState, group_q, ungroup
 
-__all__ = ["feature_map", "n_features", "linear_chunkwise", "linear_step", "linear_attention", "FEATURE_MAPS"]
+__all__ = ["feature_map", "n_features", "augmented_width", "linear_chunkwise", "linear_step", "linear_attention", "FEATURE_MAPS"]
 
 FEATURE_MAPS = ("elu", "taylor")
 
@@ -49,18 +49,36 @@ def sum_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+@lru_cache(maxsize=16)
+def _taylor_pairs(d: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(flat index i*d + j of the pairs i <= j in a flattened d x d outer product, their weights): the weights make
+    sum_{i<=j} w^2 x_i x_j y_i y_j = (x.y)^2 / 2 (1/sqrt(2) on the diagonal, 1 off it)."""
+    i, j = torch.triu_indices(d, d)
+    return (i * d + j).to(device), torch.where(i == j, 1 / math.sqrt(2), 1.0).to(device=device, dtype=dtype)
+
+
 def feature_map(x: Tensor, kind: str) -> Tensor:
-    """phi(x): [..., D] -> [..., F], in x's dtype (bf16 features feed bf16 matmuls; sums and states are fp32)."""
+    """phi(x): [..., D] -> [..., F], in x's dtype (bf16 features feed bf16 matmuls; sums and states are fp32).
+
+    Taylor's second-order features are picked out of the outer product x x^T with one index per pair, each index
+    once: the backward pass then scatters without collisions (gathering x[..., i] * x[..., j] directly repeats
+    every index D + 1 times, and its backward's atomic adds serialized on them: training ran ~13x slower than
+    softmax per byte)."""
     if kind == "elu":
         return F.elu(x) + 1.0
     if kind == "taylor":
         d = x.shape[-1]
         x = x / d**0.25
-        i, j = torch.triu_indices(d, d, device=x.device)
-        weight = torch.where(i == j, 1 / math.sqrt(2), 1.0).to(x.dtype)  # sum_{i<=j} w^2 x_i x_j y_i y_j = (x.y)^2/2
-        second = x[..., i] * x[..., j] * weight
+        index, weight = _taylor_pairs(d, x.device, x.dtype)
+        second = (x[..., :, None] * x[..., None, :]).flatten(-2).index_select(-1, index) * weight
         return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
     raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
+
+
+def augmented_width(dv: int) -> int:
+    """Columns of the values augmented with a column of ones: Dv + 1, rounded up to a multiple of 8 (aligned rows
+    for bf16 tensor-core matmuls; the extra columns are zeros)."""
+    return -(-(dv + 1) // 8) * 8
 
 
 def linear_chunkwise(
@@ -69,40 +87,39 @@ def linear_chunkwise(
     """Chunkwise-parallel causal linear attention on features.
 
     fq [B, Hkv, G, T, F], fk [B, Hkv, T, F] (rows of padding already zeroed), v [B, Hkv, T, Dv].
-    Returns (numerator [B, Hkv, G, T, Dv], denominator [B, Hkv, G, T], state after the last token), all fp32 (fp64
-    for fp64 input). With bf16/fp16 features the matmuls run in that dtype (fp32 accumulation inside each), while
-    the running state is summed in fp32 across chunks; fp32 and fp64 features run every step in their own dtype.
+    Returns (numerator [B, Hkv, G, T, Dv], denominator [B, Hkv, G, T], state after the last token). Numerator and
+    denominator come out of the same matmuls, in the features' dtype: the values carry an extra column of ones,
+    whose output is the denominator. With bf16/fp16 features the matmuls run in that dtype (fp32 accumulation
+    inside each, one rounding per output), while the running state is summed in fp32 across chunks (and returned
+    in fp32); fp32 and fp64 features run every step in their own dtype.
     """
     b, h, g, t, f = fq.shape
     dv = v.shape[-1]
     c = max(1, min(chunk, t))
     n = -(-t // c)
-    pad = n * c - t
-    dt = fq.dtype
-    acc = sum_dtype(fq)  # dtype of sums across chunks and of the results
-    v = v.to(dt)
-    if pad:  # zero rows contribute nothing
-        fq, fk, v = F.pad(fq, (0, 0, 0, pad)), F.pad(fk, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
-    # queries of one chunk, all G of a group together: [B, Hkv, N, G*C, F] (a free view when G == 1)
-    q = fq.view(b, h, g, n, c, f).transpose(2, 3).reshape(b, h, n, g * c, f)
-    k = fk.view(b, h, n, c, f)
-    v = v.view(b, h, n, c, dv)
-    kv = torch.matmul(k.transpose(-1, -2), v)  # [B, Hkv, N, F, Dv]: each chunk's sum of phi(k) v^T
-    ks = k.sum(3, dtype=acc)  # [B, Hkv, N, F]
+    dt, acc = fq.dtype, sum_dtype(fq)
+    w = augmented_width(dv)
+    # [v, 1, 0...], zero rows up to whole chunks (zero rows, like zero features, contribute nothing)
+    va = fq.new_zeros(b, h, n * c, w)
+    va[:, :, :t, :dv] = v
+    va[:, :, :t, dv] = 1
+    if n * c != t:
+        fq, fk = F.pad(fq, (0, 0, 0, n * c - t)), F.pad(fk, (0, 0, 0, n * c - t))
+    # one batch entry per (B, Hkv, chunk); the G query heads of a group stacked as rows (a free view when G == 1)
+    q = fq.view(b, h, g, n, c, f).transpose(2, 3).reshape(b * h * n, g * c, f)
+    k = fk.reshape(b * h * n, c, f)
+    va = va.view(b * h * n, c, w)
+    kv = torch.bmm(k.transpose(1, 2), va).view(b, h, n, f, w)  # each chunk's sum of phi(k) [v, 1]^T
     s_before = torch.cumsum(kv, 2, dtype=acc).sub_(kv)  # exclusive prefix sums: the state entering each chunk
-    z_before = torch.cumsum(ks, 2).sub_(ks)
     if state is not None:
-        s_before.add_(state.s[:, :, None])
-        z_before.add_(state.z[:, :, None])
-    a = torch.matmul(q, k.transpose(-1, -2))  # [B, Hkv, N, G*C, C] scores inside the chunk
-    causal = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril().repeat(g, 1)
-    a = a.masked_fill(~causal, 0.0)
-    num = torch.matmul(q, s_before.to(dt)).add_(torch.matmul(a, v)).to(acc)  # [B, Hkv, N, G*C, Dv]
-    den = torch.matmul(q, z_before.to(dt)[..., None])[..., 0].to(acc).add_(a.sum(-1, dtype=acc))
-    num = num.view(b, h, n, g, c, dv).transpose(2, 3).reshape(b, h, g, n * c, dv)[..., :t, :]
-    den = den.view(b, h, n, g, c).transpose(2, 3).reshape(b, h, g, n * c)[..., :t]
-    last = (s_before[:, :, -1] + kv[:, :, -1].to(acc), z_before[:, :, -1] + ks[:, :, -1])
-    return num, den, LinearState(*last)
+        s_before[..., :dv] += state.s[:, :, None]
+        s_before[..., dv] += state.z[:, :, None]
+    last = s_before[:, :, -1] + kv[:, :, -1]
+    a = torch.bmm(q, k.transpose(1, 2))  # [B*Hkv*N, G*C, C]: scores inside the chunk
+    a.view(-1, g, c, c).tril_()  # causal within the chunk, for each of the G heads
+    o = torch.baddbmm(torch.bmm(a, va), q, s_before.to(dt).view(b * h * n, f, w))
+    o = o.view(b, h, n, g, c, w).transpose(2, 3).reshape(b, h, g, n * c, w)[..., :t, :]
+    return o[..., :dv], o[..., dv], LinearState(last[..., :dv].contiguous(), last[..., dv].contiguous())
 
 
 def linear_step(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState) -> tuple[Tensor, Tensor, LinearState]:
@@ -118,9 +135,8 @@ def linear_step(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState) -> tuple[
 
 def normalize(num: Tensor, den: Tensor) -> Tensor:
     """num / den, with 0 where no key was seen. Both feature maps are positive, so den > 0 whenever a key is
-    visible and no epsilon is needed."""
-    seen = den[..., None] > 0
-    return torch.where(seen, num / torch.where(seen, den[..., None], 1.0), 0.0)
+    visible, and where none is, num is exactly 0 too: dividing it by 1 there gives 0 with finite gradients."""
+    return num / torch.where(den > 0, den, 1.0)[..., None]
 
 
 @lru_cache(maxsize=1)
