@@ -215,15 +215,18 @@ def test_gradients_are_finite_with_padding(name):
 
 
 def _fla_shaped_kernel(seen):
-    """fla-core's chunk_linear_attn interface ([B, T, H, F] in, normalized output, (S, z) state) on ragctx's own
-    chunkwise form, to check the wrapper's layouts, padding and state handling where fla-core cannot run."""
+    """fla-core's chunk_linear_attn interface ([B, T, H, F] in; with normalize=False the plain causal sum
+    o_t = sum_{s<=t} (q_t.k_s) v_s and one state tensor S [B, H, F, V]) on a direct sum, to check the wrapper's
+    layouts, padding and state handling where fla-core cannot run."""
     def kernel(q, k, v, *, scale, initial_state, output_final_state, **opts):
-        seen.append(q.shape[-1])
-        assert q.shape[-1] % 16 == 0 and scale == 1.0 and output_final_state and opts == {"normalize": True}
-        fq, fk, vv = (x.transpose(1, 2).double() for x in (q, k, v))
-        prev = None if initial_state is None else LinearState(initial_state[0].double(), initial_state[1][:, 0].double())
-        num, den, last = linear_chunkwise(fq[:, :, None], fk, vv, prev, 8)
-        return normalize(num, den)[:, :, 0].transpose(1, 2), (last.s, last.z[:, None])
+        seen.append((q.shape[-1], v.shape[-1]))
+        assert q.shape[-1] % 16 == 0 and v.shape[-1] % 16 == 0 and scale == 1.0 and output_final_state
+        assert opts == {"normalize": False}
+        q, k, v = (x.transpose(1, 2).double() for x in (q, k, v))  # [B, H, T, .]
+        scores = (q @ k.transpose(-1, -2)).tril()
+        s0 = 0 if initial_state is None else initial_state.double()
+        out = scores @ v + (0 if initial_state is None else q @ s0)
+        return out.transpose(1, 2), s0 + k.transpose(-1, -2) @ v
     return kernel
 
 
@@ -239,7 +242,7 @@ def test_fla_wrapper_pads_features_and_keeps_the_state_exact(kind):
     seen = []
     out, new = linear_fla(fq[..., 10:, :], fk[:, :, 10:], v[:, :, 10:], head, _fla_shaped_kernel(seen))
     num, den, ref = linear_chunkwise(fq[..., 10:, :], fk[:, :, 10:], v[:, :, 10:], head, 8)
-    assert f % 16 and seen == [f + (-f % 16)]  # padding was exercised (elu: 6 -> 16, taylor: 28 -> 32)
+    assert f % 16 and seen == [(f + (-f % 16), 16)]  # padding was exercised (elu: 6 -> 16, taylor: 28 -> 32)
     torch.testing.assert_close(out.double(), ungroup(normalize(num, den)), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(new.s.double(), ref.s, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(new.z.double(), ref.z, atol=1e-6, rtol=1e-6)
@@ -264,3 +267,15 @@ def test_fla_prefill_equals_pure_torch_on_gpu(monkeypatch):
     for name, a, b in [("out", fast, slow), ("S", state.s, ref_state.s), ("z", state.z, ref_state.z)]:
         rel = ((a.float() - b.float()).norm() / b.float().norm()).item()
         assert rel < 5e-3, (name, rel)
+
+
+def test_flash_buckets_lengths_and_right_padding_changes_no_causal_output():
+    from ragctx.generator.attention.flash import bucket, causal
+
+    sizes = [bucket(t) for t in range(1, 70000)]
+    assert all(b >= t for t, b in zip(range(1, 70000), sizes))
+    assert all(b <= max(t * 1.125, -(-t // 64) * 64) for t, b in zip(range(1, 70000), sizes))  # <= 12.5% (or to 64)
+    assert all(bucket(2**i) == 2**i for i in range(6, 17))  # none at powers of two
+    assert len(set(sizes[1023:])) <= 8 * 7  # 8 per octave from 1K to 64K
+    q, k, v, _, _ = inputs(2, 4, 2, 300, 16, 0, seed=5)
+    torch.testing.assert_close(causal(q, k, v, bucketed=True), causal(q, k, v, bucketed=False), atol=1e-6, rtol=1e-5)

@@ -75,10 +75,17 @@ def feature_map(x: Tensor, kind: str) -> Tensor:
     raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
 
 
-def augmented_width(dv: int) -> int:
-    """Columns of the values augmented with a column of ones: Dv + 1, rounded up to a multiple of 8 (aligned rows
-    for bf16 tensor-core matmuls; the extra columns are zeros)."""
-    return -(-(dv + 1) // 8) * 8
+def augmented_width(dv: int, multiple: int = 8) -> int:
+    """Columns of the values augmented with a column of ones: Dv + 1, rounded up to a multiple of ``multiple``
+    (aligned rows for bf16 tensor-core matmuls; the extra columns are zeros)."""
+    return -(-(dv + 1) // multiple) * multiple
+
+
+def augment(v: Tensor, width: int, column: Tensor | None = None) -> Tensor:
+    """[..., Dv] -> [..., width]: v, then ``column`` [...] (default ones: its product with the keys' features is the
+    normalizer), then zeros. One pass: ones and zeros are broadcast views. A state (S, z) augments as (S, z)."""
+    col = v.new_ones(()).expand(*v.shape[:-1], 1) if column is None else column[..., None].to(v.dtype)
+    return torch.cat([v, col, v.new_zeros(()).expand(*v.shape[:-1], width - v.shape[-1] - 1)], -1)
 
 
 def linear_chunkwise(
@@ -99,26 +106,28 @@ def linear_chunkwise(
     n = -(-t // c)
     dt, acc = fq.dtype, sum_dtype(fq)
     w = augmented_width(dv)
-    # [v, 1, 0...], zero rows up to whole chunks (zero rows, like zero features, contribute nothing)
-    va = fq.new_zeros(b, h, n * c, w)
-    va[:, :, :t, :dv] = v
-    va[:, :, :t, dv] = 1
-    if n * c != t:
-        fq, fk = F.pad(fq, (0, 0, 0, n * c - t)), F.pad(fk, (0, 0, 0, n * c - t))
+    va = augment(v.to(dt), w)
+    if n * c != t:  # zero rows up to whole chunks: like zero features, they contribute nothing
+        fq, fk, va = (F.pad(x, (0, 0, 0, n * c - t)) for x in (fq, fk, va))
     # one batch entry per (B, Hkv, chunk); the G query heads of a group stacked as rows (a free view when G == 1)
     q = fq.view(b, h, g, n, c, f).transpose(2, 3).reshape(b * h * n, g * c, f)
     k = fk.reshape(b * h * n, c, f)
     va = va.view(b * h * n, c, w)
     kv = torch.bmm(k.transpose(1, 2), va).view(b, h, n, f, w)  # each chunk's sum of phi(k) [v, 1]^T
-    s_before = torch.cumsum(kv, 2, dtype=acc).sub_(kv)  # exclusive prefix sums: the state entering each chunk
-    if state is not None:
-        s_before[..., :dv] += state.s[:, :, None]
-        s_before[..., dv] += state.z[:, :, None]
-    last = s_before[:, :, -1] + kv[:, :, -1]
+    through = torch.cumsum(kv, 2, dtype=acc)  # the state after each chunk, summed in fp32
+    s_before = torch.empty_like(kv)  # the state entering each chunk: `through` shifted by one chunk
+    if state is None:
+        s_before[:, :, 0] = 0
+    else:
+        start = augment(state.s, w, state.z)
+        through += start[:, :, None]
+        s_before[:, :, 0] = start
+    s_before[:, :, 1:] = through[:, :, :-1]
     a = torch.bmm(q, k.transpose(1, 2))  # [B*Hkv*N, G*C, C]: scores inside the chunk
     a.view(-1, g, c, c).tril_()  # causal within the chunk, for each of the G heads
-    o = torch.baddbmm(torch.bmm(a, va), q, s_before.to(dt).view(b * h * n, f, w))
+    o = torch.baddbmm(torch.bmm(a, va), q, s_before.view(b * h * n, f, w))
     o = o.view(b, h, n, g, c, w).transpose(2, 3).reshape(b, h, g, n * c, w)[..., :t, :]
+    last = through[:, :, -1]
     return o[..., :dv], o[..., dv], LinearState(last[..., :dv].contiguous(), last[..., dv].contiguous())
 
 
@@ -154,26 +163,29 @@ def fla_kernel():
 def linear_fla(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, kernel) -> tuple[Tensor, LinearState]:
     """Prefill through fla-core: normalized output [B, Hq, T, Dv] and the state after the last token.
 
-    fla takes [B, T, H, F] with as many key as query heads, so keys, values and state are repeated per group;
-    ``scale=1`` because phi already holds it (and the scale cancels in the normalized output anyway). Features are
-    zero-padded to a multiple of 16 (fla's bf16 backward refuses odd sizes such as Taylor's 561; zero features
-    change no dot product) and the state is cut back.
+    fla takes [B, T, H, F] with as many key as query heads, so keys and values are repeated per group; ``scale=1``
+    because phi already holds it. As in :func:`linear_chunkwise`, the values carry a column of ones, so the
+    kernel's unnormalized output holds the denominator too (fla's own ``normalize=True`` adds a separate
+    cumulative-sum pass that cost ~2 ms per layer of the 100M model at 128K: eval/reports/attention). Features and
+    augmented values are zero-padded to multiples of 16 (fla's bf16 backward refuses odd sizes such as Taylor's
+    561; zero features change no dot product) and the state is cut back.
     """
     b, h, g, t, f = fq.shape
+    dv = v.shape[-1]
     dtype = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    pad = -f % 16
-    q = F.pad(fq.reshape(b, h * g, t, f), (0, pad)).transpose(1, 2).to(dtype)
-    k = F.pad(fk, (0, pad)).repeat_interleave(g, 1).transpose(1, 2).to(dtype)
-    vv = v.repeat_interleave(g, 1).transpose(1, 2).to(dtype)
+    pad, w = -f % 16, augmented_width(dv, 16)
+    if pad:
+        fq, fk = F.pad(fq, (0, pad)), F.pad(fk, (0, pad))
+    q = fq.reshape(b, h * g, t, f + pad).transpose(1, 2).to(dtype)
+    k = fk.repeat_interleave(g, 1).transpose(1, 2).to(dtype)
+    vv = augment(v.to(dtype), w).repeat_interleave(g, 1).transpose(1, 2)
     init = None
     if state is not None:
-        s0 = F.pad(state.s, (0, 0, 0, pad)).repeat_interleave(g, 1).contiguous()
-        z0 = F.pad(state.z, (0, pad)).repeat_interleave(g, 1)[:, None].contiguous()
-        init = (s0, z0)
-    o, (s, z) = kernel(q, k, vv, scale=1.0, initial_state=init, output_final_state=True, normalize=True)
-    s = s.float().view(b, h, g, f + pad, -1)[:, :, 0, :f]
-    z = z.float().view(b, h, g, f + pad)[:, :, 0, :f]
-    return o.transpose(1, 2), LinearState(s, z)
+        init = F.pad(augment(state.s, w, state.z), (0, 0, 0, pad)).repeat_interleave(g, 1).contiguous()
+    o, s = kernel(q, k, vv, scale=1.0, initial_state=init, output_final_state=True, normalize=False)
+    out = normalize(o[..., :dv], o[..., dv]).transpose(1, 2)  # [B, Hq, T, Dv]
+    s = s.float().view(b, h, g, f + pad, w)[:, :, 0, :f]
+    return out, LinearState(s[..., :dv].contiguous(), s[..., dv].contiguous())
 
 
 def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
