@@ -102,7 +102,8 @@ def bench_op(args) -> list[dict]:
             if name in dead or (args.op_cases and not any(c in name for c in args.op_cases)):
                 continue
             try:
-                sec, mem = cuda_time(fn, reps)
+                with torch.inference_mode():  # as in generation (and fla-core serves inference prefill only)
+                    sec, mem = cuda_time(fn, reps)
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if is_out_of_memory(e):
                     rows.append({"op": name, "N": n, "status": "OOM"})
