@@ -23,11 +23,12 @@ ORIGIN = {
     "sliding_window": "Trained on one NVIDIA H200: 4000 steps, the same data stream and schedule as softmax's first "
     "stage (eval/reports/training/sliding_window). Window: 1024 bytes.",
     "linear": "The softmax model 'linearized': its shipped weights fine-tuned under linear attention with Based's "
-    "second-order Taylor feature map (1 + q.k/sqrt(d) + (q.k)^2/2d, 561 features per head) for 651 steps on one "
-    "NVIDIA H200, about 12 minutes over two calls (eval/reports/training/linear-taylor-ft; lengths 256-8192 bytes, "
-    "lr 5e-4). Not the same budget as the others: trained from scratch, the elu+1 linear model (4000 steps, "
-    "linear-elu) never left chance and a 429-step Taylor run (linear-taylor) had not either, so a from-scratch "
-    "linear model could not be compared at all. The fine-tune was stopped by the device budget while still "
+    "second-order Taylor feature map (1 + q.k/sqrt(d) + (q.k)^2/2d, 561 features per head) on NVIDIA H200s in two "
+    "runs: 651 steps (eval/reports/training/linear-taylor-ft, lr 5e-4, ~12 GPU-minutes), then 1019 more from those "
+    "weights with a fresh optimizer and data seed (linear-taylor-ft2, lr 3e-4, ~18 minutes on a GPU it shared with "
+    "a softmax run); lengths 256-8192 bytes. Not the same budget as the others: trained from scratch, the elu+1 "
+    "linear model (4000 steps, linear-elu) never left chance and a 429-step Taylor run (linear-taylor) had not "
+    "either, so a from-scratch linear model could not be compared at all. Stopped by the device budget while still "
     "improving; it has not learned to say `unanswerable`. Trained context: 8192 bytes.",
     "hybrid": "Not trained on its own: `builtin:hybrid` runs the softmax model's weights under hybrid attention "
     "(a 1024-byte softmax window plus a Taylor-feature linear summary of everything older). Inside the window "

@@ -54,13 +54,7 @@ def test_softmax_says_unanswerable_when_the_key_is_absent_and_only_then():
     assert recall >= 0.95 and false <= 0.05
 
 
-@pytest.mark.parametrize("name", [
-    "sliding_window",
-    "hybrid",
-    pytest.param("linear", marks=pytest.mark.xfail(
-        strict=True, reason="the linearized model finds 0.83 / 0.67 of single needles at 512 B / 1 KB, not 0.90 "
-        "(eval/reports/builtin); strict: this fails loudly once a retrained model passes")),
-])
+@pytest.mark.parametrize("name", ["sliding_window", "hybrid", "linear"])
 def test_every_model_answers_short_inputs(name):
     exs = examples(30, (512, 1024), seed=SEED + 3)
     gen = builtin(name)
