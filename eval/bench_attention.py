@@ -92,6 +92,11 @@ def bench_op(args) -> list[dict]:
             ccfg = replace(cfg, chunk_size=chunk)
             cases.append((f"linear (ragctx, pure torch, C={chunk})", lambda ccfg=ccfg: _no_fla(
                 lambda: get_attention("linear").fn(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
+        if args.linear_compile:  # the same pure-torch function, its element-wise passes fused by torch.compile
+            ccfg = replace(cfg, chunk_size=args.linear_compile)
+            compiled = _compiled_linear()
+            cases.append((f"linear (ragctx, pure torch, C={args.linear_compile}, torch.compile)", lambda ccfg=ccfg: _no_fla(
+                lambda: compiled(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
         kernel = fla_kernel()
         if kernel is not None:
             qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (fq, fk, v))
@@ -130,6 +135,10 @@ def bench_op(args) -> list[dict]:
     rows.sort(key=lambda r: (r["op"], r["N"]))
     print(table(rows, ["op", "N", "ms", "tflops", "tokens_per_s", "peak_gib", "vs_best_sdpa", "vs_fla", "status"]))
     return rows
+
+
+def _compiled_linear():
+    return torch.compile(get_attention("linear").fn, dynamic=True)
 
 
 def _no_fla(fn):
@@ -215,6 +224,8 @@ def main() -> None:
     p.add_argument("--op-cases", nargs="+", default=[], help="only op cases whose name contains one of these")
     p.add_argument("--linear-chunks", type=int, nargs="+", default=[64, 128, 256], help="pure-torch linear chunk sizes")
     p.add_argument("--model-chunk", type=int, default=None, help="the model's linear chunk size (default: its preset's)")
+    p.add_argument("--linear-compile", type=int, default=0, metavar="C",
+                   help="also time pure-torch linear under torch.compile with chunk C (0: not)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")

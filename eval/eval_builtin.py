@@ -63,7 +63,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def write_report(summary: list[dict], folder: Path, meta: dict) -> None:
     lines = ["# Built-in generators on fresh needle examples", "",
-             f"Measured {meta['date']} on {meta['device']} (torch {meta['torch']}), `python eval/eval_builtin.py`. "
+             f"Measured on {meta['device']} (torch {meta['torch']}), `python eval/eval_builtin.py`, on "
+             + "; ".join(f"{m} {d}" for m, d in meta["dates"].items()) + ". "
              f"Examples from seed {SEED}, new to every model. Accuracy is RULER's string-match-all, with a bootstrap "
              "95% interval; `softmax` runs through `flash` (the same function, tested equal) to keep 16K-byte inputs fast on a CPU; for `unanswerable` rows, accuracy is the recall of `unanswerable`; `false unans.` is the "
              "share of answerable questions answered `unanswerable`.", "",
@@ -112,7 +113,8 @@ def main() -> None:
             pred = answer_needle(gens[model], ex)
             row = {"model": model, "haystack": haystack, "length": length, "kind": kind, "answerable": not unans,
                    "index": i, "depth": ex.depth, "prediction": pred, "target": ex.target,
-                   "score": string_match_all(pred, ex.answers), "said_unanswerable": "unanswerable" in pred.lower()}
+                   "score": string_match_all(pred, ex.answers), "said_unanswerable": "unanswerable" in pred.lower(),
+                   "date": time.strftime("%Y-%m-%d")}
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -123,7 +125,9 @@ def main() -> None:
 
     summary = summarize(rows)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
-    meta = {"date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__}
+    # rows accumulate across runs (a model's rows are redone when its weights change): each model's own dates
+    dates = {m: "/".join(sorted({r["date"] for r in rows if r["model"] == m})) for m in sorted({r["model"] for r in rows})}
+    meta = {"date": time.strftime("%Y-%m-%d"), "dates": dates, "device": device, "torch": torch.__version__}
     (folder / "summary.json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
     write_report(summary, folder, meta)
     for s in summary:

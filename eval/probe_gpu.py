@@ -12,11 +12,11 @@
   backward scatters with colliding atomic adds), the full 1024-wide outer product (twice the features), and the
   outer product times a fixed 1024 x 528 selection matrix. Training with the gather ran ~13x slower per byte than
   softmax.
-- ``flash-shapes``: prefill time of builtin:softmax under ``flash`` (bf16) for lengths 1K-32K, each shape run
-  twice in a row, under PyTorch's default SDPA dispatch and with FlashAttention forced. The GPU grid saw a flat
-  ~60 ms from 2.4K to 32K tokens and 5 ms below; this says whether it is per-shape planning (second call fast)
-  and whose (default dispatch only).
-
+- ``flash-shapes``: prefill time of builtin:softmax under ``flash`` (bf16) for lengths 1K-32K, under PyTorch's
+  default SDPA dispatch and with FlashAttention forced: per length, call 1 at that length, call 2 at the same
+  length again, call 3 at a length 7 tokens shorter (a new shape, but the same bucket of ``flash.bucket``). The
+  GPU grid saw a flat ~60 ms from 2.4K to 32K tokens: cuDNN planning each new shape (2026-12-01: 85-95 ms on
+  call 1, 5 ms on call 2); call 3 says whether the length buckets spare a new prompt length that cost.
 Each probe prints a table and writes ``<out>/<probe>.json`` with the environment.
 """
 
@@ -130,9 +130,10 @@ def probe_flash_shapes(args, device) -> list[dict]:
     model = gen.model
     rows = []
     for backend in ("default", "FLASH_ATTENTION"):
-        for n in ([300, 700] if args.smoke else [1000, 2000, 2400, 3000, 4000, 8000, 16000, 32000]):
-            ids = torch.randint(0, 256, (1, n), device=device)
-            for call in (1, 2):  # the second call repeats the shape: planning caches would make it fast
+        for base in ([300, 700] if args.smoke else [1000, 2000, 2400, 3000, 4000, 8000, 16000, 32000]):
+            for call, n in ((1, base), (2, base), (3, base - 7)):  # call 3: a new length in the same bucket
+                ids = torch.randint(0, 256, (1, n), device=device)
+
                 def prefill():
                     states = model.new_states(1, n + 48)
                     model(ids, states=states, last_only=True)
