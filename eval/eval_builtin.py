@@ -126,7 +126,8 @@ def main() -> None:
     summary = summarize(rows)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
     # rows accumulate across runs (a model's rows are redone when its weights change): each model's own dates
-    dates = {m: "/".join(sorted({r["date"] for r in rows if r["model"] == m})) for m in sorted({r["model"] for r in rows})}
+    dates = {m: "/".join(sorted({r.get("date", "undated") for r in rows if r["model"] == m}))
+             for m in sorted({r["model"] for r in rows})}
     meta = {"date": time.strftime("%Y-%m-%d"), "dates": dates, "device": device, "torch": torch.__version__}
     (folder / "summary.json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
     write_report(summary, folder, meta)

@@ -17,6 +17,7 @@
   length again, call 3 at a length 7 tokens shorter (a new shape, but the same bucket of ``flash.bucket``). The
   GPU grid saw a flat ~60 ms from 2.4K to 32K tokens: cuDNN planning each new shape (2026-12-01: 85-95 ms on
   call 1, 5 ms on call 2); call 3 says whether the length buckets spare a new prompt length that cost.
+
 Each probe prints a table and writes ``<out>/<probe>.json`` with the environment.
 """
 

@@ -42,7 +42,7 @@ def flash_attention(q, k, v, *, positions, valid, state, cfg):
 
 
 def bucket(t: int) -> int:
-    """``t`` rounded up to a multiple of 2^(floor(log2 t) - 3) (at least 64): 8 lengths per octave."""
+    """``t`` rounded up to a multiple of max(64, 2^(floor(log2 t) - 3)): 8 lengths per octave from 512 up."""
     step = max(64, 1 << max(0, t.bit_length() - 4))
     return -(-t // step) * step
 
