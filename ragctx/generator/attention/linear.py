@@ -200,7 +200,7 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str) -> tuple[Ten
 def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     fq, fk = features(q, k, valid, cfg.feature_map)
     # fla-core serves inference prefill; under autograd the pure-torch form trained the Taylor-map model 2.4x faster
-    # (fla's backward with 576 features: eval/reports/attention, 2026-12-01)
+    # (fla's kernels with 576 padded features, forward + backward: eval/reports/attention, 2026-12-01)
     kernel = fla_kernel() if q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled() else None
     if kernel is not None:
         out, new = linear_fla(fq, fk, v, state, kernel)
