@@ -30,7 +30,8 @@ from torch import Tensor
 from ...errors import RagctxError
 from .common import LinearState, group_q, ungroup
 
-__all__ = ["feature_map", "n_features", "augmented_width", "linear_chunkwise", "linear_step", "linear_attention", "FEATURE_MAPS"]
+__all__ = ["feature_map", "n_features", "augmented_width", "augment", "linear_chunkwise", "linear_step",
+           "linear_attention", "FEATURE_MAPS"]
 
 FEATURE_MAPS = ("elu", "taylor")
 
