@@ -69,6 +69,8 @@ def bench_op(args) -> list[dict]:
     h, d = 16, 128
     cfg = ModelConfig(dim=h * d, n_heads=h, n_kv_heads=h, head_dim=d, window=args.window, chunk_size=64)
     rows, dead = [], set()
+    # one compiled wrapper for every length (dynamic shapes): the same pure-torch function, element-wise passes fused
+    compiled = torch.compile(get_attention("linear").fn, dynamic=True) if args.linear_compile else None
     for n in [x * K for x in args.op_lengths]:
         g = torch.Generator(device="cuda").manual_seed(n)
         q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
@@ -92,9 +94,8 @@ def bench_op(args) -> list[dict]:
             ccfg = replace(cfg, chunk_size=chunk)
             cases.append((f"linear (ragctx, pure torch, C={chunk})", lambda ccfg=ccfg: _no_fla(
                 lambda: get_attention("linear").fn(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
-        if args.linear_compile:  # the same pure-torch function, its element-wise passes fused by torch.compile
+        if compiled is not None:
             ccfg = replace(cfg, chunk_size=args.linear_compile)
-            compiled = _compiled_linear()
             cases.append((f"linear (ragctx, pure torch, C={args.linear_compile}, torch.compile)", lambda ccfg=ccfg: _no_fla(
                 lambda: compiled(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
         kernel = fla_kernel()
@@ -135,10 +136,6 @@ def bench_op(args) -> list[dict]:
     rows.sort(key=lambda r: (r["op"], r["N"]))
     print(table(rows, ["op", "N", "ms", "tflops", "tokens_per_s", "peak_gib", "vs_best_sdpa", "vs_fla", "status"]))
     return rows
-
-
-def _compiled_linear():
-    return torch.compile(get_attention("linear").fn, dynamic=True)
 
 
 def _no_fla(fn):

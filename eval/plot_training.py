@@ -25,7 +25,7 @@ def _rows(path: Path) -> list[dict]:
 def main() -> None:
     runs = sorted(p for p in FOLDER.iterdir() if (p / "train.jsonl").is_file())
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = plt.cm.tab20.colors  # more runs than the default cycle's 10 colours
+    colors = plt.cm.tab20.colors  # more runs than the default cycle's 10: the 10 dark shades, then the 10 light
     for i, run in enumerate(runs):
         rows = _rows(run / "train.jsonl")
         if not rows:
@@ -34,7 +34,7 @@ def main() -> None:
         for r in rows:  # exponential moving average of the per-target-byte loss
             smooth = r["target_loss"] if smooth is None else 0.98 * smooth + 0.02 * r["target_loss"]
             out.append(smooth)
-        ax.plot([r["step"] for r in rows], out, label=run.name, color=colors[2 * i % 20 + 2 * i // 20 % 2])
+        ax.plot([r["step"] for r in rows], out, label=run.name, color=colors[2 * i % 20 + i // 10 % 2])
     ax.axhline(math.log(10), color="grey", ls=":", lw=1, label="chance (digits)")
     ax.set(xlabel="step", ylabel="target loss per byte (EMA)", yscale="log", title="built-in generators: training")
     ax.legend(fontsize=8)
