@@ -41,7 +41,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, attention
     lines = (folder / "train.jsonl").read_text().splitlines()
     assert len(lines) == 25 and json.loads(lines[-1])["step"] == 25
     final = json.loads((folder / "eval.jsonl").read_text().splitlines()[-1])
-    assert set(final["700"]) == {"accuracy", "unanswerable_recall", "false_unanswerable", "n"}
+    assert set(final["700"]) == {"accuracy", "unanswerable_recall", "false_unanswerable", "n", "by_kind"}
     loaded = Generator.load(folder / "model")
     assert loaded.attention == attention
     ids = list(range(60))  # weights are stored in bf16: logits agree to bf16 rounding

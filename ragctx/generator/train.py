@@ -53,7 +53,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     lm_weight: float = 0.1  # weight of next-byte loss on the prompt (language modelling helps recall emerge)
     unanswerable: float = 0.2  # share of questions about an absent key
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = KINDS  # kinds drawn from, uniformly: repeat one to draw it more often
     haystack: str = "essays"
     seed: int = 0
     eval_every: int = 500  # steps between evaluations (0: only at the end)
@@ -104,12 +104,15 @@ def answer_needle(gen: Generator, ex) -> str:
 def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_000,
              kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
     """Accuracy (string-match-all) per length on ``n`` fresh examples (kinds in turn, every fifth question
-    unanswerable), with the rate of recognized and of false ``unanswerable``."""
+    unanswerable), with the rate of recognized and of false ``unanswerable``, and the accuracy of each kind's
+    answerable questions (``by_kind``: a model that copies any needle scores 1 on ``single`` and chance on
+    ``multikey``)."""
     out = {}
     was_training = gen.model.training
     gen.model.eval()
     for length in lengths:
         scores, false_unans, unans_hits, n_unans = [], 0, 0, 0
+        per_kind: dict[str, list[float]] = {}
         for i in range(n):
             usable = kinds_for(length, kinds)
             ex = task.example(seed + i, length=length, kind=usable[i % len(usable)], unanswerable=(i % 5 == 4))
@@ -117,13 +120,15 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
             score = string_match_all(pred, ex.answers)
             if ex.answerable:
                 scores.append(score)
+                per_kind.setdefault(ex.kind, []).append(score)
                 false_unans += "unanswerable" in pred.lower()
             else:
                 n_unans += 1
                 unans_hits += score
         out[str(length)] = {"accuracy": sum(scores) / max(1, len(scores)),
                             "unanswerable_recall": unans_hits / max(1, n_unans),
-                            "false_unanswerable": false_unans / max(1, len(scores)), "n": n}
+                            "false_unanswerable": false_unans / max(1, len(scores)), "n": n,
+                            "by_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
     gen.model.train(was_training)
     return out
 
