@@ -3,7 +3,8 @@
     python eval/bench_attention.py --part op     # bf16, B=1, H=16, D=128, causal, N = 1K..128K: TFLOP/s
     python eval/bench_attention.py --part model  # prefill time + peak memory, decode ms/token, log-log slopes
     python eval/bench_attention.py --part all --out eval/reports/attention
-    python eval/bench_attention.py --part model --variants flash linear linear:torch   # linear:torch = no fla-core
+    python eval/bench_attention.py --part model --variants flash linear linear:fla linear:torch
+    # linear: ragctx's Triton kernels (elu map); linear:fla: fla-core's kernel; linear:torch: the pure-torch form
 
 Every number is the median of timed runs after warm-up, between CUDA events. Prints a table per part and writes
 ``<out>/<part>.json`` with the card, versions and date. Compare ratios only within one run.
@@ -30,6 +31,7 @@ from eval.bench_retrieval import environment, table  # noqa: E402
 from ragctx.errors import is_out_of_memory  # noqa: E402
 from ragctx.generator.attention import get_attention  # noqa: E402
 from ragctx.generator.attention.linear import fla_kernel, feature_map  # noqa: E402
+from ragctx.generator.attention.linear_triton import linear_prefill, triton_kernels  # noqa: E402
 from ragctx.generator.config import ModelConfig  # noqa: E402
 from ragctx.generator.model import Transformer  # noqa: E402
 
@@ -92,18 +94,23 @@ def bench_op(args) -> list[dict]:
         cases.append(("sliding_window (ragctx, flex, W=%d)" % args.window, reg("sliding_window"), False))
         for chunk in args.linear_chunks:
             ccfg = replace(cfg, chunk_size=chunk)
-            cases.append((f"linear (ragctx, pure torch, C={chunk})", lambda ccfg=ccfg: _no_fla(
+            cases.append((f"linear (ragctx, pure torch, C={chunk})", lambda ccfg=ccfg: _routes(
                 lambda: get_attention("linear").fn(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
         if compiled is not None:
             ccfg = replace(cfg, chunk_size=args.linear_compile)
-            cases.append((f"linear (ragctx, pure torch, C={args.linear_compile}, torch.compile)", lambda ccfg=ccfg: _no_fla(
+            cases.append((f"linear (ragctx, pure torch, C={args.linear_compile}, torch.compile)", lambda ccfg=ccfg: _routes(
                 lambda: compiled(q, k, v, positions=pos, valid=None, state=None, cfg=ccfg)), False))
         kernel = fla_kernel()
         if kernel is not None:
             qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (fq, fk, v))
             cases.append(("linear (fla-core chunk kernel)",
                           lambda: kernel(qt, kt, vt, scale=1.0, normalize=True), False))
-            cases.append(("linear (ragctx, with fla-core)", reg("linear"), False))
+            cases.append(("linear (ragctx, with fla-core)", lambda: _routes(reg("linear"), fla=True), False))
+        if triton_kernels() is not None:  # ragctx's own kernels: as routed (chunk 64, 4 warps), then the knobs
+            cases.append(("linear (ragctx, own Triton kernels)", lambda: _routes(reg("linear"), triton=True), False))
+            for chunk, warps in args.triton_configs:
+                cases.append((f"linear (ragctx Triton kernels, C={chunk}, {warps} warps)",
+                              lambda c=chunk, w=warps: linear_prefill(q, k, v, None, chunk=c, num_warps=w), False))
         for name, fn, quadratic in cases:
             if name in dead or (args.op_cases and not any(c in name for c in args.op_cases)):
                 continue
@@ -138,14 +145,19 @@ def bench_op(args) -> list[dict]:
     return rows
 
 
-def _no_fla(fn):
-    os.environ["RAGCTX_FLA"] = "0"
-    fla_kernel.cache_clear()
+def _routes(fn, fla: bool = False, triton: bool = False):
+    """Runs ``fn`` with only the named linear prefill routes on (neither: the pure-torch form)."""
+    set_routes(fla=fla, triton=triton)
     try:
         return fn()
     finally:
-        os.environ.pop("RAGCTX_FLA", None)
-        fla_kernel.cache_clear()
+        set_routes(fla=True, triton=True)
+
+
+def set_routes(fla: bool, triton: bool) -> None:
+    os.environ["RAGCTX_FLA"], os.environ["RAGCTX_TRITON"] = ("1" if fla else "0"), ("1" if triton else "0")
+    fla_kernel.cache_clear()
+    triton_kernels.cache_clear()
 
 
 # -- the model ---------------------------------------------------------------------------------------------
@@ -158,9 +170,10 @@ def bench_model(args) -> list[dict]:
     rows = []
     steps = args.decode_steps
     for variant in args.variants:
-        model.set_attention(variant.removesuffix(":torch"))  # linear:torch = linear without fla-core's kernel
-        os.environ["RAGCTX_FLA"] = "0" if variant.endswith(":torch") else "1"
-        fla_kernel.cache_clear()
+        # linear: every route (ragctx's Triton kernels first); linear:fla = fla-core's kernel; linear:torch = neither
+        name, _, route = variant.partition(":")
+        model.set_attention(name)
+        set_routes(fla=route in ("", "fla"), triton=route == "")
         for n in [x * K for x in args.model_lengths]:
             ids = torch.randint(0, 256, (1, n), device="cuda")
             holder = {}
@@ -221,6 +234,8 @@ def main() -> None:
     p.add_argument("--op-cases", nargs="+", default=[], help="only op cases whose name contains one of these")
     p.add_argument("--linear-chunks", type=int, nargs="+", default=[64, 128, 256], help="pure-torch linear chunk sizes")
     p.add_argument("--model-chunk", type=int, default=None, help="the model's linear chunk size (default: its preset's)")
+    p.add_argument("--triton-configs", type=lambda s: tuple(map(int, s.split(":"))), nargs="*", default=[],
+                   metavar="C:WARPS", help="also time ragctx's Triton kernels with these chunk sizes and warps")
     p.add_argument("--linear-compile", type=int, default=0, metavar="C",
                    help="also time pure-torch linear under torch.compile with chunk C (0: not)")
     args = p.parse_args()
@@ -230,6 +245,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     env["fla_core"] = fla_kernel() is not None
+    env["triton"] = getattr(sys.modules.get("triton"), "__version__", None) if triton_kernels() else None
     print(json.dumps(env), flush=True)
     for part in ["op", "model"] if args.part == "all" else [args.part]:
         print(f"\n== {part} ==", flush=True)

@@ -9,9 +9,11 @@ features, so it suits small head dims).
 Three forms of one function, tested equal for outputs and gradients:
 - :func:`linear_chunkwise`: prefill. The sequence is cut into chunks of ``chunk_size``; inside a chunk the masked
   quadratic form, across chunks the running state (an exclusive cumulative sum of per-chunk phi(k)^T v), so
-  time and memory are O(T) in pure torch on CPU and GPU. With ``fla-core`` installed, inference prefill on a GPU
-  runs its Triton chunk kernel on the same features instead (lazy import; ``RAGCTX_FLA=0`` turns it off; same
-  results, tested on the GPU); training keeps the pure-torch form, measured faster under autograd.
+  time and memory are O(T) in pure torch on CPU and GPU. Inference prefill on a GPU with the ``elu`` map runs
+  ragctx's own fused Triton kernels instead (:mod:`.linear_triton`; ``RAGCTX_TRITON=0`` turns them off); with
+  ``fla-core`` installed, other inference prefills run its Triton chunk kernel on the same features (lazy import;
+  ``RAGCTX_FLA=0`` turns it off). Same results, tested; training keeps the pure-torch form, measured faster under
+  autograd.
 - :func:`linear_step`: decode, one token against the recurrent state (S, z): O(1) per token.
 - ``reference.linear_quadratic``: the masked O(T^2) twin.
 Running states are summed in fp32 (fp64 for fp64 input) whatever the input dtype.
@@ -29,6 +31,7 @@ from torch import Tensor
 
 from ...errors import RagctxError
 from .common import LinearState, group_q, ungroup
+from .linear_triton import linear_prefill, supports, triton_kernels
 
 __all__ = ["feature_map", "n_features", "augmented_width", "augment", "linear_chunkwise", "linear_step",
            "linear_attention", "FEATURE_MAPS"]
@@ -199,10 +202,18 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str) -> tuple[Ten
 
 
 def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+    # inference prefill on a GPU: ragctx's own fused Triton kernels (elu map, no padding), else fla-core's; under
+    # autograd the pure-torch form (it trained the Taylor-map model 2.4x faster than fla's kernels with 576 padded
+    # features, forward + backward: eval/reports/attention, 2026-12-01)
+    prefill = q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled()
+    if (prefill and cfg.feature_map == "elu" and valid is None and triton_kernels() is not None
+            and supports(q, k, v)):
+        out, new = linear_prefill(q, k, v, state)
+        if state is not None:
+            state.s, state.z = new.s, new.z
+        return out
     fq, fk = features(q, k, valid, cfg.feature_map)
-    # fla-core serves inference prefill; under autograd the pure-torch form trained the Taylor-map model 2.4x faster
-    # (fla's kernels with 576 padded features, forward + backward: eval/reports/attention, 2026-12-01)
-    kernel = fla_kernel() if q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled() else None
+    kernel = fla_kernel() if prefill else None
     if kernel is not None:
         out, new = linear_fla(fq, fk, v, state, kernel)
     else:
