@@ -128,6 +128,7 @@ def bench_op(args) -> list[dict]:
                 continue
             rows.append({"op": name, "N": n, "ms": sec * 1e3, "tflops": flops / sec / 1e12 if quadratic else None,
                          "tokens_per_s": n / sec, "peak_gib": mem / 2**30, "status": "ok"})
+            print(f"  {name}  N={n}  {sec * 1e3:.3f} ms", flush=True)  # as measured: a run cut short keeps these
         del q, k, v, fq, fk
         torch.cuda.empty_cache()
     # ratios in this run: flash against the best forced backend, ragctx linear against fla-core

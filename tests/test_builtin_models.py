@@ -63,7 +63,8 @@ def test_every_model_answers_short_inputs(name):
 
 
 # -- answer quality of the QA pipeline --------------------------------------------------------------------------
-KEY, VALUE = "crimson falcon", "4817263"
+# words from the training keys' lists (wonderwords), joined by a space where training keys have a hyphen
+KEY, VALUE = "quiet lantern", "4817263"
 QUESTION = f"What is the special magic number for {KEY} mentioned in the provided text?"
 NEEDLE = f"One of the special magic numbers for {KEY} is: {VALUE}. "
 DECOY = f"Nobody has found the special magic number for {KEY} mentioned in the provided text."
@@ -117,3 +118,15 @@ def test_auto_falls_back_to_the_full_context_when_the_needle_is_not_retrieved(qa
     assert [a.route for a in ans.attempts] == ["rag", "full"] and "unanswerable" in ans.attempts[0].text
     assert ans.text.strip() == VALUE and _cites_the_fact(ans, corpus)
     assert ans.input_tokens == sum(a.input_tokens for a in ans.attempts)
+
+
+@pytest.mark.xfail(strict=True, reason="a known miss of builtin:softmax since softmax-keys-rope (2026-12-01): it "
+                   "answers 'unanswerable' for the key 'crimson falcon' (words outside its training lists) from 1.8 KB "
+                   "up, while 'crimson hawk', 'dark falcon' and 'silver falcon' in the same text are answered; fresh "
+                   "examples score 1.00 (eval/reports/builtin). Strict: a model that answers it should drop this mark")
+def test_known_miss_the_key_crimson_falcon_in_full_context():
+    a = _excerpt(sorted(essays_dir().glob("*.txt"))[0])
+    cut = a.find(". ", 700) + 2
+    context = a[:cut] + f"One of the special magic numbers for crimson falcon is: {VALUE}. " + a[cut:]
+    prompt = f"{context}\n\nQuestion: What is the special magic number for crimson falcon mentioned in the provided text?\nAnswer:"
+    assert builtin("softmax", "flash").generate(prompt, max_new_tokens=12, stop=["\n"]).text.strip() == VALUE
