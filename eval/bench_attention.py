@@ -108,9 +108,11 @@ def bench_op(args) -> list[dict]:
             cases.append(("linear (ragctx, with fla-core)", lambda: _routes(reg("linear"), fla=True), False))
         if triton_kernels() is not None:  # ragctx's own kernels: as routed (chunk 64, 4 warps), then the knobs
             cases.append(("linear (ragctx, own Triton kernels)", lambda: _routes(reg("linear"), triton=True), False))
-            for chunk, warps in args.triton_configs:
-                cases.append((f"linear (ragctx Triton kernels, C={chunk}, {warps} warps)",
-                              lambda c=chunk, w=warps: linear_prefill(q, k, v, None, chunk=c, num_warps=w), False))
+            for chunk, warps, *unroll in args.triton_configs:
+                u = unroll[0] if unroll else 1
+                cases.append((f"linear (ragctx Triton kernels, C={chunk}, {warps} warps, scan x{u})",
+                              lambda c=chunk, w=warps, u=u: linear_prefill(q, k, v, None, chunk=c, num_warps=w,
+                                                                           scan_unroll=u), False))
         for name, fn, quadratic in cases:
             if name in dead or (args.op_cases and not any(c in name for c in args.op_cases)):
                 continue
@@ -236,7 +238,8 @@ def main() -> None:
     p.add_argument("--linear-chunks", type=int, nargs="+", default=[64, 128, 256], help="pure-torch linear chunk sizes")
     p.add_argument("--model-chunk", type=int, default=None, help="the model's linear chunk size (default: its preset's)")
     p.add_argument("--triton-configs", type=lambda s: tuple(map(int, s.split(":"))), nargs="*", default=[],
-                   metavar="C:WARPS", help="also time ragctx's Triton kernels with these chunk sizes and warps")
+                   metavar="C:WARPS[:U]",
+                   help="also time ragctx's Triton kernels with these chunk sizes, warps and scan unrolls (U, default 1)")
     p.add_argument("--linear-compile", type=int, default=0, metavar="C",
                    help="also time pure-torch linear under torch.compile with chunk C (0: not)")
     args = p.parse_args()

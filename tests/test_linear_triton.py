@@ -51,11 +51,12 @@ SHAPES = [(2, 4, 2, 50, 16, 32, 16), (1, 2, 2, 64, 32, 16, 32), (1, 1, 1, 1, 16,
           (1, 2, 1, 40, 16, 128, 16)]
 
 
+@pytest.mark.parametrize("unroll", [1, 4], ids=lambda u: f"scan{u}")  # 4: the blocked scan, 97 tokens end mid-step
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_prefill_equals_the_quadratic_definition_and_returns_the_final_state(kernels, shape):
+def test_prefill_equals_the_quadratic_definition_and_returns_the_final_state(kernels, shape, unroll):
     b, hq, hkv, t, d, dv, chunk = shape
     q, k, v = _qkv(b, hq, hkv, t, d, dv)
-    out, state = kernels.linear_prefill(q, k, v, None, chunk=chunk)
+    out, state = kernels.linear_prefill(q, k, v, None, chunk=chunk, scan_unroll=unroll)
     assert out.shape == (b, hq, t, dv) and out.dtype == q.dtype
     valid = torch.ones(b, t, dtype=torch.bool, device=DEVICE)
     torch.testing.assert_close(out.double(), linear_quadratic(q, k, v, valid, "elu"), atol=2e-5, rtol=2e-5)
@@ -64,11 +65,12 @@ def test_prefill_equals_the_quadratic_definition_and_returns_the_final_state(ker
     torch.testing.assert_close(state.z.double(), fk.sum(2), atol=1e-4, rtol=1e-5)
 
 
-def test_prefill_continues_from_a_state_as_one_long_prefill(kernels):
+@pytest.mark.parametrize("unroll", [1, 2])
+def test_prefill_continues_from_a_state_as_one_long_prefill(kernels, unroll):
     q, k, v = _qkv(1, 4, 2, 75, 16, 16, seed=1)
     whole, end = kernels.linear_prefill(q, k, v, None, chunk=16)
     head, mid = kernels.linear_prefill(q[:, :, :30], k[:, :, :30], v[:, :, :30], None, chunk=16)
-    tail, end2 = kernels.linear_prefill(q[:, :, 30:], k[:, :, 30:], v[:, :, 30:], mid, chunk=16)
+    tail, end2 = kernels.linear_prefill(q[:, :, 30:], k[:, :, 30:], v[:, :, 30:], mid, chunk=16, scan_unroll=unroll)
     torch.testing.assert_close(torch.cat([head, tail], 2), whole, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(end2.s, end.s, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(end2.z, end.z, atol=1e-4, rtol=1e-5)

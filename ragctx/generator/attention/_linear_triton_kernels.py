@@ -43,6 +43,26 @@ def _exclusive_scan(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.cons
     tl.store(LAST + r.to(tl.int64) * M + j, acc, mask=live)
 
 @triton.jit
+def _exclusive_scan_blocked(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr, U: tl.constexpr):
+    """_exclusive_scan taking U chunks per step: one [U, BLOCK] load, a cumulative sum along the chunks, one store,
+    so that the chain of dependent steps is NT / U long (a tuning knob, measured by eval/bench_attention.py)."""
+    r, j = tl.program_id(0), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    live = j < M
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_INIT:
+        acc += tl.load(INIT + r.to(tl.int64) * M + j, mask=live, other=0.0).to(tl.float32)
+    p = X + r.to(tl.int64) * NT * M + j[None, :]
+    u = tl.arange(0, U)
+    for c0 in range(0, NT, U):
+        rows = c0 + u
+        ok = (rows < NT)[:, None] & live[None, :]
+        ptr = p + rows[:, None].to(tl.int64) * M
+        x = tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
+        tl.store(ptr, (acc[None, :] + tl.cumsum(x, axis=0) - x).to(X.dtype.element_ty), mask=ok)
+        acc += tl.sum(x, axis=0)
+    tl.store(LAST + r.to(tl.int64) * M + j, acc, mask=live)
+
+@triton.jit
 def _chunk_output(Q, K, V, S, Z, O, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
                   T, NT, HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
                   BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
