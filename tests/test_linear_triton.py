@@ -93,7 +93,9 @@ def test_supports_only_what_the_kernels_take(kernels):
     q = torch.zeros(1, 1, 4, 64)
     assert kernels.supports(q, q, q)
     assert not kernels.supports(torch.zeros(1, 1, 4, 48), torch.zeros(1, 1, 4, 48), q)  # head dim not a power of 2
+    assert kernels.supports(q.bfloat16(), q.bfloat16(), q.bfloat16())
     assert not kernels.supports(q.double(), q.double(), q.double())
+    assert not kernels.supports(q.half(), q.half(), q.half())  # fp16 states would overflow on long prefixes
     assert not kernels.supports(q, q.half(), q)
 
 

@@ -208,7 +208,7 @@ def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     prefill = q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled()
     if (prefill and cfg.feature_map == "elu" and valid is None and triton_kernels() is not None
             and supports(q, k, v)):
-        out, new = linear_prefill(q, k, v, state)
+        out, new = linear_prefill(q, k, v, state)  # its own chunk of 64 rows (cfg.chunk_size is the pure-torch form's)
         if state is not None:
             state.s, state.z = new.s, new.z
         return out

@@ -55,9 +55,10 @@ def triton_kernels():
 
 
 def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """Whether the kernels take these shapes and dtypes: head dims powers of two in 16..256, fp32/bf16/fp16."""
+    """Whether the kernels take these shapes and dtypes: head dims powers of two in 16..256, fp32 or bf16 (the
+    states entering each chunk are stored in the input dtype: fp16's range would not hold long prefixes)."""
     pow2 = lambda n: 16 <= n <= 256 and n & (n - 1) == 0  # noqa: E731
-    return (pow2(q.shape[-1]) and pow2(v.shape[-1]) and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return (pow2(q.shape[-1]) and pow2(v.shape[-1]) and q.dtype in (torch.float32, torch.bfloat16)
             and q.dtype == k.dtype == v.dtype)
 
 
