@@ -2,7 +2,8 @@
 the masked quadratic reference and the pure-torch chunkwise form.
 
 On a machine without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, numpy on the CPU), in
-fp32: the interpreter's bf16 dot is wrong (it multiplies the raw bits), so bf16 is checked on the GPU only."""
+fp32: the interpreter's bf16 dot gives wrong products (errors near 1e10 with Triton 3.9), so bf16 is checked on
+the GPU only."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def _qkv(b, hq, hkv, t, d, dv, dtype=torch.float32, seed=0):
     return (x.to(DEVICE, dtype) for x in (q, k, v))
 
 
-# (batch, query heads, KV heads, tokens, head dim, value dim, chunk): GQA, a ragged last chunk, one token, more
-# chunks than a program's block, value blocks (Dv = 128 runs two programs of 64 columns)
+# (batch, query heads, KV heads, tokens, head dim, value dim, chunk): GQA, a ragged last chunk, one token, three
+# query heads on one KV head over 7 chunks, value blocks (Dv = 128 runs two programs of 64 columns)
 SHAPES = [(2, 4, 2, 50, 16, 32, 16), (1, 2, 2, 64, 32, 16, 32), (1, 1, 1, 1, 16, 16, 16), (1, 3, 1, 97, 16, 16, 16),
           (1, 2, 1, 40, 16, 128, 16)]
 
