@@ -4,9 +4,11 @@
 import triton
 import triton.language as tl
 
+
 @triton.jit
 def _phi(x):  # elu(x) + 1 in fp32
     return tl.where(x > 0, x + 1.0, tl.exp(x))
+
 
 @triton.jit
 def _chunk_states(K, V, KV, Z, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, T, NT, HKV: tl.constexpr,
@@ -28,6 +30,7 @@ def _chunk_states(K, V, KV, Z, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, T, NT, HKV: t
     if jv == 0:
         tl.store(Z + at * D + dk, tl.sum(fk.to(tl.float32), 0))
 
+
 @triton.jit
 def _exclusive_scan(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr):
     r, j = tl.program_id(0), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -41,6 +44,7 @@ def _exclusive_scan(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.cons
         tl.store(p + c * M, acc.to(X.dtype.element_ty), mask=live)  # the state entering chunk c
         acc += x
     tl.store(LAST + r.to(tl.int64) * M + j, acc, mask=live)
+
 
 @triton.jit
 def _exclusive_scan_blocked(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr, U: tl.constexpr):
@@ -61,6 +65,7 @@ def _exclusive_scan_blocked(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK:
         tl.store(ptr, (acc[None, :] + tl.cumsum(x, axis=0) - x).to(X.dtype.element_ty), mask=ok)
         acc += tl.sum(x, axis=0)
     tl.store(LAST + r.to(tl.int64) * M + j, acc, mask=live)
+
 
 @triton.jit
 def _chunk_output(Q, K, V, S, Z, O, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
