@@ -49,7 +49,8 @@ def _exclusive_scan(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.cons
 @triton.jit
 def _exclusive_scan_blocked(X, INIT, LAST, NT, M, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr, U: tl.constexpr):
     """_exclusive_scan taking U chunks per step: one [U, BLOCK] load, a cumulative sum along the chunks, one store,
-    so that the chain of dependent steps is NT / U long (a tuning knob, measured by eval/bench_attention.py)."""
+    so that the chain of dependent steps is NT / U long (a tuning knob for eval/bench_attention.py; not yet timed
+    on a GPU)."""
     r, j = tl.program_id(0), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     live = j < M
     acc = tl.zeros([BLOCK], dtype=tl.float32)
