@@ -8,8 +8,9 @@ same algorithm runs in three launches, each reading its inputs once:
    chunk's sum phi(k)^T v [F, Dv] and sum phi(k) [F] (the normalizer's state).
 2. ``_exclusive_scan`` (one program per KV head and block of state entries): turns those per-chunk sums, in place,
    into the state *entering* each chunk (summed in fp32; the initial state added; the state after the last token
-   written out for decode). Every chunk's state is independent work, so the whole GPU is busy even with 16 heads:
-   a single program walking the chunks of a head (fla-core's ``chunk_fwd_h``) leaves most SMs idle.
+   written out for decode). The matmuls of step 1 run in parallel over every chunk; what stays sequential is one
+   addition per chunk, spread over many programs per head (fla-core's state kernel does each chunk's matmul inside
+   its walk over the chunks, one program per head and block of the state).
    ``_exclusive_scan_blocked`` is the same scan taking several chunks per step (a knob: the default steps one chunk
    at a time).
 3. ``_chunk_output`` (one program per chunk, query head and block of value columns): phi(q), phi(k), the causal
