@@ -158,6 +158,7 @@ def _routes(fn, fla: bool = False, triton: bool = False):
 
 
 def set_routes(fla: bool, triton: bool) -> None:
+    """Turns linear's GPU prefill routes on or off for what follows (the variables ragctx reads, caches cleared)."""
     os.environ["RAGCTX_FLA"], os.environ["RAGCTX_TRITON"] = ("1" if fla else "0"), ("1" if triton else "0")
     fla_kernel.cache_clear()
     triton_kernels.cache_clear()
