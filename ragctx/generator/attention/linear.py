@@ -202,26 +202,27 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str) -> tuple[Ten
 
 
 def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
-    # inference prefill on a GPU: ragctx's own fused Triton kernels (elu map, no padding), else fla-core's; under
-    # autograd the pure-torch form (it trained the Taylor-map model 2.4x faster than fla's kernels with 576 padded
-    # features, forward + backward: eval/reports/attention, 2026-12-01)
-    prefill = q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled()
-    if (prefill and cfg.feature_map == "elu" and valid is None and triton_kernels() is not None
-            and supports(q, k, v)):
-        out, new = linear_prefill(q, k, v, state)  # its own chunk of 64 rows (cfg.chunk_size is the pure-torch form's)
-        if state is not None:
-            state.s, state.z = new.s, new.z
-        return out
-    fq, fk = features(q, k, valid, cfg.feature_map)
-    kernel = fla_kernel() if prefill else None
-    if kernel is not None:
-        out, new = linear_fla(fq, fk, v, state, kernel)
-    else:
-        if state is not None and q.shape[2] == 1:
-            num, den, new = linear_step(fq, fk, v, state)
-        else:
-            num, den, new = linear_chunkwise(fq, fk, v, state, cfg.chunk_size)
-        out = ungroup(normalize(num, den))
+    out, new = _attend(q, k, v, valid, state, cfg)
     if state is not None:
         state.s, state.z = new.s, new.z
     return out.to(q.dtype)
+
+
+def _attend(q, k, v, valid, state, cfg) -> tuple[Tensor, LinearState]:
+    """(output [B, Hq, T, Dv], the state after the last token) by the route that applies. Inference prefill on a
+    GPU: ragctx's own fused Triton kernels (elu map, no padding), else fla-core's; under autograd the pure-torch form
+    (it trained the Taylor-map model 2.4x faster than fla's kernels with 576 padded features, forward + backward:
+    eval/reports/attention, 2026-12-01)."""
+    prefill = q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled()
+    if (prefill and cfg.feature_map == "elu" and valid is None and triton_kernels() is not None
+            and supports(q, k, v)):
+        return linear_prefill(q, k, v, state)  # its own chunk of 64 rows (cfg.chunk_size is the pure-torch form's)
+    fq, fk = features(q, k, valid, cfg.feature_map)
+    kernel = fla_kernel() if prefill else None
+    if kernel is not None:
+        return linear_fla(fq, fk, v, state, kernel)
+    if state is not None and q.shape[2] == 1:
+        num, den, new = linear_step(fq, fk, v, state)
+    else:
+        num, den, new = linear_chunkwise(fq, fk, v, state, cfg.chunk_size)
+    return ungroup(normalize(num, den)), new
