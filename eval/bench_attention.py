@@ -31,7 +31,7 @@ from eval.bench_retrieval import environment, table  # noqa: E402
 from ragctx.errors import is_out_of_memory  # noqa: E402
 from ragctx.generator.attention import get_attention  # noqa: E402
 from ragctx.generator.attention.linear import fla_kernel, feature_map  # noqa: E402
-from ragctx.generator.attention.linear_triton import linear_prefill, triton_kernels  # noqa: E402
+from ragctx.generator.attention.linear_triton import SCAN_UNROLL, linear_prefill, triton_kernels  # noqa: E402
 from ragctx.generator.config import ModelConfig  # noqa: E402
 from ragctx.generator.model import Transformer  # noqa: E402
 
@@ -106,10 +106,10 @@ def bench_op(args) -> list[dict]:
             cases.append(("linear (fla-core chunk kernel)",
                           lambda: kernel(qt, kt, vt, scale=1.0, normalize=True), False))
             cases.append(("linear (ragctx, with fla-core)", lambda: _routes(reg("linear"), fla=True), False))
-        if triton_kernels() is not None:  # ragctx's own kernels: as routed (chunk 64, 4 warps), then the knobs
+        if triton_kernels() is not None:  # ragctx's own kernels: as routed (their defaults), then the knobs
             cases.append(("linear (ragctx, own Triton kernels)", lambda: _routes(reg("linear"), triton=True), False))
             for chunk, warps, *unroll in args.triton_configs:
-                u = unroll[0] if unroll else 1
+                u = unroll[0] if unroll else SCAN_UNROLL
                 cases.append((f"linear (ragctx Triton kernels, C={chunk}, {warps} warps, scan x{u})",
                               lambda c=chunk, w=warps, u=u: linear_prefill(q, k, v, None, chunk=c, num_warps=w,
                                                                            scan_unroll=u), False))
@@ -240,7 +240,7 @@ def main() -> None:
     p.add_argument("--model-chunk", type=int, default=None, help="the model's linear chunk size (default: its preset's)")
     p.add_argument("--triton-configs", type=lambda s: tuple(map(int, s.split(":"))), nargs="*", default=[],
                    metavar="C:WARPS[:U]",
-                   help="also time ragctx's Triton kernels with these chunk sizes, warps and scan unrolls (U, default 1)")
+                   help="also time ragctx's Triton kernels with these chunk sizes, warps and scan unrolls (U, default the kernels' own)")
     p.add_argument("--linear-compile", type=int, default=0, metavar="C",
                    help="also time pure-torch linear under torch.compile with chunk C (0: not)")
     args = p.parse_args()

@@ -9,10 +9,8 @@ same algorithm runs in three launches, each reading its inputs once:
 2. ``_exclusive_scan`` (one program per KV head and block of state entries): turns those per-chunk sums, in place,
    into the state *entering* each chunk (summed in fp32; the initial state added; the state after the last token
    written out for decode). The matmuls of step 1 run in parallel over every chunk; what stays sequential is one
-   addition per chunk, spread over many programs per head (fla-core's state kernel does each chunk's matmul inside
-   its walk over the chunks, one program per head and block of the state).
-   ``_exclusive_scan_blocked`` is the same scan taking several chunks per step (a knob: the default steps one chunk
-   at a time).
+   addition per chunk, spread over many programs per head and taken 8 chunks per step (fla-core's state kernel
+   does each chunk's matmul inside its walk over the chunks, one program per head and block of the state).
 3. ``_chunk_output`` (one program per chunk, query head and block of value columns): phi(q), phi(k), the causal
    in-chunk scores kept in registers, numerator and normalizer from the in-chunk term plus the entering state,
    divided before the one store.
@@ -40,19 +38,19 @@ __all__ = ["triton_kernels", "supports", "linear_prefill"]
 
 CHUNK = 64  # rows per chunk: [64, 64] score tiles stay in registers with head dim 128
 WARPS = 4
+SCAN_UNROLL = 8  # chunks per step of the scan; with CHUNK and WARPS the fastest of the configs timed on the H200
 
 
 @lru_cache(maxsize=1)
 def triton_kernels():
-    """(chunk_states, (exclusive_scan, its blocked form), chunk_output), or None when Triton is missing or
-    ``RAGCTX_TRITON=0``."""
+    """(chunk_states, exclusive_scan, chunk_output), or None when Triton is missing or ``RAGCTX_TRITON=0``."""
     if os.environ.get("RAGCTX_TRITON", "1") == "0":
         return None
     try:
         from . import _linear_triton_kernels as kernels
     except ImportError:
         return None
-    return kernels._chunk_states, (kernels._exclusive_scan, kernels._exclusive_scan_blocked), kernels._chunk_output
+    return kernels._chunk_states, kernels._exclusive_scan, kernels._chunk_output
 
 
 def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -68,16 +66,16 @@ def _unit_last(x: Tensor) -> Tensor:
 
 
 def linear_prefill(q: Tensor, k: Tensor, v: Tensor, state: LinearState | None, chunk: int = CHUNK,
-                   num_warps: int = WARPS, scan_unroll: int = 1) -> tuple[Tensor, LinearState]:
+                   num_warps: int = WARPS, scan_unroll: int = SCAN_UNROLL) -> tuple[Tensor, LinearState]:
     """Causal linear attention with phi = elu + 1: q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] (any
     strides with a unit last one) -> (output [B, Hq, T, Dv] in q's dtype, the state after the last token, fp32).
     ``state`` (or None: empty) is the state before the first token. Check :func:`supports` first. ``chunk`` (a power
-    of two >= 16), ``num_warps`` and ``scan_unroll`` (chunks per step of the scan across chunks, a power of two; 1:
-    one at a time, the form measured on the H200) are tuning knobs that eval/bench_attention.py sweeps."""
+    of two >= 16), ``num_warps`` and ``scan_unroll`` (chunks per step of the scan across chunks, a power of two) are
+    tuning knobs that eval/bench_attention.py sweeps; the defaults are the fastest configuration it measured."""
     kernels = triton_kernels()
     if kernels is None:
         raise RuntimeError("linear_prefill needs Triton (and RAGCTX_TRITON not 0)")
-    chunk_states, (exclusive_scan, exclusive_scan_blocked), chunk_output = kernels
+    chunk_states, exclusive_scan, chunk_output = kernels
     q, k, v = (_unit_last(x) for x in (q, k, v))
     b, hq, t, d = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
@@ -92,14 +90,9 @@ def linear_prefill(q: Tensor, k: Tensor, v: Tensor, state: LinearState | None, c
     for x, init, last, m in ((kv, None if state is None else state.s, last_s, d * dv),
                              (z, None if state is None else state.z, last_z, d)):
         init = x if init is None else init.reshape(b * hkv, m).float().contiguous()
-        if scan_unroll == 1:
-            block = min(1024, _next_pow2(m))
-            exclusive_scan[(b * hkv, -(-m // block))](x, init, last, nt, m, HAS_INIT=state is not None, BLOCK=block,
-                                                      num_warps=4)
-        else:  # [U, BLOCK] tiles: keep U x BLOCK at 2048 values per program
-            block = min(max(16, 2048 // scan_unroll), _next_pow2(m))
-            exclusive_scan_blocked[(b * hkv, -(-m // block))](x, init, last, nt, m, HAS_INIT=state is not None,
-                                                              BLOCK=block, U=scan_unroll, num_warps=4)
+        block = min(max(16, 2048 // scan_unroll), _next_pow2(m))  # [U, BLOCK] tiles of 2048 values per program
+        exclusive_scan[(b * hkv, -(-m // block))](x, init, last, nt, m, HAS_INIT=state is not None, BLOCK=block,
+                                                  U=scan_unroll, num_warps=4)
     out = torch.empty(b, hq, t, dv, device=q.device, dtype=q.dtype)
     chunk_output[(nt, b * hq, dv // bv)](q, k, v, kv, z, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                                          *out.stride()[:3], t, nt, HQ=hq, G=g, D=d, DV=dv, BT=chunk, BV=bv,
