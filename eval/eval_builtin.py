@@ -66,7 +66,7 @@ def write_report(summary: list[dict], folder: Path, meta: dict) -> None:
              f"Measured on {meta['device']} (torch {meta['torch']}), `python eval/eval_builtin.py`, on "
              + "; ".join(f"{m} {d}" for m, d in meta["dates"].items()) + ". "
              f"Examples from seed {SEED}, new to every model. Accuracy is RULER's string-match-all, with a bootstrap "
-             "95% interval; `softmax` runs through `flash` (the same function, tested equal) to keep 16K-byte inputs fast on a CPU; for `unanswerable` rows, accuracy is the recall of `unanswerable`; `false unans.` is the "
+             "95% interval; softmax models run through `flash` (the same function, tested equal) to keep 16K-byte inputs fast on a CPU; for `unanswerable` rows, accuracy is the recall of `unanswerable`; `false unans.` is the "
              "share of answerable questions answered `unanswerable`.", "",
              "| model | haystack | length (bytes) | kind | n | accuracy | 95% CI | false unans. |",
              "| --- | --- | ---: | --- | ---: | ---: | --- | ---: |"]
@@ -105,9 +105,10 @@ def main() -> None:
     started = time.perf_counter()
     with open(results, "a") as log:
         for j, (model, haystack, length, kind, unans, i) in enumerate(todo):
-            if model not in gens:  # softmax runs as flash: the same function (tested equal), without N x N scores
-                gens[model] = Generator.load(folders.get(model, f"builtin:{model}"), device=args.device,
-                                             attention="flash" if model == "softmax" else None)
+            if model not in gens:
+                gens[model] = Generator.load(folders.get(model, f"builtin:{model}"), device=args.device)
+                if gens[model].attention == "softmax":  # runs as flash: the same function (tested equal), no N x N
+                    gens[model].set_attention("flash")
             task = tasks.setdefault(haystack, NeedleTask(haystack, seed=SEED))
             ex = task.example(i, length=length, kind=kind, unanswerable=unans)
             pred = answer_needle(gens[model], ex)
