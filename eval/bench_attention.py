@@ -240,7 +240,8 @@ def main() -> None:
     p.add_argument("--model-chunk", type=int, default=None, help="the model's linear chunk size (default: its preset's)")
     p.add_argument("--triton-configs", type=lambda s: tuple(map(int, s.split(":"))), nargs="*", default=[],
                    metavar="C:WARPS[:U]",
-                   help="also time ragctx's Triton kernels with these chunk sizes, warps and scan unrolls (U, default the kernels' own)")
+                   help="also time ragctx's Triton kernels with these chunk sizes, warps and scan unrolls "
+                        "(U, default the kernels' own)")
     p.add_argument("--linear-compile", type=int, default=0, metavar="C",
                    help="also time pure-torch linear under torch.compile with chunk C (0: not)")
     args = p.parse_args()

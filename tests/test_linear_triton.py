@@ -52,7 +52,8 @@ SHAPES = [(2, 4, 2, 50, 16, 32, 16), (1, 2, 2, 64, 32, 16, 32), (1, 1, 1, 1, 16,
           (1, 2, 1, 40, 16, 128, 16)]
 
 
-@pytest.mark.parametrize("unroll", [1, 4], ids=lambda u: f"scan{u}")  # 4: 97 tokens end mid-step (other tests: the default 8)
+# scan steps of 1 and 4 chunks (4: 97 tokens end mid-step); the other tests take the default, 8
+@pytest.mark.parametrize("unroll", [1, 4], ids=lambda u: f"scan{u}")
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_prefill_equals_the_quadratic_definition_and_returns_the_final_state(kernels, shape, unroll):
     b, hq, hkv, t, d, dv, chunk = shape
