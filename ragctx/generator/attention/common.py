@@ -7,12 +7,14 @@ position and validity next to it, so prefill, decode, left padding and ring buff
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup", "NEG_INF",
+__all__ = ["optional_module", "KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup", "NEG_INF",
            "all_valid", "visible_keys", "window_blocks"]
 
 NEG_INF = float("-inf")
@@ -143,3 +145,15 @@ def ungroup(x: Tensor) -> Tensor:
     """[B, Hkv, G, T, D] -> [B, Hq, T, D]."""
     b, hkv, g, t, d = x.shape
     return x.reshape(b, hkv * g, t, d)
+
+
+def optional_module(name: str, switch: str, package: str | None = None):
+    """The module ``name`` (relative names need ``package``), or None when it cannot be imported or the
+    environment variable ``switch`` is "0": how optional GPU kernels (fla-core, ragctx's Triton kernels) are
+    turned on and off. Callers cache the result; clear their cache after changing ``switch``."""
+    if os.environ.get(switch, "1") == "0":
+        return None
+    try:
+        return importlib.import_module(name, package)
+    except ImportError:
+        return None

@@ -22,7 +22,6 @@ Running states are summed in fp32 (fp64 for fp64 input) whatever the input dtype
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import RagctxError
-from .common import LinearState, group_q, ungroup
+from .common import LinearState, group_q, optional_module, ungroup
 from .linear_triton import linear_prefill, supports, triton_kernels
 
 __all__ = ["feature_map", "n_features", "augmented_width", "augment", "linear_chunkwise", "linear_step",
@@ -155,13 +154,8 @@ def normalize(num: Tensor, den: Tensor) -> Tensor:
 @lru_cache(maxsize=1)
 def fla_kernel():
     """fla-core's ``chunk_linear_attn``, or None when fla-core is not installed (or ``RAGCTX_FLA=0``)."""
-    if os.environ.get("RAGCTX_FLA", "1") == "0":
-        return None
-    try:
-        from fla.ops.linear_attn import chunk_linear_attn
-    except ImportError:
-        return None
-    return chunk_linear_attn
+    module = optional_module("fla.ops.linear_attn", "RAGCTX_FLA")
+    return None if module is None else module.chunk_linear_attn
 
 
 def linear_fla(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, kernel) -> tuple[Tensor, LinearState]:

@@ -26,13 +26,12 @@ fall back when ``valid`` is given), power-of-two head dims from 16 to 256.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-from .common import LinearState
+from .common import LinearState, optional_module
 
 __all__ = ["triton_kernels", "supports", "linear_prefill"]
 
@@ -44,13 +43,8 @@ SCAN_UNROLL = 8  # chunks per step of the scan; with CHUNK and WARPS the fastest
 @lru_cache(maxsize=1)
 def triton_kernels():
     """(chunk_states, exclusive_scan, chunk_output), or None when Triton is missing or ``RAGCTX_TRITON=0``."""
-    if os.environ.get("RAGCTX_TRITON", "1") == "0":
-        return None
-    try:
-        from . import _linear_triton_kernels as kernels
-    except ImportError:
-        return None
-    return kernels._chunk_states, kernels._exclusive_scan, kernels._chunk_output
+    kernels = optional_module("._linear_triton_kernels", "RAGCTX_TRITON", __package__)
+    return None if kernels is None else (kernels._chunk_states, kernels._exclusive_scan, kernels._chunk_output)
 
 
 def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
