@@ -24,6 +24,13 @@ SMOKE = dict(model="tiny", lengths=[700, 900], tokens_per_step=2800, steps=20, e
              eval_lengths=[700], haystack="repeat", device="cpu")
 
 
+def variant(spec: dict, name: str) -> dict:
+    """A variant's own settings over those of the variant it ``extends`` (recursively), without the key itself."""
+    own = dict(spec["variants"][name])
+    parent = own.pop("extends", None)
+    return {**variant(spec, parent), **own} if parent else own
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     spec = json.loads(CONFIG.read_text())
@@ -33,7 +40,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="override the step count")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long; rerun to resume")
     args = p.parse_args()
-    params = {**spec["common"], **spec["variants"][args.variant], **(SMOKE if args.smoke else {})}
+    params = {**spec["common"], **variant(spec, args.variant), **(SMOKE if args.smoke else {})}
     if args.smoke:
         params.pop("init", None)  # the smoke model is tiny: a built-in's weights do not fit it
     if args.steps:
@@ -42,7 +49,8 @@ def main() -> None:
         params["max_minutes"] = args.max_minutes
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     _, log = train(TrainConfig(**params), args.out)
-    print(f"{args.variant}: {len(log)} steps, final loss {log[-1]['loss']:.4f}; results in {args.out}")
+    if log:
+        print(f"{args.variant}: {len(log)} steps, final loss {log[-1]['loss']:.4f}; results in {args.out}")
 
 
 if __name__ == "__main__":

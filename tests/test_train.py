@@ -87,6 +87,21 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     torch.testing.assert_close(resumed.logits(ids), whole.logits(ids), atol=1e-5, rtol=1e-5)
 
 
+def test_the_same_command_again_leaves_a_finished_run_as_it_is(tmp_path):
+    base = {**TINY, "steps": 3, "checkpoint_every": 3, "eval_every": 0}
+    _, log = train(TrainConfig(**base), tmp_path)
+    assert len(log) == 3
+    files = {name: (tmp_path / name).read_bytes() for name in ("train.jsonl", "eval.jsonl", "model/config.json")}
+    again, log = train(TrainConfig(**base, max_minutes=5.0), tmp_path)  # another time budget: the same run
+    assert log == []
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files  # final evaluation kept
+    ids = list(range(80))
+    saved = Generator.load(tmp_path / "model")  # the saved (bf16) weights, not retrained ones
+    torch.testing.assert_close(again.logits(ids), saved.logits(ids))
+    more, log = train(TrainConfig(**{**base, "steps": 4}), tmp_path)  # a longer schedule resumes from step 3
+    assert [r["step"] for r in log] == [4]
+
+
 def test_curriculum_grows_the_lengths():
     from ragctx.generator.train import lengths_at
 

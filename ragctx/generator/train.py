@@ -210,6 +210,12 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     log, evals = [], []
     checkpoint = out / "checkpoint"
     first = 1
+    if _finished(out, cfg):  # the same command again: a finished run is left as it is (model, logs, evaluation)
+        print(f"{out}: already trained ({cfg.steps} steps); nothing to do", flush=True)
+        _load_weights(model, out / "model")
+        model.eval()
+        model.set_attention(cfg.attention)
+        return gen, []
     if checkpoint.is_dir():  # resume where the last run stopped (same config, same data stream)
         first = _load_checkpoint(checkpoint, model, opt) + 1
         print(f"resuming {out} at step {first}", flush=True)
@@ -262,6 +268,18 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                 return gen, log
     _finish(gen, cfg, out, evals)
     return gen, log
+
+
+def _finished(out: Path, cfg: TrainConfig) -> bool:
+    """Whether ``out/model`` holds this config's finished run: saved at the end, not stopped by the time budget, with
+    the same config (``max_minutes`` aside). A different config (say, more steps) resumes from the checkpoint."""
+    saved = out / "model" / "config.json"
+    if not saved.is_file():
+        return False
+    training = json.loads(saved.read_text()).get("training") or {}
+    same = {**training.get("config", {}), "max_minutes": None} == {**json.loads(json.dumps(asdict(cfg))),
+                                                                    "max_minutes": None}
+    return same and "stopped_at" not in training
 
 
 def _finish(gen: Generator, cfg: TrainConfig, out: Path, evals: list[dict], stopped_at: int | None = None) -> None:
