@@ -3,7 +3,8 @@ eval/reports/training/, and the per-length accuracy of each run's evaluations.
 
     python eval/plot_training.py            # writes eval/reports/training/curves.png and accuracy.png
 
-plus ``curves-same-budget.png``: the four same-budget runs alone (issue 4's comparison), on one axis.
+plus ``curves-same-budget.png`` and ``curves-same-budget-3k.png``: the four same-budget runs of 1200 and of 3000
+steps alone (issue 4's comparison), each set on one axis.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def _curves(runs: list[Path], path: Path, title: str) -> None:
 def main() -> None:
     runs = sorted(p for p in FOLDER.iterdir() if (p / "train.jsonl").is_file())
     _curves(runs, FOLDER / "curves.png", "built-in generators: training")
-    same = [run for run in runs if run.name.startswith("same-budget-")]
-    if same:
-        _curves(same, FOLDER / "curves-same-budget.png",
-                "same budget from the same weights: 1200 steps x 64 KiB, seed 17")
+    groups: dict[str, tuple[int, list[Path]]] = {"same-budget": (1200, []), "same-budget-3k": (3000, [])}
+    for run in runs:
+        if run.name.startswith("same-budget-"):
+            groups["same-budget-3k" if run.name.startswith("same-budget-3k-") else "same-budget"][1].append(run)
+    for name, (steps, same) in groups.items():
+        if same:
+            _curves(same, FOLDER / f"curves-{name}.png",
+                    f"same budget from the same weights: {steps} steps x 64 KiB, seed 17")
 
     evaluated = [(run, _rows(run / "eval.jsonl")) for run in runs]
     evaluated = [(run, rows) for run, rows in evaluated if rows]
