@@ -120,11 +120,9 @@ def test_auto_falls_back_to_the_full_context_when_the_needle_is_not_retrieved(qa
     assert ans.input_tokens == sum(a.input_tokens for a in ans.attempts)
 
 
-@pytest.mark.xfail(strict=True, reason="a known miss of builtin:softmax since softmax-keys-rope (2026-12-01): it "
-                   "answers 'unanswerable' for the key 'crimson falcon' (words outside its training lists) from 1.8 KB "
-                   "up, while 'crimson hawk', 'dark falcon' and 'silver falcon' in the same text are answered; fresh "
-                   "examples score 1.00 (eval/reports/builtin). Strict: a model that answers it should drop this mark")
-def test_known_miss_the_key_crimson_falcon_in_full_context():
+def test_a_key_of_words_outside_the_training_lists_is_found_in_full_context():
+    """'crimson falcon' was a known miss of the softmax model shipped before 2026-12-01's seventh session (it said
+    `unanswerable` from 1.8 KB up while 'crimson hawk' and 'dark falcon' were found); the same-budget model finds it."""
     a = _excerpt(sorted(essays_dir().glob("*.txt"))[0])
     cut = a.find(". ", 700) + 2
     context = a[:cut] + f"One of the special magic numbers for crimson falcon is: {VALUE}. " + a[cut:]
