@@ -101,9 +101,9 @@ def main() -> None:
     caps = {m: int(b) for m, b in (x.split("=") for x in args.max_length)}
     folders = dict(m.split("=", 1) for m in args.models if "=" in m)  # NAME=FOLDER: a candidate not shipped yet
     args.models = [m.split("=", 1)[0] for m in args.models]
-    todo = [t for t in plan(args.models, args.lengths, args.n, args.haystacks, set(args.kinds_at), args.unanswerable,
-                            args.long_from) if t not in done and t[2] <= caps.get(t[0], 1 << 30)]
-    todo = [] if args.report_only else todo
+    todo = [] if args.report_only else [
+        t for t in plan(args.models, args.lengths, args.n, args.haystacks, set(args.kinds_at), args.unanswerable,
+                        args.long_from) if t not in done and t[2] <= caps.get(t[0], 1 << 30)]
     gens, tasks = {}, {}
     started = time.perf_counter()
     with open(results, "a") as log:

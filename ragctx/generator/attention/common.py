@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["optional_module", "KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup", "NEG_INF",
-           "all_valid", "visible_keys", "window_blocks"]
+__all__ = ["optional_module", "KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup",
+           "NEG_INF", "all_valid", "visible_keys", "window_blocks"]
 
 NEG_INF = float("-inf")
 
