@@ -63,18 +63,86 @@ def test_logits_and_greedy_generation_match_transformers(tmp_path, kind, attenti
     assert gen.tokenizer.decode(ours.tokens) == " ".join(f"w{i}" for i in ours.tokens if i > 2)
 
 
-def test_text_prompts_use_the_checkpoint_tokenizer(tmp_path):
+@pytest.mark.parametrize("setup, expected", [
+    ("none", [5, 7]),  # a tokenizer.json without a post-processor adds nothing
+    ("config", [1, 5, 7]),  # tokenizer_config.json's add_bos_token
+    ("post-processor", [1, 5, 7]),  # a TemplateProcessing that puts <s> before the text (Llama's tokenizer.json)
+    ("config-off", [5, 7]),  # add_bos_token false wins over the post-processor
+])
+def test_bos_is_added_exactly_when_the_checkpoint_tokenizer_adds_it(tmp_path, setup, expected):
+    from tokenizers import Tokenizer, processors
+
     _, folder = checkpoint(tmp_path, "llama")
+    if setup in ("post-processor", "config-off"):
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        tok.save(str(folder / "tokenizer.json"))
+    if setup in ("config", "config-off"):
+        (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": setup == "config",
+                                                                  "bos_token": "<s>"}))
     gen = Generator.from_pretrained(folder, attention="flash", device="cpu")
-    assert gen.tokenizer.encode("w5 w7") == [1, 5, 7]
-    assert gen.generate("w5 w7", max_new_tokens=3).prompt_tokens == 3
+    assert gen.tokenizer.encode("w5 w7") == expected
+    assert gen.tokenizer.encode("w5 w7", bos=True) == [1, 5, 7] and gen.tokenizer.encode("w5 w7", bos=False) == [5, 7]
+    assert gen.generate("w5 w7", max_new_tokens=3).prompt_tokens == len(expected)
+    assert gen.generate("w5 w7", max_new_tokens=3, bos=True).prompt_tokens == 3
+
+
+ROPE_SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    "yarn-betas": {"rope_type": "yarn", "factor": 3.0, "beta_fast": 16, "beta_slow": 2, "attention_factor": 1.2,
+                   "original_max_position_embeddings": 64},
+}
+
+
+@pytest.mark.parametrize("name", list(ROPE_SCALINGS))
+def test_rope_scaling_matches_transformers(tmp_path, name):
+    torch.manual_seed(1)
+    rope = {**ROPE_SCALINGS[name], "rope_theta": 10000.0}
+    config = transformers.LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      rope_parameters=rope)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path / name)
+    write_tokenizer(tmp_path / name, 120)
+    gen = Generator.from_pretrained(tmp_path / name, attention="flash", device="cpu")
+    assert gen.model.cfg.rope_scaling["rope_type"] == rope["rope_type"]
+    ids = torch.randint(3, 120, (1, 200), generator=torch.Generator().manual_seed(4))  # past the original 64
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    torch.testing.assert_close(gen.logits(ids[0].tolist()), ref, atol=1e-4, rtol=1e-4)
+    plain = Generator.from_pretrained(tmp_path / name, attention="flash", device="cpu")
+    plain.model.cfg.rope_scaling = None
+    assert (plain.logits(ids[0].tolist()) - ref).abs().max() > 1e-3  # the scaling is what makes them equal
+
+
+def test_attention_options_are_settable_when_loading(tmp_path):
+    _, folder = checkpoint(tmp_path, "llama")
+    gen = Generator.from_pretrained(folder, attention="sliding_window", device="cpu", window=8)
+    assert gen.model.cfg.window == 8
+    ids = list(range(3, 40))
+    full = Generator.from_pretrained(folder, attention="flash", device="cpu")
+    torch.testing.assert_close(gen.logits(ids[:8]), full.logits(ids[:8]), atol=1e-5, rtol=1e-5)  # inside the window
+    assert (gen.logits(ids) - full.logits(ids)).abs().max() > 1e-3  # past it: only the last 8 keys
+    assert Generator.open(str(folder), attention="hybrid", window=16).model.cfg.window == 16
+    with pytest.raises(RagctxError, match="unknown generator option"):
+        Generator.from_pretrained(folder, windw=8)
 
 
 def test_unsupported_checkpoints_are_clear_errors(tmp_path):
     _, folder = checkpoint(tmp_path, "llama")
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0}}))
-    with pytest.raises(RagctxError, match="RoPE scaling 'llama3'"):
+    (folder / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
+                                                                                  "rope_theta": 1.0}}))
+    with pytest.raises(RagctxError, match="RoPE scaling 'dynamic' is not implemented"):
+        Generator.from_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(RagctxError, match="not valid JSON"):
+        Generator.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "hidden_size"}))
+    with pytest.raises(RagctxError, match="lacks or mistypes"):
         Generator.from_pretrained(folder)
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(RagctxError, match="model_type 'gpt2' is not supported"):
@@ -82,5 +150,8 @@ def test_unsupported_checkpoints_are_clear_errors(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
     with pytest.raises(RagctxError, match="missing"):
         Generator.from_pretrained(folder)
-    with pytest.raises(RagctxError, match="config.json is missing"):
+    with pytest.raises(RagctxError, match="no such file or folder"):
         Generator.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RagctxError, match="config.json is missing"):
+        Generator.from_pretrained(tmp_path / "empty")

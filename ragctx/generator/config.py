@@ -6,12 +6,12 @@ Tensor layout, used everywhere in ``ragctx.generator``: activations ``[B, T, C]`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import RagctxError
 
-__all__ = ["ModelConfig", "PRESETS"]
+__all__ = ["ModelConfig", "PRESETS", "OPTIONS"]
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ModelConfig:
     multiple_of: int = 64  # rounding of hidden_dim (as in Llama)
     norm_eps: float = 1e-5  # RMSNorm epsilon
     rope_base: float | None = 10000.0  # RoPE base (theta); None = no positional encoding
+    # RoPE scaling as Hugging Face's config writes it ({"rope_type": "linear" | "llama3" | "yarn", "factor", ...}) or
+    # llama.cpp's per-frequency divisors ({"rope_type": "factors", "factors": [...]}); None = plain RoPE (ragctx.generator.rope)
+    rope_scaling: dict[str, Any] | None = None
     max_seq_len: int = 4096  # longest sequence a cache is allocated for by default
     tie_embeddings: bool = True  # output projection shares the token embedding matrix
     attention_bias: bool = False  # biases on q/k/v projections (Qwen2 has them)
@@ -47,6 +50,18 @@ class ModelConfig:
             raise RagctxError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.window < 1 or self.chunk_size < 1:
             raise RagctxError("window and chunk_size must be positive")
+        if self.rope_scaling is not None:
+            from .rope import check_scaling
+
+            self.rope_scaling = check_scaling(self.rope_scaling, self.head_dim)
+
+    def with_options(self, **options: Any) -> ModelConfig:
+        """A copy with attention options changed (``window``, ``feature_map``, ``hybrid_feature_map``,
+        ``chunk_size``, ``max_seq_len``); any other key is an error naming the ones allowed."""
+        bad = sorted(set(options) - set(OPTIONS))
+        if bad:
+            raise RagctxError(f"unknown generator option(s) {bad}; settable: {', '.join(OPTIONS)}")
+        return replace(self, **{k: v for k, v in options.items() if v is not None})
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -74,6 +89,9 @@ class ModelConfig:
         emb = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
         return c.n_layers * (attn + mlp + 2 * c.dim) + c.dim + emb
 
+
+# what a user may set on a loaded checkpoint (from_pretrained, the CLI's --window, eval configs' "options")
+OPTIONS = ("window", "feature_map", "hybrid_feature_map", "chunk_size", "max_seq_len")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024, window=64, chunk_size=16),

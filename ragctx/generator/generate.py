@@ -4,6 +4,7 @@ decode (static KV cache, ring buffer or recurrent state, by attention variant), 
 from __future__ import annotations
 
 import codecs
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -15,9 +16,9 @@ import torch
 from ..errors import RagctxError
 from .attention import get_attention
 from .config import ModelConfig
-from .hf import hf_config, load_hf_weights
+from .checkpoints import PACKAGED, load_checkpoint, packaged_path
 from .model import Transformer
-from .tokenizer import ByteTokenizer, HFTokenizer
+from .tokenizer import ByteTokenizer
 
 __all__ = ["Generator", "Generation", "sample", "builtin_names"]
 
@@ -37,6 +38,7 @@ class Generation:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    probe_logprobs: list[float] = field(default_factory=list)  # log P(probe | prompt) for each probe asked for
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
@@ -83,43 +85,49 @@ class Generator:
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, attention: str = "flash", device: str | None = None,
-                        dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
-        """A local Llama / Qwen2 / Mistral checkpoint: config.json, *.safetensors, tokenizer.json."""
-        folder = Path(folder)
+    def from_pretrained(cls, path: str | Path, *, attention: str = "flash", device: str | None = None,
+                        dtype: torch.dtype | None = None, compile: bool = False, **options) -> Generator:
+        """A pretrained checkpoint: a Hugging Face folder (config.json, *.safetensors, tokenizer.json; Llama,
+        Qwen2, Mistral), a GGUF file (or a folder holding one; llama and qwen2 architectures), or the name of a
+        packaged model (:data:`~ragctx.generator.checkpoints.PACKAGED`, e.g. ``"smollm2"``).
+
+        ``options`` set attention options: ``window`` (sliding_window / hybrid), ``feature_map``,
+        ``hybrid_feature_map``, ``chunk_size``, ``max_seq_len``."""
         get_attention(attention)
-        cfg = hf_config(folder, attention)
-        with torch.device("meta"):
-            model = Transformer(cfg)
-        model = model.to_empty(device="cpu")
-        model.tie_weights()
-        load_hf_weights(model, folder)
-        config = json.loads((folder / "config.json").read_text())
-        tok = HFTokenizer(folder, eos_id=config.get("eos_token_id"), bos_id=config.get("bos_token_id"))
+        if str(path) in PACKAGED:
+            path = packaged_path(str(path))
+        model, tok = load_checkpoint(path, attention=attention, options=options)
         return cls(_place(model, device, dtype), tok, compile=compile)
 
     @classmethod
     def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
-             max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> Generator:
-        """Any generator by one name: ``builtin:NAME``, a folder written by :meth:`save` (:meth:`load`), or a
-        Hugging Face checkpoint folder (:meth:`from_pretrained`, with ``flash`` unless ``attention`` says).
-        ``max_seq_len`` overrides the context the model accepts (see :meth:`with_context`); ``dtype`` casts the
-        weights (e.g. ``torch.bfloat16`` on a GPU; default: as loaded, fp32 for ragctx folders)."""
-        spec, hf = str(spec), False
-        if not spec.startswith("builtin:"):
-            path = Path(spec) / "config.json"
-            if not path.is_file():
-                raise RagctxError(f"generator '{spec}': no such folder; pass builtin:NAME, a ragctx model folder "
-                                  "or a Hugging Face checkpoint folder")
-            hf = json.loads(path.read_text()).get("format") != FORMAT
-        gen = (cls.from_pretrained(spec, attention=attention or "flash", device=device, dtype=dtype) if hf
-               else cls.load(spec, attention=attention, device=device, dtype=dtype))
+             max_seq_len: int | None = None, dtype: torch.dtype | None = None, **options) -> Generator:
+        """Any generator by one name: ``builtin:NAME``, a packaged model (``smollm2``), a folder written by
+        :meth:`save` (:meth:`load`), a Hugging Face checkpoint folder or a .gguf file (:meth:`from_pretrained`,
+        with ``flash`` unless ``attention`` says). ``max_seq_len`` overrides the context the model accepts (see
+        :meth:`with_context`); ``dtype`` casts the weights (e.g. ``torch.bfloat16`` on a GPU; default: fp32);
+        ``options`` as for :meth:`from_pretrained`."""
+        spec = str(spec)
+        if spec.startswith("builtin:"):
+            gen = cls.load(spec, attention=attention, device=device, dtype=dtype)
+            if options:
+                gen.model.cfg = gen.model.cfg.with_options(**options)
+        else:
+            path = Path(spec)
+            ours = (path / "config.json").is_file() and _read_json(path / "config.json").get("format") == FORMAT
+            if not ours and spec not in PACKAGED and not path.exists():
+                known = ", ".join(["builtin:NAME", *PACKAGED])
+                raise RagctxError(f"generator '{spec}': no such file or folder; pass one of {known}, a ragctx model "
+                                  "folder, a Hugging Face checkpoint folder or a .gguf file")
+            gen = (cls.load(spec, attention=attention, device=device, dtype=dtype) if ours
+                   else cls.from_pretrained(spec, attention=attention or "flash", device=device, dtype=dtype,
+                                            **options))
         return gen if max_seq_len is None else gen.with_context(max_seq_len)
 
     def with_context(self, max_seq_len: int) -> Generator:
         """Accepts inputs up to ``max_seq_len`` tokens (caches are sized per call, RoPE is computed per position).
         Past the length a model was trained on, nothing is promised about quality: that is what an evaluation
-        at those lengths measures."""
+        at those lengths measures (a checkpoint with RoPE scaling, e.g. YaRN, is made for longer inputs)."""
         if not isinstance(max_seq_len, int) or max_seq_len < 1:
             raise RagctxError(f"max_seq_len={max_seq_len!r}: pass a positive number of tokens")
         self.model.cfg.max_seq_len = max_seq_len
@@ -198,15 +206,32 @@ class Generator:
         """Yields the completion's text as it is generated. Arguments:
 
         max_new_tokens (64): token limit. temperature (0 = greedy), top_p (1.0), seed: sampling.
-        stop: strings that end the generation (not included in the text). bos: prepend <bos> to text prompts.
+        stop: strings that end the generation (not included in the text). bos: prepend <bos> to a text prompt
+        (None: as the checkpoint's tokenizer does). probes: token sequences whose log-probability as the start of
+        the completion is measured from the prompt's state (``Generation.probe_logprobs``), e.g. a refusal.
         """
         for piece in self.run(prompt, **kwargs):
             if isinstance(piece, str):
                 yield piece
 
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Token ids of ``messages`` rendered by the checkpoint's chat template, ending where the assistant's reply
+        starts (no BOS is added beyond what the template writes, as transformers' ``apply_chat_template``)."""
+        template = self.tokenizer.chat_template
+        if template is None:
+            raise RagctxError("this generator has no chat template (a base model or a built-in byte model); "
+                              "call generate() with a plain prompt")
+        return self.tokenizer.encode(template.render(messages, add_generation_prompt=True), bos=False)
+
+    def chat(self, messages: list[dict], **kwargs) -> Generation:
+        """The assistant's reply to ``messages`` ([{"role": "system" | "user" | "assistant", "content": ...}]),
+        through the checkpoint's chat template; arguments as for :meth:`stream`."""
+        return self.generate(self.chat_prompt(messages), **kwargs)
+
     @torch.inference_mode()
     def run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-            stop: list[str] | str | None = None, seed: int | None = None, bos: bool = True):
+            stop: list[str] | str | None = None, seed: int | None = None, bos: bool | None = None,
+            probes: list[list[int]] | tuple = ()):
         """Yields the completion's text pieces as they come, then its :class:`Generation` (arguments as for
         :meth:`stream`). :meth:`generate` and :meth:`stream` are the two halves of this."""
         if max_new_tokens < 0:
@@ -226,11 +251,12 @@ class Generator:
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
         t0 = time.perf_counter()
-        states = self.model.new_states(1, total)
+        states = self.model.new_states(1, max(total, len(ids) + max((len(p) for p in probes), default=0)))
         x = torch.tensor([ids], device=dev)
         logits = self._forward(x, states=states, last_only=True)[0, -1]
         sync()
         prefill = time.perf_counter() - t0
+        scored = [self._probe(logits, states, len(ids), list(p)) for p in probes]
         out: list[int] = []
         text, sent, reason = "", 0, "length"
         decoder = codecs.getincrementaldecoder("utf-8")("replace") if self.tokenizer.kind == "byte" else None
@@ -263,7 +289,30 @@ class Generator:
             yield text[sent:]
         yield Generation(text, out, len(ids), reason, prefill, decode,
                          {"prefill_s": prefill, "decode_s": decode,
-                          "decode_ms_per_token": 1e3 * decode / max(1, len(out))})
+                          "decode_ms_per_token": 1e3 * decode / max(1, len(out))}, scored)
+
+    def _probe(self, logits: torch.Tensor, states: list, start: int, tokens: list[int]) -> float:
+        """log P(tokens | prompt): the first token from the prefill's logits, the rest by decode steps on a copy
+        of the states (the generation itself goes on from the originals)."""
+        if not tokens:
+            return 0.0
+        total = float(torch.log_softmax(logits.float(), -1)[tokens[0]])
+        if len(tokens) > 1:
+            states = copy.deepcopy(states)
+            dev = self.device
+            for i, (tok, nxt) in enumerate(zip(tokens, tokens[1:])):
+                pos = torch.tensor([[start + i]], device=dev)
+                step = self._forward(torch.tensor([[tok]], device=dev), positions=pos, states=states)[0, -1]
+                total += float(torch.log_softmax(step.float(), -1)[nxt])
+        return total
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RagctxError(f"{path} is not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _place(model: Transformer, device: str | None, dtype: torch.dtype | None) -> Transformer:

@@ -26,19 +26,33 @@ def hf_config(folder: Path, attention: str) -> ModelConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise RagctxError(f"{path} is missing; pass a folder holding config.json, *.safetensors and tokenizer.json")
-    c: dict[str, Any] = json.loads(path.read_text())
+    try:
+        c: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RagctxError(f"{path} is not valid JSON ({e}); restore the checkpoint's config.json") from None
+    if not isinstance(c, dict):
+        raise RagctxError(f"{path} must hold a JSON object (the checkpoint's config)")
     kind = c.get("model_type")
     if kind not in SUPPORTED_MODEL_TYPES:
         raise RagctxError(f"{path}: model_type '{kind}' is not supported; ragctx loads {', '.join(SUPPORTED_MODEL_TYPES)}")
-    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in (None, "default"):
-        raise RagctxError(f"{path}: RoPE scaling '{rope_type}' is not implemented; use a checkpoint with default RoPE")
+    rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+    if rope.get("rope_type", rope.get("type", "default")) in ("llama3", "yarn"):  # as transformers fills it in
+        rope.setdefault("original_max_position_embeddings",
+                        c.get("original_max_position_embeddings", c.get("max_position_embeddings")))
     if c.get("hidden_act", "silu") != "silu":
         raise RagctxError(f"{path}: activation '{c.get('hidden_act')}' is not implemented (SwiGLU with silu only)")
     if c.get("mlp_bias"):
         raise RagctxError(f"{path}: MLP biases are not implemented")
-    heads = c["num_attention_heads"]
+    heads = c.get("num_attention_heads")
+    try:
+        return _config(c, heads, rope, kind, attention)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RagctxError(f"{path}: config.json lacks or mistypes a field ({type(e).__name__}: {e})") from None
+    except RagctxError as e:
+        raise RagctxError(f"{path}: {e}") from None
+
+
+def _config(c: dict[str, Any], heads: int, rope: dict[str, Any], kind: str, attention: str) -> ModelConfig:
     return ModelConfig(
         vocab_size=c["vocab_size"],
         dim=c["hidden_size"],
@@ -49,11 +63,14 @@ def hf_config(folder: Path, attention: str) -> ModelConfig:
         hidden_dim=c["intermediate_size"],
         norm_eps=c.get("rms_norm_eps", 1e-6),
         rope_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+        rope_scaling=rope or None,
         max_seq_len=c.get("max_position_embeddings", 4096),
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         attention_bias=bool(c.get("attention_bias", kind == "qwen2")),
         attention=attention,
-        window=int(c.get("sliding_window") or 4096) if kind == "mistral" else 4096,
+        # Mistral's training window; other models have none (sliding_window runs 4096 unless window= says)
+        window=int(c.get("sliding_window") or 4096) if kind == "mistral" else min(4096, c.get("max_position_embeddings",
+                                                                                           4096)),
     )
 
 
@@ -66,7 +83,12 @@ def load_hf_weights(model: torch.nn.Module, folder: Path) -> None:
         raise RagctxError(f"{folder}: no *.safetensors weights (ragctx never loads pickled .bin files)")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        for name, tensor in load_file(str(f)).items():
+        try:
+            tensors = load_file(str(f))
+        except Exception as e:  # safetensors' own error type: truncated, random or foreign bytes
+            raise RagctxError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0][:160]}); restore the "
+                              "checkpoint's weights") from None
+        for name, tensor in tensors.items():
             if name.endswith("rotary_emb.inv_freq"):
                 continue
             state[name.removeprefix("model.")] = tensor

