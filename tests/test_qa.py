@@ -170,7 +170,7 @@ def test_cli_ask(index, gen, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["route"] == "rag" and data["citations"][0]["doc_id"] == "a-volcano.txt"
     assert main(["ask", str(tmp_path / "idx"), "q", "--generator", str(tmp_path / "nope")]) == 2
-    assert "no such folder" in capsys.readouterr().err
+    assert "no such file or folder" in capsys.readouterr().err
     assert main(["ask", str(tmp_path / "idx"), "q", "--generator", "builtin:nothing"]) == 2
     assert "no built-in generator" in capsys.readouterr().err
     assert main(["ask", str(tmp_path / "missing"), "q"]) == 2

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..tasks.needles import string_match_all
 
-__all__ = ["string_match_all", "exact_match", "token_f1", "bootstrap_ci", "loglog_slope", "spans_overlap"]
+__all__ = ["string_match_all", "string_match_part", "exact_match", "token_f1", "bootstrap_ci", "loglog_slope", "spans_overlap"]
 
 
 def _normalize(text: str) -> str:
@@ -24,6 +24,19 @@ def _normalize(text: str) -> str:
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     """1.0 when the normalized prediction equals any normalized answer."""
     return float(any(_normalize(prediction) == _normalize(a) for a in answers))
+
+
+def string_match_part(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the prediction contains any answer as whole words, case, punctuation and articles ignored (RULER's
+    string_match_part): chatty models answer in sentences, which exact match scores 0. Punctuation reads as a space
+    here, so "Reid's" holds "Reid" and "up.This" holds "up"."""
+    pred = f" {_words(prediction)} "
+    return float(any(f" {_words(a)} " in pred for a in answers if _words(a)))
+
+
+def _words(text: str) -> str:
+    text = "".join(" " if ch in string.punctuation else ch for ch in text.lower())
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
 def token_f1(prediction: str, answers: Sequence[str]) -> float:

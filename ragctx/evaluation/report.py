@@ -13,9 +13,10 @@ from typing import Any
 from ..errors import RagctxError
 from .metrics import bootstrap_ci, loglog_slope
 
-__all__ = ["summarize", "write_report", "PLOTS"]
+__all__ = ["summarize", "write_report", "PLOTS", "QA_PLOTS"]
 
-PLOTS = ("accuracy_vs_length.png", "depth_heatmaps.png", "cost_vs_length.png", "tokens_vs_accuracy.png")
+PLOTS = ("accuracy_vs_length.png", "depth_heatmaps.png", "cost_vs_length.png", "tokens_vs_accuracy.png")  # needles
+QA_PLOTS = ("accuracy_by_cell.png", "tokens_vs_accuracy.png")  # QA files (no length or depth to plot against)
 
 
 def _rows(folder: Path) -> list[dict[str, Any]]:
@@ -27,14 +28,28 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
+CELL = ("mode", "attention", "length", "k", "retrieval", "chunk_tokens")  # what a cell of the summary is
+QA_METRICS = ("exact_match", "f1", "string_match_part", "citation_precision")  # QA files: means, with 95% CIs
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return tuple(r.get(name) for name in CELL)
+
+
+def _order(key: tuple) -> tuple:
+    return tuple((v is not None, v if v is not None else 0) if not isinstance(v, str) else (True, v) for v in key)
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (mode, attention, length): accuracy with a bootstrap 95% CI, retrieval recall, tokens, time, memory;
-    per (mode, attention): the log-log slope of prefill time against length; routes taken by ``auto``."""
+    """Per cell (mode, attention, length, k, retrieval, chunking): accuracy with a bootstrap 95% CI, retrieval
+    recall, tokens, time, memory, and for QA files exact match, F1, string match, citation precision, refusal
+    recall and false refusals (each with its CI) and accuracy per question kind; per (mode, attention): the log-log
+    slope of prefill time against length; routes taken by ``auto``."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        cells[(r["mode"], r["attention"], r["length"])].append(r)
+        cells[_key(r)].append(r)
     out: list[dict[str, Any]] = []
-    for (mode, attention, length), rs in sorted(cells.items()):
+    for key, rs in sorted(cells.items(), key=lambda kv: _order(kv[0])):
         ok = [r for r in rs if r.get("status") == "ok"]
         acc, lo, hi = bootstrap_ci([r["accuracy"] for r in ok])
         recall = [r["retrieval_recall"] for r in ok if r.get("retrieval_recall") is not None]
@@ -47,22 +62,42 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             vals = [r[key] for r in ok if r.get(key) is not None]
             return statistics.median(vals) if vals else None
 
-        f1 = [r["f1"] for r in ok if r.get("f1") is not None]
-        out.append({"mode": mode, "attention": attention, "length": length, "n": len(rs), "errors": len(rs) - len(ok),
-                    "out_of_memory": sum(r.get("status") == "oom" for r in rs),
-                    "accuracy": acc, "accuracy_ci95": [lo, hi], "f1": sum(f1) / len(f1) if f1 else None,
-                    "retrieval_recall": sum(recall) / len(recall) if recall else None,
-                    "input_tokens": mean("input_tokens"), "prefill_s": median("prefill_s"), "decode_s": median("decode_s"),
-                    "retrieve_s": median("retrieve_s"), "peak_memory_bytes": mean("peak_memory_bytes"),
-                    "routes": dict(sorted({r["route"]: sum(x.get("route") == r["route"] for x in ok) for r in ok}.items()))})
+        cell = {**dict(zip(CELL, key)), "n": len(rs), "errors": len(rs) - len(ok),
+                "out_of_memory": sum(r.get("status") == "oom" for r in rs),
+                "accuracy": acc, "accuracy_ci95": [lo, hi], "f1": mean("f1"),
+                "retrieval_recall": sum(recall) / len(recall) if recall else None,
+                "input_tokens": mean("input_tokens"), "prefill_s": median("prefill_s"), "decode_s": median("decode_s"),
+                "retrieve_s": median("retrieve_s"), "peak_memory_bytes": mean("peak_memory_bytes"),
+                "seconds_per_question": mean("total_s") if any("total_s" in r for r in ok) else None,
+                "routes": dict(sorted({r["route"]: sum(x.get("route") == r["route"] for x in ok) for r in ok}.items()))}
+        if any("kind" in r and "qid" in r for r in ok):  # a QA file
+            cell.update(_qa_cell(ok))
+        out.append(cell)
     slopes, long_slopes = {}, {}
-    for mode, attention in sorted({(c["mode"], c["attention"]) for c in out}):
-        cs = sorted((c for c in out if c["mode"] == mode and c["attention"] == attention and c["prefill_s"]),
+    needle = [c for c in out if c["length"] is not None]
+    for mode, attention in sorted({(c["mode"], c["attention"]) for c in needle}):
+        cs = sorted((c for c in needle if c["mode"] == mode and c["attention"] == attention and c["prefill_s"]),
                     key=lambda c: c["length"])
         slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs], [c["prefill_s"] for c in cs])
         # fixed per-call costs flatten the short end: the three longest lengths show the asymptotic growth
         long_slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs[-3:]], [c["prefill_s"] for c in cs[-3:]])
     return {"cells": out, "prefill_slopes": slopes, "prefill_slopes_longest3": long_slopes, "trials": len(rows)}
+
+
+def _qa_cell(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """QA-file metrics of one cell's finished trials (answerable and unanswerable questions apart)."""
+    answerable = [r for r in ok if r["answers"]]
+    unanswerable = [r for r in ok if not r["answers"]]
+
+    def ci(values: list[float]) -> dict[str, Any]:
+        mean, lo, hi = bootstrap_ci(values)
+        return {"mean": None if not values else mean, "ci95": [lo, hi] if values else None, "n": len(values)}
+
+    metrics = {m: ci([r[m] for r in answerable if r.get(m) is not None]) for m in QA_METRICS}
+    metrics["refusal_recall"] = ci([float(r["refused"]) for r in unanswerable])  # refused when it should
+    metrics["false_refusal"] = ci([float(r["refused"]) for r in answerable])  # refused although answerable
+    kinds = sorted({r["kind"] for r in ok})
+    return {"qa": metrics, "by_kind": {k: _mean([r["accuracy"] for r in ok if r["kind"] == k]) for k in kinds}}
 
 
 def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
@@ -72,6 +107,8 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     import matplotlib.pyplot as plt
 
     cells = summary["cells"]
+    if all(c["length"] is None for c in cells):
+        return _qa_plots(folder, cells)
     series = sorted({(c["mode"], c["attention"]) for c in cells})
     written = []
     attentions = sorted({att for _, att in series})
@@ -145,6 +182,35 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     return written
 
 
+def _label(c: dict[str, Any]) -> str:
+    """A cell's name: mode / attention, then whatever else sets it apart (k, retrieval, chunking)."""
+    extra = [f"k={c['k']}" if c.get("k") else "", c.get("retrieval") or "",
+             f"{c['chunk_tokens']} tok" if c.get("chunk_tokens") and c["mode"] in ("rag", "auto") else ""]
+    return " / ".join([c["mode"], c["attention"], *[e for e in extra if e]])
+
+
+def _qa_plots(folder: Path, cells: list[dict[str, Any]]) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(cells) + 1.5))
+    ran = [c for c in cells if c["n"] > c["errors"]]
+    ys = range(len(ran))
+    ax.barh(list(ys), [c["accuracy"] for c in ran],
+            xerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in ran], [c["accuracy_ci95"][1] - c["accuracy"] for c in ran]],
+            color=[plt.cm.tab10(("rag", "auto", "full", "gold").index(c["mode"]) % 10) for c in ran], capsize=2)
+    ax.set(yticks=list(ys), yticklabels=[_label(c) for c in ran], xlim=(0, 1), xlabel="accuracy (95% bootstrap CI)",
+           title="Accuracy per cell (answer contains a reference; a refusal when unanswerable)")
+    ax.invert_yaxis()
+    written = [_save(fig, folder / QA_PLOTS[0])]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c in ran:
+        ax.scatter([c["input_tokens"] or 1], [c["accuracy"]], label=_label(c))
+    ax.set(xscale="log", xlabel="input tokens per question", ylabel="accuracy", title="Tokens against accuracy")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    written.append(_save(fig, folder / QA_PLOTS[1]))
+    return written
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -166,7 +232,8 @@ def _findings(summary: dict[str, Any]) -> list[str]:
         if not cs:
             continue
         best = max(cs, key=lambda c: c["accuracy"])
-        lines.append(f"`{mode}`: best accuracy {best['accuracy']:.2f} ({best['attention']}, length {best['length']}); "
+        where = _label(best) + (f", length {best['length']}" if best["length"] is not None else "")
+        lines.append(f"`{mode}`: best accuracy {best['accuracy']:.2f} ({where}); "
                      f"mean input {sum(c['input_tokens'] or 0 for c in cs) / len(cs):.0f} tokens.")
     for key, slope in summary["prefill_slopes"].items():
         if slope is not None:
@@ -175,8 +242,10 @@ def _findings(summary: dict[str, Any]) -> list[str]:
                          + (f" (length^{long:.2f} over its three longest lengths)." if long is not None else "."))
     for c in cells:
         if c["out_of_memory"]:
-            lines.append(f"`{c['mode']}/{c['attention']}` at length {c['length']}: {c['out_of_memory']} of {c['n']} "
+            lines.append(f"`{_label(c)}` at length {c['length']}: {c['out_of_memory']} of {c['n']} "
                          "trials ran out of memory.")
+        elif c["errors"] and c["length"] is None:
+            lines.append(f"`{_label(c)}`: {c['errors']} of {c['n']} questions did not run (see their `error`).")
     return lines
 
 
@@ -188,17 +257,31 @@ def write_report(folder: str | Path) -> dict[str, Any]:
     summary = summarize(rows)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     plots = _plots(folder, rows, summary)
-    header = ["mode", "attention", "length", "n", "accuracy", "95% CI", "retrieval recall", "input tokens",
-              "prefill s (median)", "decode s (median)", "peak MiB", "routes"]
+    qa = any("qa" in c for c in summary["cells"])
+    header = ["mode", "attention", "length", "k", "retrieval", "chunk", "n", "accuracy", "95% CI"]
+    header += (["contains", "EM", "F1", "refusal recall", "false refusal", "citation precision", "retrieval recall"] if qa
+               else ["retrieval recall"])
+    header += ["input tokens", "prefill s (median)", "decode s (median)", "peak MiB", "routes"]
+
+    def pct(m: dict[str, Any] | None) -> str:
+        return "" if not m or m["mean"] is None else f"{m['mean']:.2f} ({m['n']})"
+
     table = []
     for c in summary["cells"]:
         ran = c["n"] > c["errors"]
         failed = "OOM" if c["out_of_memory"] == c["n"] else "error"  # no trial of the cell ran to the end
-        table.append([c["mode"], c["attention"], c["length"], c["n"], f"{c['accuracy']:.2f}" if ran else failed,
-                      f"{c['accuracy_ci95'][0]:.2f}-{c['accuracy_ci95'][1]:.2f}" if ran else "",
-                      "" if c["retrieval_recall"] is None else f"{c['retrieval_recall']:.2f}",
-                      f"{c['input_tokens'] or 0:.0f}", f"{c['prefill_s'] or 0:.3f}", f"{c['decode_s'] or 0:.3f}",
-                      f"{(c['peak_memory_bytes'] or 0) / 2**20:.0f}", ", ".join(f"{k}: {v}" for k, v in c["routes"].items())])
+        row = [c["mode"], c["attention"], "" if c["length"] is None else c["length"], c.get("k") or "",
+               c.get("retrieval") or "", c.get("chunk_tokens") if c["mode"] in ("rag", "auto") else "", c["n"],
+               f"{c['accuracy']:.2f}" if ran else failed,
+               f"{c['accuracy_ci95'][0]:.2f}-{c['accuracy_ci95'][1]:.2f}" if ran else ""]
+        if qa:
+            m = c.get("qa", {})
+            row += [pct(m.get("string_match_part")), pct(m.get("exact_match")), pct(m.get("f1")),
+                    pct(m.get("refusal_recall")), pct(m.get("false_refusal")), pct(m.get("citation_precision"))]
+        row += ["" if c["retrieval_recall"] is None else f"{c['retrieval_recall']:.2f}",
+                f"{c['input_tokens'] or 0:.0f}", f"{c['prefill_s'] or 0:.3f}", f"{c['decode_s'] or 0:.3f}",
+                f"{(c['peak_memory_bytes'] or 0) / 2**20:.0f}", ", ".join(f"{k}: {v}" for k, v in c["routes"].items())]
+        table.append(row)
     findings = _findings(summary)
     # conclusions.md, written by a person who read the results, goes first (the findings are computed)
     written = (folder / "conclusions.md").read_text().strip() if (folder / "conclusions.md").is_file() else ""

@@ -24,7 +24,7 @@ from ..errors import RagctxError, is_out_of_memory, release_memory
 from ..tasks import KINDS, NeedleTask, string_match_all
 from .metrics import spans_overlap
 
-__all__ = ["EvalConfig", "run_eval", "load_config", "trials", "load_qa_file", "parse_shard", "result_files"]
+__all__ = ["EvalConfig", "run_eval", "load_config", "trials", "parse_shard", "result_files"]
 
 
 @dataclass
@@ -49,9 +49,31 @@ class EvalConfig:
     device: str | None = None
     max_seq_len: int | None = None  # let the generator take longer inputs than its config says (lengths past training)
     dtype: str | None = None  # generator weights: "bfloat16", "float16", "float32"; default bf16 on a GPU, fp32 on CPU
-    qa_file: str | None = None  # a JSONL QA file instead of needle tasks (see load_qa_file); lengths/depths unused
+    qa_file: str | None = None  # a JSONL QA file instead of needle tasks (see qa_tasks); lengths/depths unused
+    corpus: str | None = None  # QA files: the documents every question is asked of (a folder, builtin:essays, an index)
+    splits: list[str] | None = None  # QA files: only questions of these splits (e.g. ["test"])
+    retrieval: list[str] = field(default_factory=lambda: ["hybrid"])  # QA files: dense, bm25, hybrid (swept)
+    full_truncate: str | None = None  # QA files: "start" / "end" lets full read the part of a long document that fits
+    refusal_threshold: float | None = None  # QA files: QA(refusal_threshold=...) (None: the generator's default)
+    bos: bool | None = None  # prepend BOS to plain-text prompts (None: as the generator's tokenizer does)
+    options: dict[str, Any] = field(default_factory=dict)  # generator options: window, feature_map, chunk_size, ...
 
     def __post_init__(self) -> None:
+        if self.qa_file:
+            from .qa_tasks import QA_MODES
+
+            bad = sorted(set(self.modes) - set(QA_MODES))
+            if bad:
+                raise RagctxError(f"eval config: modes {bad} are unknown for a QA file; choose from {', '.join(QA_MODES)}")
+            if "gold" in self.modes and not self.qa_file:
+                raise RagctxError("eval config: mode 'gold' needs a QA file with evidence spans")
+        elif "gold" in self.modes:
+            raise RagctxError("eval config: mode 'gold' (the evidence passage alone) needs a qa_file")
+        for r in self.retrieval:
+            if r not in ("dense", "bm25", "hybrid"):
+                raise RagctxError(f"eval config: retrieval '{r}' is unknown; choose dense, bm25 or hybrid")
+        if self.full_truncate not in (None, "start", "end"):
+            raise RagctxError(f"eval config: full_truncate '{self.full_truncate}': use null, 'start' or 'end'")
         for kind in self.kinds:
             if kind not in KINDS:
                 raise RagctxError(f"eval config: kind '{kind}' is unknown; choose from {', '.join(KINDS)}")
@@ -80,41 +102,20 @@ def trial_id(params: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_qa_file(path: str | Path) -> list[dict[str, Any]]:
-    """Questions from a JSONL file, one object per line: ``question``, ``answers`` (list of strings), and either
-    ``documents`` (a list of ``{"id", "text"}``) or ``index`` (a saved index folder). Scored by exact match and F1."""
-    path = Path(path)
-    if not path.is_file():
-        raise RagctxError(f"{path}: no such QA file")
-    items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RagctxError(f"{path}:{n}: invalid JSON ({e.msg})") from e
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise RagctxError(f"{path}:{n}: 'question' must be a non-empty string")
-        if not isinstance(row.get("answers"), list) or not all(isinstance(a, str) for a in row["answers"]) or not row["answers"]:
-            raise RagctxError(f"{path}:{n}: 'answers' must be a non-empty list of strings")
-        if ("documents" in row) == ("index" in row):
-            raise RagctxError(f"{path}:{n}: give either 'documents' (a list of {{id, text}}) or 'index' (a folder)")
-        items.append({"qid": str(row.get("id", n)), **row})
-    if not items:
-        raise RagctxError(f"{path}: no questions")
-    return items
-
-
 def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
     """Every trial of the grid, in the order they run (examples outermost, so each is built once)."""
     out = []
     if cfg.qa_file:
-        for item in load_qa_file(cfg.qa_file):
-            for chunk, ov, attention, mode in itertools.product(cfg.chunk_tokens, cfg.overlap, cfg.attentions, cfg.modes):
-                for k in (cfg.k if mode != "full" else [None]):
+        for item in _questions(cfg):
+            for attention, mode in itertools.product(cfg.attentions, cfg.modes):
+                if mode == "gold" and not item["evidence"]:
+                    continue  # no passage to give (unanswerable questions)
+                retrieves = mode in ("rag", "auto")
+                for chunk, ov, retrieval, k in itertools.product(
+                        cfg.chunk_tokens if retrieves else cfg.chunk_tokens[:1], cfg.overlap if retrieves else cfg.overlap[:1],
+                        cfg.retrieval if retrieves else [None], cfg.k if retrieves else [None]):
                     params = dict(qa_file=cfg.qa_file, qid=item["qid"], chunk_tokens=chunk, overlap=ov,
-                                  attention=attention, mode=mode, k=k, generator=cfg.generator)
+                                  retrieval=retrieval, attention=attention, mode=mode, k=k, generator=cfg.generator)
                     out.append({"id": trial_id(params), **params, "length": None, "depth": -1.0})
         return out
     for length, depth, kind, seed in itertools.product(cfg.lengths, cfg.depths, cfg.kinds, cfg.seeds):
@@ -125,6 +126,12 @@ def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
                               generator=cfg.generator, haystack=cfg.haystack)
                 out.append({"id": trial_id(params), **params})
     return out
+
+
+def _questions(cfg: EvalConfig) -> list[dict[str, Any]]:
+    from .qa_tasks import load_qa_file
+
+    return load_qa_file(cfg.qa_file, corpus=bool(cfg.corpus), splits=cfg.splits)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -174,12 +181,12 @@ def _generator(cfg: EvalConfig, attention: str, cache: dict):
         key = "softmax" if attention in ("softmax", "flash") else attention
         if key not in cache:
             cache[key] = Generator.open(f"builtin:{key}", device=cfg.device, max_seq_len=cfg.max_seq_len,
-                                        dtype=_dtype(cfg))
+                                        dtype=_dtype(cfg), **cfg.options)
         gen = cache[key]
     else:
         if "shared" not in cache:
             cache["shared"] = Generator.open(cfg.generator, attention=attention, device=cfg.device,
-                                             max_seq_len=cfg.max_seq_len, dtype=_dtype(cfg))
+                                             max_seq_len=cfg.max_seq_len, dtype=_dtype(cfg), **cfg.options)
         gen = cache["shared"]
     gen.set_attention(attention)
     return gen
@@ -202,7 +209,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
     results = out / ("results.jsonl" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl")
     done = {json.loads(line)["id"] for f in result_files(out) for line in f.read_text().splitlines() if line.strip()}
     todo = [t for t in (trials(cfg) if shard is None else _in_shard(trials(cfg), shard)) if t["id"] not in done]
-    questions = {q["qid"]: q for q in load_qa_file(cfg.qa_file)} if cfg.qa_file else {}
+    questions = {q["qid"]: q for q in _questions(cfg)} if cfg.qa_file else {}
     generators: dict = {}
     examples: dict = {}
     indexes: dict = {}
@@ -210,7 +217,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
         for t in todo:
             gen = _generator(cfg, t["attention"], generators)
             if cfg.qa_file:
-                sink.write(json.dumps(_qa_trial(t, questions[t["qid"]], gen, cfg, indexes)) + "\n")
+                sink.write(json.dumps(_qa_trial(t, questions[t["qid"]], gen, cfg, indexes, out)) + "\n")
                 sink.flush()
                 bar.update(1)
                 continue
@@ -264,26 +271,50 @@ def _memory_index(documents: list, t: dict[str, Any], cfg: EvalConfig):
     return index
 
 
-def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict) -> dict[str, Any]:
-    """One QA-file trial: exact match and F1 (accuracy = exact match); length = the documents' tokens."""
+def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict, out: Path) -> dict[str, Any]:
+    """One QA-file trial (see :mod:`ragctx.evaluation.qa_tasks`). The corpus index of each chunking is built once
+    and kept in the run folder (``index-C-O``), so a resumed run does not embed again."""
     from ..documents import Document
     from ..index import Index
-    from ..qa import QA
-    from .metrics import exact_match, token_f1
+    from .qa_tasks import qa_trial
 
-    key = (item.get("index") or item["qid"], t["chunk_tokens"], t["overlap"])
+    if "index" in item:
+        key: tuple = (item["index"],)
+    elif "documents" in item:
+        key = (item["qid"], t["chunk_tokens"], t["overlap"])
+    else:
+        key = (cfg.corpus, t["chunk_tokens"], t["overlap"])
     if key not in indexes:
-        if "index" in item:
-            indexes[key] = Index.load(item["index"], device=cfg.device)
+        if "documents" in item:
+            if len(indexes) > 8:  # per-question documents: keep a few indexes, not one per question
+                indexes.clear()
+            docs = [Document.from_text(str(d["id"]), d["text"]) for d in item["documents"]]
+            indexes[key] = (_memory_index(docs, t, cfg), None)
         else:
-            indexes[key] = _memory_index([Document.from_text(str(d["id"]), d["text"]) for d in item["documents"]], t, cfg)
-    index = indexes[key]
-    row = {**t, "length": sum(len(gen.tokenizer.encode(c.text, bos=False)) for c in index.store.document_chunks())}
-    try:
-        answer = QA(index, gen, max_new_tokens=cfg.max_new_tokens).ask(item["question"], mode=t["mode"], k=t["k"] or 5)
-    except RagctxError as e:
-        return {**row, "status": "error", "error": str(e)}
-    em, f1 = exact_match(answer.text, item["answers"]), token_f1(answer.text, item["answers"])
-    return {**row, "status": "ok", "prediction": answer.text, "answers": item["answers"], "route": answer.route,
-            "accuracy": em, "exact_match": em, "f1": f1, "retrieval_recall": None,
-            "input_tokens": answer.input_tokens, "peak_memory_bytes": answer.peak_memory_bytes, **answer.timings}
+            indexes[key] = (_corpus_index(item.get("index") or cfg.corpus, t, cfg, out), None)
+    index, tokens = indexes[key]
+    if tokens is None:  # the corpus's length in this generator's tokens, counted once (it decides what full reads)
+        tokens = sum(len(gen.tokenizer.encode(c.text, bos=False)) for c in index.store.document_chunks())
+        indexes[key] = (index, tokens)
+    return qa_trial(t, item, gen, index, cfg, tokens)
+
+
+def _corpus_index(spec: str, t: dict[str, Any], cfg: EvalConfig, out: Path):
+    """A saved index (a folder holding manifest.json) as it is, or an index over a documents spec (a folder, a
+    file, builtin:essays) with the trial's chunking, saved under the run folder and reused."""
+    from ..data import resolve_docs
+    from ..documents import load_path
+    from ..embeddings import shared_embedder
+    from ..index import Index
+
+    if (Path(spec) / "manifest.json").is_file():
+        return Index.load(spec, device=cfg.device, embedder=shared_embedder(device=cfg.device))
+    folder = out / f"index-{t['chunk_tokens']}-{t['overlap']}"
+    if (folder / "manifest.json").is_file():
+        return Index.load(folder, device=cfg.device, embedder=shared_embedder(device=cfg.device))
+    report = load_path(resolve_docs(spec))
+    if not report.documents:
+        raise RagctxError(f"eval config: corpus '{spec}' holds no usable documents")
+    index = _memory_index(report.documents, t, cfg)
+    index.save(folder)
+    return index

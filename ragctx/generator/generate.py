@@ -64,6 +64,8 @@ class Generator:
     def __init__(self, model: Transformer, tokenizer, *, compile: bool = False) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.name = ""  # the packaged model's name or the path it was loaded from
+        self.qa_defaults: dict = {}  # QA settings measured for this model (packaged models carry theirs)
         self._forward = torch.compile(model, dynamic=True) if compile else model
 
     @property
@@ -94,10 +96,14 @@ class Generator:
         ``options`` set attention options: ``window`` (sliding_window / hybrid), ``feature_map``,
         ``hybrid_feature_map``, ``chunk_size``, ``max_seq_len``."""
         get_attention(attention)
-        if str(path) in PACKAGED:
-            path = packaged_path(str(path))
+        name = str(path)
+        packaged = PACKAGED.get(name)
+        if packaged is not None:
+            path = packaged_path(name)
         model, tok = load_checkpoint(path, attention=attention, options=options)
-        return cls(_place(model, device, dtype), tok, compile=compile)
+        gen = cls(_place(model, device, dtype), tok, compile=compile)
+        gen.name, gen.qa_defaults = name, dict(packaged.qa) if packaged else {}
+        return gen
 
     @classmethod
     def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
