@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import RagctxError
 
-QA_K, QA_RETRIEVAL = 5, "hybrid"  # `ragctx ask` defaults: QA's (ragctx.qa), measured in eval/reports/qa-real
+QA_K, QA_RETRIEVAL = 5, "bm25"  # `ragctx ask` defaults: QA's (ragctx.qa), measured in eval/reports/qa-real
 
 __all__ = ["main", "build_parser"]
 

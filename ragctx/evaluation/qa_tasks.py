@@ -23,6 +23,7 @@ unanswerable ones. A refusal is :attr:`~ragctx.qa.Answer.refused`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,12 @@ def qa_trial(t: dict[str, Any], item: dict[str, Any], gen, index, cfg, corpus_to
     length in the generator's tokens (computed once per corpus), which decides what ``full`` reads."""
     from ..qa import QA, Citation
 
-    qa = QA(index, gen, max_new_tokens=cfg.max_new_tokens, retrieval=t["retrieval"] or "hybrid",
-            refusal_threshold=cfg.refusal_threshold, bos=cfg.bos)
+    qa = QA(index, gen, max_new_tokens=cfg.max_new_tokens, retrieval=t["retrieval"] or "bm25",
+            refusal_threshold=cfg.refusal_threshold, bos=cfg.bos, focus=cfg.focus)
     qa.measure_refusal = True  # the probability is recorded for calibration whatever the threshold
     row = {**t, "kind": item["kind"], "split": item.get("split")}
     mode = t["mode"]
+    started = time.perf_counter()
     try:
         if mode == "gold":
             spans = sorted((e["doc_id"], e["start"], e["end"]) for e in item["evidence"])
@@ -104,6 +106,7 @@ def qa_trial(t: dict[str, Any], item: dict[str, Any], gen, index, cfg, corpus_to
             row["full_scope"] = "documents" if documents else "corpus"
     except RagctxError as e:  # e.g. the question's own document is longer than the generator's context
         return {**row, "status": "error", "error": str(e)}
+    total = time.perf_counter() - started  # retrieval, prompt building and generation: what a user waits for
     evidence = [(e["doc_id"], e["start"], e["end"]) for e in item["evidence"]]
     answerable = bool(item["answers"])
     rag = next((a for a in answer.attempts if a.route == "rag"), None)
@@ -120,7 +123,7 @@ def qa_trial(t: dict[str, Any], item: dict[str, Any], gen, index, cfg, corpus_to
             "citation_precision": (sum(any(_overlap(c, e) for e in evidence) for c in cited) / len(cited)
                                    if cited and evidence and mode != "full" else None),
             "input_tokens": answer.input_tokens, "peak_memory_bytes": answer.peak_memory_bytes,
-            "fallback_reason": answer.fallback_reason, **answer.timings}
+            "fallback_reason": answer.fallback_reason, "total_s": total, **answer.timings}
 
 
 def span_text(index, doc_id: str, start: int, end: int) -> str:

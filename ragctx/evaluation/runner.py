@@ -52,9 +52,11 @@ class EvalConfig:
     qa_file: str | None = None  # a JSONL QA file instead of needle tasks (see qa_tasks); lengths/depths unused
     corpus: str | None = None  # QA files: the documents every question is asked of (a folder, builtin:essays, an index)
     splits: list[str] | None = None  # QA files: only questions of these splits (e.g. ["test"])
-    retrieval: list[str] = field(default_factory=lambda: ["hybrid"])  # QA files: dense, bm25, hybrid (swept)
+    # dense, bm25, hybrid; swept for QA files (default bm25, QA's), needles use the first (default dense, as measured)
+    retrieval: list[str] | None = None
     full_truncate: str | None = None  # QA files: "start" / "end" lets full read the part of a long document that fits
     refusal_threshold: float | None = None  # QA files: QA(refusal_threshold=...) (None: the generator's default)
+    focus: int | str | None = "auto"  # QA files: QA(focus=...): passages read from the retrieved chunks (None: chunks)
     bos: bool | None = None  # prepend BOS to plain-text prompts (None: as the generator's tokenizer does)
     options: dict[str, Any] = field(default_factory=dict)  # generator options: window, feature_map, chunk_size, ...
 
@@ -69,6 +71,8 @@ class EvalConfig:
                 raise RagctxError("eval config: mode 'gold' needs a QA file with evidence spans")
         elif "gold" in self.modes:
             raise RagctxError("eval config: mode 'gold' (the evidence passage alone) needs a qa_file")
+        if self.retrieval is None:
+            self.retrieval = ["bm25"] if self.qa_file else ["dense"]
         for r in self.retrieval:
             if r not in ("dense", "bm25", "hybrid"):
                 raise RagctxError(f"eval config: retrieval '{r}' is unknown; choose dense, bm25 or hybrid")
@@ -232,7 +236,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
             if idx_key not in indexes:
                 indexes.clear()  # one example's indexes at a time
                 indexes[idx_key] = _memory_index([Document.from_text("context", ex.context)], t, cfg)
-            qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens)
+            qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens, retrieval=cfg.retrieval[0])
             row = {**t}
             try:
                 answer = qa.ask(ex.question, mode=t["mode"], k=t["k"] or 5)
@@ -304,14 +308,13 @@ def _corpus_index(spec: str, t: dict[str, Any], cfg: EvalConfig, out: Path):
     file, builtin:essays) with the trial's chunking, saved under the run folder and reused."""
     from ..data import resolve_docs
     from ..documents import load_path
-    from ..embeddings import shared_embedder
     from ..index import Index
 
-    if (Path(spec) / "manifest.json").is_file():
-        return Index.load(spec, device=cfg.device, embedder=shared_embedder(device=cfg.device))
+    if (Path(spec) / "manifest.json").is_file():  # the embedder loads when a dense search first needs it
+        return Index.load(spec, device=cfg.device)
     folder = out / f"index-{t['chunk_tokens']}-{t['overlap']}"
     if (folder / "manifest.json").is_file():
-        return Index.load(folder, device=cfg.device, embedder=shared_embedder(device=cfg.device))
+        return Index.load(folder, device=cfg.device)
     report = load_path(resolve_docs(spec))
     if not report.documents:
         raise RagctxError(f"eval config: corpus '{spec}' holds no usable documents")

