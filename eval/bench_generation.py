@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     gen = Generator.from_pretrained(path, attention=args.attentions[0], device=device, dtype=dtype)
     load_ragctx = time.perf_counter() - t
     t = time.perf_counter()
-    theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).to(device=device, dtype=dtype).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    theirs = theirs.to(device=device, dtype=dtype).eval()
     load_transformers = time.perf_counter() - t
     rows = []
     for n in args.lengths:

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in [*probs, float("inf")]:
         def refused(r, t=t):
             return said(r["prediction"]) or r["refusal_probability"] >= t
-        table_rows.append({"threshold": t, "refusal_recall": sum(map(refused, unanswerable)) / max(1, len(unanswerable)),
+        table_rows.append({"threshold": t,
+                           "refusal_recall": sum(map(refused, unanswerable)) / max(1, len(unanswerable)),
                            "false_refusal": sum(map(refused, answerable)) / max(1, len(answerable))})
     ok = [r for r in table_rows if r["false_refusal"] <= args.max_false_refusal]
     chosen = min(ok, key=lambda r: r["threshold"]) if ok else None

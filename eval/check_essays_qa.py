@@ -4,7 +4,7 @@ Each line: {"id", "kind": "single" | "multi" | "unanswerable", "question", "answ
 "evidence": [{"doc_id", "start", "end"}], "doc_ids": [essay file names], "note": optional}. Offsets are Python
 string offsets into the essay's text as ragctx loads it (the .txt file decoded as UTF-8).
 
-    python eval/check_essays_qa.py eval/data/essays-qa/part-1.jsonl [...]
+    python eval/check_essays_qa.py eval/data/essays-qa.jsonl  (the merged set; "split" is assigned at the merge)
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = json.loads((out / "summary.json").read_text())
     print(f"\nresults in {out}: results.jsonl, summary.json, report.md, report.html and plots")
     for c in summary["cells"]:
-        where = f"len {c['length']:>7}" if c["length"] is not None else f"k {c.get('k') or '-':>3} {c.get('retrieval') or '':<6}"
+        where = (f"len {c['length']:>7}" if c["length"] is not None
+                 else f"k {c.get('k') or '-':>3} {c.get('retrieval') or '':<6}")
         print(f"  {c['mode']:<5} {c['attention']:<15} {where}  accuracy {c['accuracy']:.2f} "
               f"[{c['accuracy_ci95'][0]:.2f}, {c['accuracy_ci95'][1]:.2f}]  tokens {c['input_tokens'] or 0:>8.0f}")
     return 0

@@ -28,17 +28,29 @@ DEMO_QUERIES = (
 
 # the first six questions of eval/data/essays-qa.jsonl's dev split (a test keeps them equal): (id, question, answers)
 DEMO_QUESTIONS: tuple[tuple[str, str, list[str]], ...] = (
-    ("bias-02", "Which venture capital firm, according to Paul Graham, unintentionally published a study showing its own bias against female founders?",
+    ("bias-02",
+     "Which venture capital firm, according to Paul Graham, unintentionally published a study showing "
+     "its own bias against female founders?",
      ["First Round Capital", "First Round"]),
-    ("bias-05", "How many portfolio companies were included in First Round Capital's study showing that startups with female founders outperformed?",
+    ("bias-05",
+     "How many portfolio companies were included in First Round Capital's study showing that startups "
+     "with female founders outperformed?",
      []),
-    ("ecw-01", "In Paul Graham's essay about protecting yourself against obsolete beliefs, how long does he say he spent investing in early stage startups?",
+    ("ecw-01",
+     "In Paul Graham's essay about protecting yourself against obsolete beliefs, how long does he say "
+     "he spent investing in early stage startups?",
      ["almost a decade", "a decade", "nearly ten years"]),
-    ("gba-01", "In Paul Graham's essay on hackers, which famous physicist amused himself by breaking into safes containing secret documents during the Manhattan Project?",
+    ("gba-01",
+     "In Paul Graham's essay on hackers, which famous physicist amused himself by breaking into safes "
+     "containing secret documents during the Manhattan Project?",
      ["Richard Feynman", "Feynman"]),
-    ("gba-04", "What is the name of the hedge fund run by Paul Graham's grad-school hacker friend who had his own lock picking kit?",
+    ("gba-04",
+     "What is the name of the hedge fund run by Paul Graham's grad-school hacker friend who had his "
+     "own lock picking kit?",
      []),
-    ("rootsoflisp-02", "In The Roots of Lisp, John McCarthy's 1960 paper is said to have done for programming something like what which mathematician did for geometry?",
+    ("rootsoflisp-02",
+     "In The Roots of Lisp, John McCarthy's 1960 paper is said to have done for programming something "
+     "like what which mathematician did for geometry?",
      ["Euclid"]),
 )
 

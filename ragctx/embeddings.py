@@ -24,10 +24,19 @@ import numpy as np
 from .errors import RagctxError
 from .prefetch import prefetch
 
-__all__ = ["Embedder", "DEFAULT_MODEL", "resolve_model", "shared_embedder"]
+__all__ = ["Embedder", "DEFAULT_MODEL", "model_name", "resolve_model", "shared_embedder"]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "builtin:minilm"}
+
+
+def model_name(name: str) -> str:
+    """The canonical name stored in manifests, without importing or loading anything (an index opened for BM25
+    search never needs its embedder)."""
+    if name in _PACKAGED:
+        return DEFAULT_MODEL
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def resolve_model(name: str) -> tuple[str, str]:

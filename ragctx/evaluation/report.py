@@ -29,7 +29,8 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
 
 
 CELL = ("mode", "attention", "length", "k", "retrieval", "chunk_tokens")  # what a cell of the summary is
-QA_METRICS = ("exact_match", "f1", "string_match_part", "citation_precision")  # QA files: means, with 95% CIs
+# QA files: means with 95% CIs over answerable questions
+QA_METRICS = ("exact_match", "f1", "string_match_part", "citation_precision", "passage_recall")
 
 
 def _key(r: dict[str, Any]) -> tuple:
@@ -196,7 +197,8 @@ def _qa_plots(folder: Path, cells: list[dict[str, Any]]) -> list[str]:
     ran = [c for c in cells if c["n"] > c["errors"]]
     ys = range(len(ran))
     ax.barh(list(ys), [c["accuracy"] for c in ran],
-            xerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in ran], [c["accuracy_ci95"][1] - c["accuracy"] for c in ran]],
+            xerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in ran],
+                  [c["accuracy_ci95"][1] - c["accuracy"] for c in ran]],
             color=[plt.cm.tab10(("rag", "auto", "full", "gold").index(c["mode"]) % 10) for c in ran], capsize=2)
     ax.set(yticks=list(ys), yticklabels=[_label(c) for c in ran], xlim=(0, 1), xlabel="accuracy (95% bootstrap CI)",
            title="Accuracy per cell (answer contains a reference; a refusal when unanswerable)")
@@ -259,8 +261,8 @@ def write_report(folder: str | Path) -> dict[str, Any]:
     plots = _plots(folder, rows, summary)
     qa = any("qa" in c for c in summary["cells"])
     header = ["mode", "attention", "length", "k", "retrieval", "chunk", "n", "accuracy", "95% CI"]
-    header += (["contains", "EM", "F1", "refusal recall", "false refusal", "citation precision", "retrieval recall"] if qa
-               else ["retrieval recall"])
+    header += (["contains", "EM", "F1", "refusal recall", "false refusal", "citation precision", "passage recall",
+                "retrieval recall"] if qa else ["retrieval recall"])
     header += ["input tokens", "prefill s (median)", "decode s (median)", "peak MiB", "routes"]
 
     def pct(m: dict[str, Any] | None) -> str:
@@ -277,7 +279,8 @@ def write_report(folder: str | Path) -> dict[str, Any]:
         if qa:
             m = c.get("qa", {})
             row += [pct(m.get("string_match_part")), pct(m.get("exact_match")), pct(m.get("f1")),
-                    pct(m.get("refusal_recall")), pct(m.get("false_refusal")), pct(m.get("citation_precision"))]
+                    pct(m.get("refusal_recall")), pct(m.get("false_refusal")), pct(m.get("citation_precision")),
+                    pct(m.get("passage_recall"))]
         row += ["" if c["retrieval_recall"] is None else f"{c['retrieval_recall']:.2f}",
                 f"{c['input_tokens'] or 0:.0f}", f"{c['prefill_s'] or 0:.3f}", f"{c['decode_s'] or 0:.3f}",
                 f"{(c['peak_memory_bytes'] or 0) / 2**20:.0f}", ", ".join(f"{k}: {v}" for k, v in c["routes"].items())]

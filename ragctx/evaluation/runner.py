@@ -66,7 +66,8 @@ class EvalConfig:
 
             bad = sorted(set(self.modes) - set(QA_MODES))
             if bad:
-                raise RagctxError(f"eval config: modes {bad} are unknown for a QA file; choose from {', '.join(QA_MODES)}")
+                raise RagctxError(f"eval config: modes {bad} are unknown for a QA file; choose from "
+                                  f"{', '.join(QA_MODES)}")
             if "gold" in self.modes and not self.qa_file:
                 raise RagctxError("eval config: mode 'gold' needs a QA file with evidence spans")
         elif "gold" in self.modes:
@@ -115,9 +116,9 @@ def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
                 if mode == "gold" and not item["evidence"]:
                     continue  # no passage to give (unanswerable questions)
                 retrieves = mode in ("rag", "auto")
-                for chunk, ov, retrieval, k in itertools.product(
-                        cfg.chunk_tokens if retrieves else cfg.chunk_tokens[:1], cfg.overlap if retrieves else cfg.overlap[:1],
-                        cfg.retrieval if retrieves else [None], cfg.k if retrieves else [None]):
+                chunks, overlaps = (cfg.chunk_tokens, cfg.overlap) if retrieves else (cfg.chunk_tokens[:1], cfg.overlap[:1])
+                for chunk, ov, retrieval, k in itertools.product(chunks, overlaps, cfg.retrieval if retrieves else [None],
+                                                                 cfg.k if retrieves else [None]):
                     params = dict(qa_file=cfg.qa_file, qid=item["qid"], chunk_tokens=chunk, overlap=ov,
                                   retrieval=retrieval, attention=attention, mode=mode, k=k, generator=cfg.generator)
                     out.append({"id": trial_id(params), **params, "length": None, "depth": -1.0})
@@ -275,11 +276,11 @@ def _memory_index(documents: list, t: dict[str, Any], cfg: EvalConfig):
     return index
 
 
-def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict, out: Path) -> dict[str, Any]:
+def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict,
+              out: Path) -> dict[str, Any]:
     """One QA-file trial (see :mod:`ragctx.evaluation.qa_tasks`). The corpus index of each chunking is built once
     and kept in the run folder (``index-C-O``), so a resumed run does not embed again."""
     from ..documents import Document
-    from ..index import Index
     from .qa_tasks import qa_trial
 
     if "index" in item:

@@ -29,7 +29,7 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     rope_base: float | None = 10000.0  # RoPE base (theta); None = no positional encoding
     # RoPE scaling as Hugging Face's config writes it ({"rope_type": "linear" | "llama3" | "yarn", "factor", ...}) or
-    # llama.cpp's per-frequency divisors ({"rope_type": "factors", "factors": [...]}); None = plain RoPE (ragctx.generator.rope)
+    # llama.cpp's per-frequency divisors ({"rope_type": "factors", "factors": [...]}); None = plain RoPE (see rope.py)
     rope_scaling: dict[str, Any] | None = None
     max_seq_len: int = 4096  # longest sequence a cache is allocated for by default
     tie_embeddings: bool = True  # output projection shares the token embedding matrix

@@ -43,7 +43,8 @@ _BLOCK = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-_TOP = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight", "output.weight": "lm_head.weight"}
+_TOP = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
+        "output.weight": "lm_head.weight"}
 
 
 def find_gguf(path: Path) -> Path | None:
@@ -127,8 +128,8 @@ class GGUFFile:
         if kind == "yarn":
             out = {"rope_type": "yarn", "factor": float(factor),
                    "original_max_position_embeddings": int(self._key("rope.scaling.original_context_length", context))}
-            for ours, theirs in (("attention_factor", "rope.scaling.attn_factor"),
-                                 ("beta_fast", "rope.scaling.yarn_beta_fast"), ("beta_slow", "rope.scaling.yarn_beta_slow")):
+            for ours, theirs in (("attention_factor", "rope.scaling.attn_factor"), ("beta_fast", "rope.scaling."
+                                 "yarn_beta_fast"), ("beta_slow", "rope.scaling.yarn_beta_slow")):
                 if self._key(theirs) is not None:
                     out[ours] = float(self._key(theirs))
             return out

@@ -28,7 +28,8 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
 def check_scaling(scaling: dict[str, Any], head_dim: int) -> dict[str, Any] | None:
     """``scaling`` with its type under ``rope_type`` (``type`` is the older key), checked; None for plain RoPE."""
     if not isinstance(scaling, dict):
-        raise RagctxError(f"rope_scaling must be a dict such as {{'rope_type': 'linear', 'factor': 2.0}}, not {scaling!r}")
+        raise RagctxError(f"rope_scaling must be a dict such as {{'rope_type': 'linear', 'factor': 2.0}}, "
+                          f"not {scaling!r}")
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     scaling = {**{k: v for k, v in scaling.items() if k not in ("type", "rope_theta")}, "rope_type": kind}
     if kind in (None, "default"):
@@ -61,7 +62,8 @@ def frequencies(head_dim: int, base: float, scaling: dict[str, Any] | None) -> t
 
 def _llama3(inv: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
     """Llama 3.1: long wavelengths divided by ``factor``, short ones kept, a smooth ramp between."""
-    factor, low, high, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv
     scaled = torch.where(wavelen > old / low, inv / factor, inv)
     smooth = (old / wavelen - low) / (high - low)
