@@ -246,7 +246,8 @@ class QA:
         retrieval: ``"bm25"`` (the default: on the essays set it found the supporting passage in the top 3 for 0.89
             of the questions, hybrid 0.80, dense 0.63; eval/reports/qa-real/), ``"dense"`` or ``"hybrid"`` (both,
             reciprocal rank fusion).
-        score_threshold: ``auto`` also falls back when the best retrieval score is below this (None: never).
+        score_threshold: ``auto`` also falls back when the best retrieval score is below this (None: never); the
+            retriever's own scale: cosine for dense, BM25 for bm25, reciprocal-rank fusion for hybrid.
         refusal_threshold: an answer counts as a refusal when the model's probability of answering with the
             template's ``unanswerable`` word reaches this, even if it went on to write something else (``auto``
             then falls back). None: the generator's calibrated value (``Generator.qa_defaults``), else only the

@@ -52,7 +52,7 @@ def test_rag_cites_top_chunks_in_document_order_with_exact_spans(index, gen):
 
 
 def test_overlapping_chunks_are_merged(index, gen):
-    qa = QA(index, gen, max_new_tokens=4)
+    qa = QA(index, gen, max_new_tokens=4, retrieval="dense")  # dense search returns every chunk asked for
     answer = qa.ask("bakery Quince Street Midnight Crust loaf owner Copenhagen rye", mode="rag", k=len(index))
     for c in answer.citations:
         assert DOCS[c.doc_id][c.start : c.end] == c.text
@@ -63,7 +63,7 @@ def test_overlapping_chunks_are_merged(index, gen):
 
 
 def test_budget_trims_lowest_scoring_chunks(index, gen):
-    qa = QA(index, gen, max_new_tokens=4)
+    qa = QA(index, gen, max_new_tokens=4, retrieval="dense")
     full = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=6)
     small = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=6, budget=full.input_tokens - 60)
     assert small.input_tokens <= full.input_tokens - 60
@@ -96,7 +96,7 @@ def test_full_context_in_document_order_and_its_limits(index, gen):
 def test_auto_falls_back_on_a_low_retrieval_score_and_records_both_attempts(index, gen):
     confident = QA(index, gen, max_new_tokens=4, score_threshold=None).ask("Zirkel eruption year", k=1)
     assert confident.route == "rag" and confident.fallback_reason is None
-    strict = QA(index, gen, max_new_tokens=4, score_threshold=1.01)  # no cosine similarity reaches it
+    strict = QA(index, gen, max_new_tokens=4, score_threshold=1.01, retrieval="dense")  # no cosine reaches it
     answer = strict.ask("Zirkel eruption year", k=1)
     assert answer.route == "rag->full" and [a.route for a in answer.attempts] == ["rag", "full"]
     assert "threshold" in answer.fallback_reason
@@ -116,7 +116,7 @@ def test_auto_keeps_the_rag_answer_when_the_full_context_runs_out_of_memory(inde
         return real_run(prompt, **kw)
 
     monkeypatch.setattr(gen, "run", run)
-    qa = QA(index, gen, max_new_tokens=4, score_threshold=1.01)  # always falls back
+    qa = QA(index, gen, max_new_tokens=4, score_threshold=1.01, retrieval="dense")  # always falls back
     answer = qa.ask("Zirkel eruption year", k=1)
     assert answer.route == "rag" and [a.route for a in answer.attempts] == ["rag"]
     assert "ran out of memory" in answer.fallback_reason and "the RAG answer stands" in answer.fallback_reason
@@ -137,7 +137,7 @@ def test_stream_yields_the_answer_text(index, gen):
     stream = qa.stream("When did Mount Zirkel erupt?", mode="rag", k=2)
     text = "".join(stream)
     assert stream.answer is not None and text.strip() == stream.answer.text
-    fallback = QA(index, gen, max_new_tokens=10, score_threshold=1.01).stream(
+    fallback = QA(index, gen, max_new_tokens=10, score_threshold=1.01, retrieval="dense").stream(
         "When did Mount Zirkel erupt?", k=2, fallback_marker="<<{reason}>>")
     pieces = "".join(fallback)
     rag, full = fallback.answer.attempts
