@@ -286,8 +286,7 @@ class QA:
             defaults.get("refusal_threshold")
         self.measure_refusal = self.refusal_threshold is not None  # the evaluation turns it on to calibrate
         self.bos = bos
-        chat = getattr(generator.tokenizer, "chat_template", None) is not None
-        self.focus = (FOCUS if chat else None) if focus == "auto" else focus
+        self.focus = (FOCUS if self._chat() else None) if focus == "auto" else focus
         if self.focus is not None and (not isinstance(self.focus, int) or self.focus < 1 or focus_sentences < 1):
             raise RagctxError(f"focus={focus!r}, focus_sentences={focus_sentences!r}: pass positive numbers (or "
                               "focus=None to read whole chunks)")

@@ -315,3 +315,41 @@ def test_missing_packaged_model_says_how_to_install(monkeypatch):
         Generator.open("smollm2")
     assert checkpoints.default_generator() is None
     assert json.dumps(checkpoints.PACKAGED["smollm2"].pip)
+
+
+def test_sentencepiece_vocabulary_tokenizes_as_transformers(tmp_path):
+    """A GGUF with a SentencePiece vocabulary (tokenizer.ggml.model = llama: Llama 2, Mistral, TinyLlama): merges
+    from the scores, byte fallback, the prepended U+2581, BOS added, as transformers builds it from the same file."""
+    pytest.importorskip("accelerate")
+    pieces = ["\u2581", "t", "h", "e", "a", "c", "s", "n", "o", "m", "\u2581t", "he", "\u2581the", "at", "\u2581c",
+              "\u2581cat", "\u2581s", "\u2581sat", "on", "\u2581on", "\u2581a", "\u2581an", "\u2581m", "\u2581mat"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)] + pieces
+    w = gguf.GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    for add, value in ((w.add_context_length, 64), (w.add_embedding_length, 64), (w.add_block_count, 1),
+                       (w.add_feed_forward_length, 64), (w.add_head_count, 2), (w.add_head_count_kv, 2)):
+        add(value)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (len(tokens), 64), "output_norm.weight": (64,), "blk.0.attn_norm.weight": (64,),
+              "blk.0.ffn_norm.weight": (64,), **{f"blk.0.{n}.weight": (64, 64) for n in
+                                                  ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                                                   "ffn_down")}}
+    for name, shape in shapes.items():
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = Generator.from_pretrained(tmp_path / "spm.gguf", device="cpu").tokenizer
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
+    for text in ["the cat sat on a mat", " the cat", "thé ✓ cat", "an cat  sat", "The Cat", "a<s>cat</s>"]:
+        assert ours.encode(text) == theirs(text).input_ids, text
+        assert ours.decode(ours.encode(text)) == theirs.decode(theirs(text).input_ids, skip_special_tokens=True)
+    assert ours.add_bos and ours.encode("cat")[0] == 1

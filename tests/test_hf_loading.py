@@ -129,6 +129,10 @@ def test_attention_options_are_settable_when_loading(tmp_path):
     assert Generator.open(str(folder), attention="hybrid", window=16).model.cfg.window == 16
     with pytest.raises(RagctxError, match="unknown generator option"):
         Generator.from_pretrained(folder, windw=8)
+    with pytest.raises(RagctxError, match="window=0"):
+        Generator.from_pretrained(folder, window=0)
+    builtin = Generator.open("builtin:sliding_window", device="cpu", window=64)  # built-ins and ragctx folders too
+    assert all(layer.self_attn.cfg.window == 64 for layer in builtin.model.layers)
 
 
 def test_unsupported_checkpoints_are_clear_errors(tmp_path):

@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path, *, attention: str, dtype: torch.dtype | No
     gguf = find_gguf(path)
     if gguf is not None and not (path.is_dir() and (path / "config.json").is_file()):
         f = GGUFFile(gguf)
-        cfg = f.config(attention).with_options(**(options or {}))
+        cfg = f.config(attention).set_options(**(options or {}))
         tokenizer = f.tokenizer()
         _check_vocab(cfg, tokenizer, gguf)
         model = _empty(cfg)
@@ -92,7 +92,7 @@ def load_checkpoint(path: str | Path, *, attention: str, dtype: torch.dtype | No
         raise RagctxError(f"{path}: no such file or folder; pass a Hugging Face checkpoint folder or a .gguf file")
     if path.is_file():
         raise RagctxError(f"{path}: not a checkpoint; pass a .gguf file or a Hugging Face folder")
-    cfg = hf_config(path, attention).with_options(**(options or {}))
+    cfg = hf_config(path, attention).set_options(**(options or {}))
     model = _empty(cfg)
     load_hf_weights(model, path)
     import json

@@ -55,13 +55,20 @@ class ModelConfig:
 
             self.rope_scaling = check_scaling(self.rope_scaling, self.head_dim)
 
-    def with_options(self, **options: Any) -> ModelConfig:
-        """A copy with attention options changed (``window``, ``feature_map``, ``hybrid_feature_map``,
-        ``chunk_size``, ``max_seq_len``); any other key is an error naming the ones allowed."""
+    def set_options(self, **options: Any) -> ModelConfig:
+        """Changes attention options in place (``window``, ``feature_map``, ``hybrid_feature_map``, ``chunk_size``,
+        ``max_seq_len``; None leaves one as it is) and returns self: every layer holds this config object, so a
+        change reaches all of them. Any other key is an error naming the ones allowed."""
         bad = sorted(set(options) - set(OPTIONS))
         if bad:
             raise RagctxError(f"unknown generator option(s) {bad}; settable: {', '.join(OPTIONS)}")
-        return replace(self, **{k: v for k, v in options.items() if v is not None})
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key in ("window", "chunk_size", "max_seq_len") and (not isinstance(value, int) or value < 1):
+                raise RagctxError(f"{key}={value!r}: pass a positive number of tokens")
+            setattr(self, key, value)
+        return self
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:

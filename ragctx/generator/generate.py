@@ -116,8 +116,6 @@ class Generator:
         spec = str(spec)
         if spec.startswith("builtin:"):
             gen = cls.load(spec, attention=attention, device=device, dtype=dtype)
-            if options:
-                gen.model.cfg = gen.model.cfg.with_options(**options)
         else:
             path = Path(spec)
             ours = (path / "config.json").is_file() and _read_json(path / "config.json").get("format") == FORMAT
@@ -128,6 +126,7 @@ class Generator:
             gen = (cls.load(spec, attention=attention, device=device, dtype=dtype) if ours
                    else cls.from_pretrained(spec, attention=attention or "flash", device=device, dtype=dtype,
                                             **options))
+        gen.model.cfg.set_options(**options)  # ragctx folders and built-ins take the options after loading
         return gen if max_seq_len is None else gen.with_context(max_seq_len)
 
     def with_context(self, max_seq_len: int) -> Generator:

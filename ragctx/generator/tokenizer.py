@@ -152,7 +152,7 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
 def gguf_tokenizer(meta: dict[str, Any], source: str) -> HFTokenizer:
     """The tokenizer a GGUF file's ``tokenizer.*`` metadata describes: byte-level BPE (``gpt2``: Llama 3, Qwen2,
     SmolLM) or SentencePiece BPE (``llama``: Llama 2, Mistral, TinyLlama). Other vocabularies are refused."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     model = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens")
@@ -179,7 +179,8 @@ def gguf_tokenizer(meta: dict[str, Any], source: str) -> HFTokenizer:
         vocab = {t: i for i, t in enumerate(tokens)}
         tok = Tokenizer(models.BPE(vocab, _spm_merges(tokens, scores, types), unk_token=tokens[0] if types[0] == 2
                                    else None, fuse_unk=True, byte_fallback=True))
-        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        # spaces become U+2581, one is prepended to the text's start (transformers' Llama tokenizer, tested there)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(" ", 1, 0)])
         default_bos = True
