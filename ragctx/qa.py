@@ -424,8 +424,9 @@ class QA:
             if truncate is None:
                 size = f"{len(ids)} tokens" if exact else f"about {estimate} tokens"
                 raise RagctxError(
-                    f"the full context is {size}; the generator takes {budget} (its context minus the "
-                    "answer). Use mode='rag' or 'auto', name fewer documents, or pass truncate='start' or 'end'")
+                    f"the full context is {size}; the generator takes {budget} (its context minus the answer). "
+                    "Use the rag or auto mode, name fewer documents, or truncate it at the start or end "
+                    "(CLI: --mode, --documents, --truncate; Python: mode=, documents=, truncate=)")
             ids, cited = self._prompt(question, self._truncate(question, cited, budget, keep=truncate))
             truncated = True
         attempt = yield from self._generate("full", ids, cited, 0.0)
@@ -497,6 +498,11 @@ class QA:
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _budget(self, question: str, budget: int | None) -> int:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise RagctxError(f"max_new_tokens={self.max_new_tokens!r}: pass a positive number of tokens")
+        if self.max_new_tokens >= self.generator.max_context:
+            raise RagctxError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in the generator's "
+                              f"context of {self.generator.max_context} tokens; ask for fewer (e.g. 48)")
         limit = self.generator.max_context - self.max_new_tokens
         if budget is not None:
             if budget <= 0:

@@ -186,6 +186,11 @@ class ChunkStore:
         for doc_id, sha, meta in self._conn.execute("SELECT doc_id, sha256, metadata FROM documents ORDER BY doc_id"):
             yield doc_id, sha, json.loads(meta)
 
+    def metadata_keys(self) -> set[str]:
+        """Every metadata key some document has."""
+        rows = self._conn.execute("SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j")
+        return {r[0] for r in rows}
+
     def filter_ids(self, where: dict[str, Any]) -> np.ndarray:
         """Ids of chunks whose document matches every ``key: value`` of ``where``.
 

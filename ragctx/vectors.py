@@ -122,18 +122,29 @@ class VectorIndex:
     def is_trained(self) -> bool:
         return all(s.is_trained for s in self.shards)
 
+    @property
+    def min_train(self) -> int:
+        """Vectors needed before the shards can be trained (0 when trained already): IVF needs one per list."""
+        if self.is_trained:
+            return 0
+        ivf = _faiss().try_extract_index_ivf(self.shards[0])
+        return ivf.nlist if ivf is not None else 1
+
+    def check_trainable(self, n: int) -> None:
+        """Raises, before anything is embedded, when ``n`` vectors cannot train the shards."""
+        need = self.min_train
+        if n < need:
+            raise RagctxError(
+                f"factory '{self.config.factory}' needs at least {need} chunks to train, got {n}; "
+                "use --factory Flat, or fewer lists (e.g. IVF64,Flat)"
+            )
+
     def train(self, vectors: np.ndarray) -> None:
         """Trains untrained shards (IVF, PQ) on ``vectors``; one training serves every shard."""
         if self.is_trained:
             return
         faiss = _faiss()
-        ivf = faiss.try_extract_index_ivf(self.shards[0])
-        need = ivf.nlist if ivf is not None else 1
-        if len(vectors) < need:
-            raise RagctxError(
-                f"factory '{self.config.factory}' needs at least {need} chunks to train, got {len(vectors)}; "
-                "use --factory Flat, or fewer lists (e.g. IVF64,Flat)"
-            )
+        self.check_trainable(len(vectors))
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         res = gpu_resources() if self.device.startswith("cuda") else None
         trained = False

@@ -7,6 +7,7 @@ import codecs
 import copy
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,13 @@ class Generator:
         return self.model.cfg.attention
 
     def set_attention(self, name: str) -> Generator:
-        """Switches the attention implementation (same weights); an unknown name lists the valid ones."""
+        """Switches the attention implementation (same weights); an unknown name lists the valid ones. A pretrained
+        checkpoint was trained with softmax attention: under ``linear`` or ``hybrid`` its feature maps are untrained
+        and its text degrades (SmolLM2: perplexity 29.6 -> 3,292), which this warns about."""
         self.model.set_attention(name)
+        if name in ("linear", "hybrid") and self.tokenizer.kind == "hf":
+            warnings.warn(f"{self.name or 'this checkpoint'} was trained with softmax attention; under '{name}' "
+                          "without attention transfer (linearization) it writes poor text", stacklevel=2)
         return self
 
     @property
@@ -153,24 +159,42 @@ class Generator:
         if not path.is_file():
             raise RagctxError(f"{folder} is not a ragctx generator (no config.json); for a Hugging Face "
                               "checkpoint use Generator.from_pretrained")
-        meta = json.loads(path.read_text())
+        meta = _read_json(path)
         if meta.get("format") != FORMAT:
             raise RagctxError(f"{path} is not a ragctx generator config; for a Hugging Face checkpoint use "
                               "Generator.from_pretrained")
         if meta.get("format_version") != FORMAT_VERSION:
             raise RagctxError(f"{path}: generator format {meta.get('format_version')}, this ragctx reads {FORMAT_VERSION}")
-        cfg = ModelConfig.from_dict(meta["model"])
+        if not isinstance(meta.get("model"), dict):
+            raise RagctxError(f"{path}: 'model' (the model config) is missing; restore the folder's config.json")
+        try:
+            cfg = ModelConfig.from_dict(meta["model"])
+        except (TypeError, ValueError) as e:
+            raise RagctxError(f"{path}: the model config is invalid ({e})") from None
         if attention:
             get_attention(attention)
             cfg.attention = attention
         from safetensors.torch import load_file
 
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise RagctxError(f"{weights} is missing; the generator folder is incomplete (save it again)")
+        try:
+            state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        except Exception as e:  # safetensors' own error type: truncated, random or foreign bytes
+            raise RagctxError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0][:160]}); "
+                              "save the generator again") from None
         model = Transformer(cfg)
-        state = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+        own = model.state_dict()
+        bad = [f"{k} {tuple(v.shape)} (config: {tuple(own[k].shape)})" for k, v in state.items()
+               if k in own and v.shape != own[k].shape]
+        if bad:
+            raise RagctxError(f"{folder}: weights do not match the config's shapes: {', '.join(bad[:3])}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
         if missing or unexpected:
-            raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
         return cls(_place(model, device, dtype), ByteTokenizer(), compile=compile)
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, **extra) -> Path:
