@@ -48,7 +48,7 @@ def _print_hits(hits, as_json: bool) -> None:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from .chunking import ChunkConfig
-    from .index import Index, check_space, check_target
+    from .index import Index, check_space, check_target, make_parent
     from .locks import writer_lock
     from .vectors import VectorConfig
 
@@ -56,7 +56,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     vectors = VectorConfig(factory=args.factory, shards=args.shards)
     out = Path(args.out)
     check_target(out)  # before any document is read or embedded
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(out)
     with writer_lock(out, wait=not args.no_wait):
         docs = _load_docs(args.docs, args.strict)
         check_space(out, docs)

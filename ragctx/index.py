@@ -15,6 +15,7 @@ checksums) and fails with a message that says what to do.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
@@ -33,9 +34,9 @@ import numpy as np
 from .chunking import Chunk, ChunkConfig, Chunker
 from .documents import Document
 from .embeddings import DEFAULT_MODEL, Embedder, default_device, model_name, shared_embedder
-from .errors import IndexFormatError, RagctxError, is_out_of_memory
+from .errors import IndexFormatError, RagctxError
 from .lexical import BM25Index, reciprocal_rank_fusion
-from .locks import read_lock, swap_lock, writer_lock
+from .locks import read_lock, swap_lock, umask, writer_lock
 from .store import ChunkStore
 from .vectors import VectorConfig, VectorIndex
 
@@ -306,16 +307,19 @@ class Index:
         for a read-modify-save, as :meth:`editing` does, is not blocked) and removes what dead writers left."""
         path = Path(path)
         check_target(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(path)
         with writer_lock(path):
             _clean_leftovers(path)
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
             try:
-                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: follow the umask, so a shared index is readable
+                os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: follow the umask, so a shared index is readable
                 if self.dim is None:
                     self.dim = self.embedder.dim
                 self.store.save(tmp / STORE_FILE)
-                names = self.vectors.save(tmp)
+                try:
+                    names = self.vectors.save(tmp)
+                except RuntimeError as e:  # faiss reports a failed write as a RuntimeError
+                    raise OSError(str(e)) from e
                 files = {name: _sha256_file(tmp / name) for name in [STORE_FILE, *names]}
                 with open(tmp / MANIFEST, "w") as f:
                     json.dump(self.manifest(files), f, indent=2)
@@ -323,10 +327,8 @@ class Index:
                     os.fsync(f.fileno())
                 with swap_lock(path):
                     _swap_into_place(tmp, path)
-            except (OSError, sqlite3.Error, RuntimeError) as e:  # RuntimeError: faiss's write errors
+            except (OSError, sqlite3.Error) as e:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if isinstance(e, RuntimeError) and is_out_of_memory(e):
-                    raise
                 free = shutil.disk_usage(path.parent).free
                 raise RagctxError(f"could not write the index to {path} ({type(e).__name__}: {str(e)[:160]}; "
                                   f"{free / 2**20:.0f} MiB free there); the previous index, if any, is unchanged"
@@ -347,7 +349,7 @@ class Index:
         ``wait=False``: raise at once if another process is writing."""
         path = Path(path)
         check_target(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(path)
         with writer_lock(path, wait=wait):
             if create and not _exists(path):
                 index = cls(**kwargs)
@@ -498,29 +500,32 @@ def check_target(path: Path) -> None:
         raise RagctxError(f"{path} exists and is not a ragctx index; choose another --out folder")
 
 
+def make_parent(path: Path) -> None:
+    """Creates the folder an index folder goes into, or says why it cannot."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RagctxError(f"cannot create {path.parent} for the index ({e.strerror or e})") from None
+
+
 def _exists(path: Path) -> bool:
     _ensure_present(path)
     return (path / MANIFEST).is_file()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _clean_leftovers(path: Path) -> None:
     """Removes the temporary and set-aside folders of saves that died (only a writer, holding the writer lock, may:
     no other save is running), after restoring the index from one if a save died between its two renames."""
     _ensure_present(path)
-    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+    name = glob.escape(path.name)
+    for stale in [*path.parent.glob(f".{name}.tmp-*"), *path.parent.glob(f".{name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
 def _ensure_present(path: Path) -> None:
     """A save killed between its two renames leaves the folder missing and the previous index in ``.NAME.old-*``:
     put it back (under the swap lock, so that no save is renaming meanwhile)."""
-    if path.exists() or not path.parent.is_dir() or not any(path.parent.glob(f".{path.name}.old-*")):
+    if path.exists() or not path.parent.is_dir() or not any(path.parent.glob(f".{glob.escape(path.name)}.old-*")):
         return
     with swap_lock(path):
         _recover(path)
@@ -545,6 +550,6 @@ def _recover(path: Path) -> None:
     """After a crash between the two renames of a save, the previous index sits in ``.NAME.old-*``: restore it."""
     if path.exists() or not path.parent.is_dir():
         return
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds and (olds[-1] / MANIFEST).exists():
         os.rename(olds[-1], path)

@@ -14,15 +14,17 @@ Two lock files live beside an index folder ``NAME`` (not inside it: the folder i
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import RagctxError
 
-__all__ = ["writer_lock", "swap_lock", "read_lock", "lock_files"]
+__all__ = ["writer_lock", "swap_lock", "read_lock", "lock_files", "umask"]
 
 
 def lock_files(path: Path) -> tuple[Path, Path]:
@@ -46,8 +48,8 @@ def writer_lock(path: str | Path, *, wait: bool = True, timeout: float | None = 
     file = lock_files(path)[0]
     if not file.parent.is_dir():
         raise RagctxError(f"{file.parent}: no such folder for the index {path.name}")
-    lock = FileLock(str(file), is_singleton=True)  # one instance per path: nested holds count, never deadlock
-    try:
+    lock = FileLock(str(file), is_singleton=True, mode=0o666 & ~umask())  # one instance per path: nested holds
+    try:                                                                   # count, never deadlock
         lock.acquire(blocking=False)
     except Timeout:
         if not wait:
@@ -59,40 +61,78 @@ def writer_lock(path: str | Path, *, wait: bool = True, timeout: float | None = 
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except Timeout:
             raise RagctxError(f"the index {path} stayed locked by another writer for {timeout} s ({file})") from None
+    except OSError as e:  # after Timeout, which is an OSError too
+        raise RagctxError(f"cannot lock the index {path} for writing ({file}: {e.strerror or e}); check that its "
+                          "folder is writable") from None
     try:
         yield
     finally:
         lock.release()
 
 
-def _rw(path: Path):
+_THREADS: dict[str, threading.RLock] = {}  # one per swap-lock file: the file lock coordinates processes, not threads
+_THREADS_GUARD = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _swap(path: Path, mode: str) -> Iterator[None]:
+    """The swap lock in ``mode`` ("read" or "write"): threads of this process take turns (filelock's reader/writer
+    lock is one instance per file and process), processes share reads and exclude a swap."""
     from filelock import ReadWriteLock
 
-    return ReadWriteLock(str(lock_files(path)[1]), is_singleton=True)
+    file = lock_files(path)[1]
+    with _THREADS_GUARD:
+        local = _THREADS.setdefault(str(file), threading.RLock())
+    with local:
+        fresh = not file.exists()
+        lock = ReadWriteLock(str(file), is_singleton=True)
+        with lock.read_lock() if mode == "read" else lock.write_lock():
+            if fresh:  # SQLite creates it 0600: follow the umask, so other users of a shared index can lock it too
+                try:
+                    os.chmod(file, 0o666 & ~umask())
+                except OSError:
+                    pass
+            yield
 
 
 @contextmanager
 def read_lock(path: str | Path) -> Iterator[None]:
-    """Shares the swap lock while an index is read (no save swaps folders meanwhile). A folder whose parent does not
-    exist has nothing to protect: no lock is taken."""
+    """Shares the swap lock while an index is read (no save swaps folders meanwhile). A folder that does not exist
+    has nothing to protect (no lock file is left behind for a mistyped path); a read-only one cannot be swapped
+    either: both are read without a lock."""
     path = Path(path)
-    if not path.absolute().parent.is_dir():
+    if not path.exists():
         yield
         return
     try:
-        lock = _rw(path).read_lock()
-        lock.__enter__()
+        held = _swap(path, "read")
+        held.__enter__()
     except (OSError, sqlite3.Error):  # a read-only folder: no writer can swap it either, so read it as it is
         yield
         return
     try:
         yield
     finally:
-        lock.__exit__(None, None, None)
+        held.__exit__(None, None, None)
 
 
 @contextmanager
 def swap_lock(path: str | Path) -> Iterator[None]:
     """Takes the swap lock alone while folders are renamed (waits for readers that are loading)."""
-    with _rw(Path(path)).write_lock():
+    try:
+        held = _swap(Path(path), "write")
+        held.__enter__()
+    except (OSError, sqlite3.Error) as e:
+        raise RagctxError(f"cannot lock the index {path} to swap in the new version ({e}); check that its folder "
+                          "is writable") from None
+    try:
         yield
+    finally:
+        held.__exit__(None, None, None)

@@ -46,6 +46,20 @@ class PromptTemplate:
     system: str | None = None  # chat models: the system message; "{unanswerable}" in it is filled in
     chat: bool = True  # a generator with a chat template gets the prompt through it (False: the plain text)
 
+    def __post_init__(self) -> None:
+        for name, text, required in (("prompt", self.prompt, ("{context}", "{question}")),
+                                     ("system", self.system or "", ())):
+            missing = [r for r in required if r not in text]
+            if missing:
+                raise RagctxError(f"PromptTemplate.{name} lacks {', '.join(missing)}; it is where the retrieved text "
+                                  "and the question go")
+            try:
+                text.format(context="", question="", unanswerable="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise RagctxError(f"PromptTemplate.{name}: a brace that is not {{context}}, {{question}} or "
+                                  f"{{unanswerable}} ({type(e).__name__}: {e}); write a literal brace twice: {{{{ }}}}"
+                                  ) from None
+
     @classmethod
     def for_generator(cls, generator) -> PromptTemplate:
         """The default template for ``generator``: :data:`CHAT_TEMPLATE` when its tokenizer has a chat template,
@@ -61,22 +75,51 @@ class PromptTemplate:
 
     def refused(self, text: str) -> bool:
         """Whether an answer is this template's refusal: it holds the ``unanswerable`` word (any case)."""
-        return _words(self.unanswerable) in _words(text) if _words(self.unanswerable) else False
+        word = _words(self.unanswerable)
+        return bool(word.strip()) and word in _words(text)
+
+
+def join_pieces(pieces: list[Citation], separator: str = "\n\n") -> tuple[str, list[Citation]]:
+    """Context text in document order. Overlapping chunks of a document merge into one span; consecutive
+    chunks that do not overlap (only whitespace lies between them) stay separate citations but are joined
+    by a space, other pieces by ``separator``."""
+    ordered = sorted(pieces, key=lambda c: (c.doc_id, c.start))
+    merged: list[Citation] = []
+    for c in ordered:
+        last = merged[-1] if merged else None
+        if last is not None and last.doc_id == c.doc_id and c.start <= last.end:
+            text = last.text + c.text[last.end - c.start :] if c.end > last.end else last.text
+            scores = [x for x in (last.score, c.score) if x is not None]
+            merged[-1] = Citation(c.doc_id, last.start, max(last.end, c.end), text, max(scores) if scores else None,
+                                  (last.ordinals[0], max(last.ordinals[1], c.ordinals[1])))
+        else:
+            merged.append(c)
+    parts = []
+    for i, c in enumerate(merged):
+        if i:
+            prev = merged[i - 1]
+            adjacent = prev.doc_id == c.doc_id and c.ordinals[0] == prev.ordinals[1] + 1
+            parts.append(" " if adjacent else separator)
+        parts.append(c.text)
+    return "".join(parts), merged
 
 
 FOCUS = 2  # passages a chat model reads by default (QA's focus)
-_SENTENCE = re.compile(r"(?:[^.!?\n]|\n(?![ \t]*\n))+(?:[.!?]+[\"')\]]*|\n(?:[ \t]*\n)+|$)")
+# a sentence ends at . ! ? (with closing quotes or brackets) followed by whitespace or the end, or at a blank line:
+# "1.5", "e.g." inside a sentence and hard-wrapped lines do not end it
+_BOUNDARY = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)|\n[ \t]*\n")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence of ``text``: up to ., ! or ? (with closing quotes and brackets) or a blank
     line (a single line break is a hard wrap inside a sentence); surrounding whitespace excluded."""
-    out = []
-    for m in _SENTENCE.finditer(text):
-        piece = m.group()
+    out, start = [], 0
+    for end in [m.end() for m in _BOUNDARY.finditer(text)] + [len(text)]:
+        piece = text[start:end]
         if piece.strip():
             lead = len(piece) - len(piece.lstrip())
-            out.append((m.start() + lead, m.start() + len(piece.rstrip())))
+            out.append((start + lead, start + len(piece.rstrip())))
+        start = end
     return out
 
 
@@ -96,13 +139,16 @@ def focus_passages(question: str, pieces: list[Citation], n: int, sentences: int
             candidates.append(Citation(c.doc_id, c.start + a, c.start + b, c.text[a:b], c.score, c.ordinals))
     if not candidates:
         return pieces
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([c.text for c in candidates], stopwords="en", show_progress=False),
-                    show_progress=False)
     query = bm25s.tokenize([question], stopwords="en", return_ids=False, show_progress=False)
     if not query[0]:
         return pieces
-    order, scores = retriever.retrieve(query, k=len(candidates), show_progress=False)
+    try:
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize([c.text for c in candidates], stopwords="en", show_progress=False),
+                        show_progress=False)
+        order, scores = retriever.retrieve(query, k=len(candidates), show_progress=False)
+    except ValueError:  # the passages hold no word to rank by (bm25s: empty vocabulary)
+        return pieces
     chosen: list[Citation] = []
     for i, score in zip(order[0], scores[0]):
         c = candidates[int(i)]
@@ -164,7 +210,9 @@ class Answer:
     """The final answer, the route taken, and every attempt on the way."""
 
     text: str
-    route: str  # "rag", "full", or "rag->full" (auto fell back); "rag(k=20)" for escalated retrieval
+    # "rag", "full", "given" (read()), or "rag->full" (auto fell back to the corpus), "rag->full(documents)" (to the
+    # retrieved documents, the corpus being too long); "rag(k=20)" for an escalated retrieval
+    route: str
     citations: list[Citation]
     input_tokens: int  # summed over attempts
     timings: dict[str, float]  # summed over attempts
@@ -316,10 +364,11 @@ class QA:
         """Answers ``question`` from the given passages only (no retrieval; route ``"given"``): texts, or
         :class:`Citation` spans. What the generator can do with the right passage in hand."""
         self._check_question(question)
-        pieces = [p if isinstance(p, Citation) else Citation(f"passage-{i}", 0, len(p), p)
+        if isinstance(passages, (str, bytes)) or not passages or \
+                not all(isinstance(p, (str, Citation)) for p in passages):
+            raise RagctxError("read() needs a list of passages (strings or Citations), e.g. qa.read(q, [text])")
+        pieces = [p if isinstance(p, Citation) else Citation(f"passage-{i:06d}", 0, len(p), p)  # ids keep the order
                   for i, p in enumerate(passages)]
-        if not pieces or not all(isinstance(p.text, str) for p in pieces):
-            raise RagctxError("read() needs at least one passage (a string or a Citation)")
         ids, cited = self._prompt(question, pieces)
         stream = self._generate("given", ids, cited, 0.0)
         while True:
@@ -398,7 +447,7 @@ class QA:
         hits = self.index.search(question, k=k, filter=filt, mode=self.retrieval)
         retrieve = time.perf_counter() - t0
         retrieved = [Citation(h.doc_id, h.start, h.end, h.text, h.score, (h.ordinal, h.ordinal)) for h in hits]
-        pieces = retrieved
+        pieces = list(retrieved)  # trimming below must not shorten the record of what was retrieved
         if self.focus is not None:
             pieces = focus_passages(question, pieces, self.focus, self.focus_sentences)
         while True:  # trim: drop the lowest-scoring chunk until the prompt fits
@@ -443,7 +492,7 @@ class QA:
     def _retrieved_documents(self, question: str, attempt: Attempt, budget: int) -> list[str]:
         """The documents of the RAG attempt's chunks, best-scored first, as many whole ones as fit the budget."""
         best: dict[str, float] = {}
-        for c in attempt.citations:
+        for c in attempt.retrieved or attempt.citations:  # every chunk retrieved, not only the passages read
             best[c.doc_id] = max(best.get(c.doc_id, float("-inf")), c.score if c.score is not None else 0.0)
         chosen: list[str] = []
         for doc in sorted(best, key=lambda d: -best[d]):
@@ -527,25 +576,4 @@ class QA:
         return self.generator.tokenizer.encode(prompt, bos=self.bos), cited
 
     def _join(self, pieces: list[Citation]) -> tuple[str, list[Citation]]:
-        """Context text in document order. Overlapping chunks of a document merge into one span; consecutive
-        chunks that do not overlap (only whitespace lies between them) stay separate citations but are joined
-        by a space, other pieces by ``template.separator``."""
-        ordered = sorted(pieces, key=lambda c: (c.doc_id, c.start))
-        merged: list[Citation] = []
-        for c in ordered:
-            last = merged[-1] if merged else None
-            if last is not None and last.doc_id == c.doc_id and c.start <= last.end:
-                text = last.text + c.text[last.end - c.start :] if c.end > last.end else last.text
-                scores = [x for x in (last.score, c.score) if x is not None]
-                merged[-1] = Citation(c.doc_id, last.start, max(last.end, c.end), text,
-                                      max(scores) if scores else None, (last.ordinals[0], max(last.ordinals[1], c.ordinals[1])))
-            else:
-                merged.append(c)
-        parts = []
-        for i, c in enumerate(merged):
-            if i:
-                prev = merged[i - 1]
-                adjacent = prev.doc_id == c.doc_id and c.ordinals[0] == prev.ordinals[1] + 1
-                parts.append(" " if adjacent else self.template.separator)
-            parts.append(c.text)
-        return "".join(parts), merged
+        return join_pieces(pieces, self.template.separator)

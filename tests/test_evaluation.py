@@ -311,3 +311,18 @@ def test_a_trial_out_of_memory_is_recorded_and_the_grid_goes_on(tmp_path, genera
     assert cell["out_of_memory"] == cell["n"] == len(oom)
     report = (out / "report.md").read_text()
     assert "| full | softmax | 600 |  |  |  | 2 | OOM |" in report and "ran out of memory" in report
+
+
+def test_a_rerun_with_other_settings_does_not_count_old_rows_as_done(tmp_path, generator_folder, embedder):
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text(json.dumps({"id": "q", "question": "When did Mount Zirkel erupt?", "answers": ["1842"],
+                                   "documents": [{"id": "v", "text": "Mount Zirkel erupted in 1842."}]}) + "\n")
+    first = grid(tmp_path, generator_folder, qa_file=str(qa_file), modes=["rag"], attentions=["softmax"])
+    run_eval(first, progress=False)
+    again = grid(tmp_path, generator_folder, qa_file=str(qa_file), modes=["rag"], attentions=["softmax"],
+                 max_new_tokens=3, name="other")
+    assert {t["id"] for t in trials(first)}.isdisjoint(t["id"] for t in trials(again))
+    out = run_eval(again, progress=False)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "config.json").read_text())["name"] == "eval"  # the first config is kept
+    assert json.loads((out / "config-other.json").read_text())["max_new_tokens"] == 3

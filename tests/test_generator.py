@@ -190,3 +190,18 @@ def test_context_override_lets_longer_inputs_in(tmp_path):
         longer.with_context(0)
     with pytest.raises(RagctxError, match="positive number of tokens"):
         Generator.open(folder, max_seq_len=0)  # 0 is refused, not read as "no override"
+
+
+@pytest.mark.parametrize("name", list(ATTENTION))
+def test_probe_logprobs_equal_a_full_forward_and_leave_the_generation_as_it_was(name):
+    """log P(probe | prompt) from the prefill's state (KV caches rolled back, other states copied) equals the same
+    quantity read off one forward pass over prompt + probe; the generation that follows is unchanged."""
+    gen = Generator(tiny_model(name, seed=3), ByteTokenizer())
+    prompt, probe = list(b"The magic number is 42. The magic"), list(b" num")
+    logits = gen.logits(prompt + probe).double().log_softmax(-1)
+    expected = sum(float(logits[len(prompt) - 1 + i, t]) for i, t in enumerate(probe))
+    plain = gen.generate(prompt, max_new_tokens=8)
+    probed = gen.generate(prompt, max_new_tokens=8, probes=[probe, probe[:1]])
+    assert probed.probe_logprobs[0] == pytest.approx(expected, abs=1e-3)
+    assert probed.probe_logprobs[1] == pytest.approx(float(logits[len(prompt) - 1, probe[0]]), abs=1e-3)
+    assert probed.tokens == plain.tokens

@@ -204,7 +204,7 @@ def test_header_reader_equals_gguf_reader(tmp_path):
         assert tensors[t.name].qtype == t.tensor_type and np.array_equal(tensors[t.name].data, t.data)
 
 
-def test_bad_gguf_files_are_one_line_errors(tmp_path, capsys):
+def test_bad_gguf_files_are_one_line_errors(tmp_path, capsys, built_index):
     path, _ = write_pair(tmp_path, "llama", Q.Q8_0)
     data = path.read_bytes()
     cases = {
@@ -217,10 +217,10 @@ def test_bad_gguf_files_are_one_line_errors(tmp_path, capsys):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(RagctxError, match=match):
             Generator.from_pretrained(tmp_path / name)
-    index_dir = tmp_path / "idx"
-    assert main(["ask", str(index_dir), "q", "--generator", str(tmp_path / "truncated.gguf")]) == 2
+    capsys.readouterr()
+    assert main(["ask", str(built_index[0]), "q", "--generator", str(tmp_path / "truncated.gguf")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ragctx: error:") and "Traceback" not in err
+    assert err.startswith("ragctx: error:") and "truncated.gguf" in err and err.count("\n") == 1
 
 
 def test_unsupported_architecture_quantization_and_missing_tokenizer(tmp_path):

@@ -181,10 +181,15 @@ def test_cpu_peak_memory_is_the_generations_own(index, gen):
 
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("per-generation peak RSS needs Linux's /proc/self/clear_refs")
-    big = torch.ones(400_000_000, dtype=torch.uint8)  # lift the process's peak RSS by ~400 MB, then free it
-    big += 1
-    del big
-    from ragctx.qa import _peak_memory
+    from ragctx.qa import _peak_memory, _reset_peak_rss
+
+    _reset_peak_rss()  # the process's peak so far may be anything (earlier tests loaded real models)
+    import mmap
+
+    big = mmap.mmap(-1, 400 * 2**20)  # lift the process's peak RSS by 400 MB, then give it back to the OS (munmap)
+    for at in range(0, len(big), 4096):
+        big[at] = 1
+    big.close()
 
     process_peak = _peak_memory(torch.device("cpu"))
     answer = QA(index, gen, max_new_tokens=4).ask("When did Mount Zirkel erupt?", mode="rag", k=1)

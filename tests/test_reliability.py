@@ -314,3 +314,40 @@ def test_a_damaged_generator_folder_is_one_line(tmp_path, capsys, built_index, d
     assert main(["ask", str(built_index[0]), "q", "--generator", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and match.split()[0] in err
+
+
+def test_threads_of_one_process_load_and_save_side_by_side(built_index, tmp_path):
+    """The swap lock coordinates processes through a file; threads of one process take turns on it (a reader
+    thread and a saving thread used to collide inside the lock library)."""
+    import threading
+
+    path = copy_index(built_index, tmp_path)
+    errors: list[BaseException] = []
+
+    def saves():
+        try:
+            for _ in range(10):
+                Index.load(path, device="cpu").save(path)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    writer = threading.Thread(target=saves)
+    writer.start()
+    while writer.is_alive():
+        assert len(Index.load(path, device="cpu")) > 0
+    writer.join()
+    assert not errors and not leftovers(path)
+
+
+def test_lock_files_follow_the_umask_and_a_mistyped_path_leaves_none(built_index, tmp_path, capsys):
+    path = copy_index(built_index, tmp_path)
+    mask = os.umask(0o022)
+    try:
+        Index.load(path, device="cpu").save(path)
+    finally:
+        os.umask(mask)
+    writer, swap = lock_files(path)
+    assert (writer.stat().st_mode & 0o777) == 0o644 and (swap.stat().st_mode & 0o777) == 0o644
+    assert main(["search", str(tmp_path / "typo"), "q"]) == 2
+    capsys.readouterr()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".typo")]

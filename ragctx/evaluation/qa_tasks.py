@@ -70,6 +70,9 @@ def load_qa_file(path: str | Path, *, corpus: bool = False, splits: list[str] | 
             if not (isinstance(e, dict) and isinstance(e.get("doc_id"), str) and isinstance(e.get("start"), int)
                     and isinstance(e.get("end"), int) and 0 <= e["start"] < e["end"]):
                 raise RagctxError(f"{where}: evidence {e!r} must be {{'doc_id': str, 'start': int, 'end': int}}")
+        if "doc_ids" in row and (not isinstance(row["doc_ids"], list) or
+                                 not all(isinstance(d, str) for d in row["doc_ids"])):
+            raise RagctxError(f"{where}: 'doc_ids' must be a list of document ids (strings)")
         qid = str(row.get("id", n))
         if qid in seen:
             raise RagctxError(f"{where}: id '{qid}' appears twice")
@@ -132,8 +135,12 @@ def qa_trial(t: dict[str, Any], item: dict[str, Any], gen, index, cfg, corpus_to
 def span_text(index, doc_id: str, start: int, end: int) -> str:
     """The text of a document span, rebuilt from the chunks that cover it (chunks keep exact offsets; whitespace
     between two chunks, which no chunk holds, reads as one space)."""
-    out = [" "] * (end - start)
-    for c in index.store.document_chunks([doc_id]):
+    chunks = index.store.document_chunks([doc_id])
+    if not chunks:
+        raise RagctxError(f"evidence names document '{doc_id}', which is not in the corpus")
+    end = min(end, max(c.end for c in chunks))  # a span past the document's end stops at it
+    out = [" "] * max(0, end - start)
+    for c in chunks:
         lo, hi = max(start, c.start), min(end, c.end)
         if lo < hi:
             out[lo - start : hi - start] = c.text[lo - c.start : hi - c.start]

@@ -37,6 +37,22 @@ def _key(r: dict[str, Any]) -> tuple:
     return tuple(r.get(name) for name in CELL)
 
 
+def _series(c: dict[str, Any]) -> tuple:
+    """A cell's line in a plot against length: everything that defines the cell but the length."""
+    return tuple(c.get(name) for name in CELL if name != "length")
+
+
+def _series_name(key: tuple, plain: bool) -> str:
+    """"mode/attention" when nothing else varies (the names earlier reports used), else the cell's full label."""
+    return f"{key[0]}/{key[1]}" if plain else _label(dict(zip([n for n in CELL if n != "length"], key)))
+
+
+def _plain(cells: list[dict[str, Any]]) -> bool:
+    """Whether only mode and attention vary (one k, one retrieval, one chunking): labels stay "mode / attention"."""
+    retrieving = {(c.get("k"), c.get("retrieval"), c.get("chunk_tokens")) for c in cells if c.get("k") is not None}
+    return len(retrieving) <= 1 and len({c.get("chunk_tokens") for c in cells}) <= 1
+
+
 def _order(key: tuple) -> tuple:
     return tuple((v is not None, v if v is not None else 0) if not isinstance(v, str) else (True, v) for v in key)
 
@@ -76,12 +92,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out.append(cell)
     slopes, long_slopes = {}, {}
     needle = [c for c in out if c["length"] is not None]
-    for mode, attention in sorted({(c["mode"], c["attention"]) for c in needle}):
-        cs = sorted((c for c in needle if c["mode"] == mode and c["attention"] == attention and c["prefill_s"]),
-                    key=lambda c: c["length"])
-        slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs], [c["prefill_s"] for c in cs])
+    for series in sorted({_series(c) for c in needle}, key=_order):
+        cs = sorted((c for c in needle if _series(c) == series and c["prefill_s"]), key=lambda c: c["length"])
+        name = _series_name(series, _plain(needle))
+        slopes[name] = loglog_slope([c["length"] for c in cs], [c["prefill_s"] for c in cs])
         # fixed per-call costs flatten the short end: the three longest lengths show the asymptotic growth
-        long_slopes[f"{mode}/{attention}"] = loglog_slope([c["length"] for c in cs[-3:]], [c["prefill_s"] for c in cs[-3:]])
+        long_slopes[name] = loglog_slope([c["length"] for c in cs[-3:]], [c["prefill_s"] for c in cs[-3:]])
     return {"cells": out, "prefill_slopes": slopes, "prefill_slopes_longest3": long_slopes, "trials": len(rows)}
 
 
@@ -110,22 +126,24 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     cells = summary["cells"]
     if all(c["length"] is None for c in cells):
         return _qa_plots(folder, cells)
-    series = sorted({(c["mode"], c["attention"]) for c in cells})
+    plain = _plain(cells)
+    series = sorted({_series(c) for c in cells}, key=_order)
     written = []
-    attentions = sorted({att for _, att in series})
+    attentions = sorted({s[1] for s in series})
     line = {"full": ("-", "o"), "rag": ("--", "s"), "auto": (":", "^")}
 
-    def style(mode: str, att: str) -> dict[str, Any]:  # colour = attention, line and marker = mode
+    def style(key: tuple) -> dict[str, Any]:  # colour = attention, line and marker = mode
+        mode, att = key[0], key[1]
         ls, marker = line.get(mode, ("-.", "D"))
-        return {"color": plt.cm.tab10(attentions.index(att) % 10), "linestyle": ls, "marker": marker,
-                "label": f"{mode} / {att}"}
+        label = f"{mode} / {att}" if plain else _series_name(key, plain)
+        return {"color": plt.cm.tab10(attentions.index(att) % 10), "linestyle": ls, "marker": marker, "label": label}
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode, att in series:
-        cs = sorted((c for c in cells if c["mode"] == mode and c["attention"] == att), key=lambda c: c["length"])
+    for key in series:
+        cs = sorted((c for c in cells if _series(c) == key), key=lambda c: c["length"])
         ax.errorbar([c["length"] for c in cs], [c["accuracy"] for c in cs],
-                    yerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in cs], [c["accuracy_ci95"][1] - c["accuracy"] for c in cs]],
-                    capsize=3, **style(mode, att))
+                    yerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in cs],
+                          [c["accuracy_ci95"][1] - c["accuracy"] for c in cs]], capsize=3, **style(key))
     ax.set(xscale="log", xlabel="context length (generator tokens)", ylabel="accuracy (string match all)", ylim=(-0.05, 1.05),
            title="Accuracy against length (95% bootstrap CI)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -139,14 +157,14 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     lengths = sorted({r["length"] for r in needle_rows})
     depths = sorted({r["depth"] for r in needle_rows})
     im = None
-    for ax, (mode, att) in zip(axes.flat, series):
+    for ax, key in zip(axes.flat, series):
         if not lengths:
             ax.axis("off")
             continue
-        grid = [[_mean([r["accuracy"] for r in needle_rows if r.get("status") == "ok" and r["mode"] == mode
-                        and r["attention"] == att and r["length"] == L and r["depth"] == d]) for L in lengths] for d in depths]
+        grid = [[_mean([r["accuracy"] for r in needle_rows if r.get("status") == "ok" and _series(r) == key
+                        and r["length"] == L and r["depth"] == d]) for L in lengths] for d in depths]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        ax.set(title=f"{mode} / {att}", xticks=range(len(lengths)), xticklabels=lengths, yticks=range(len(depths)),
+        ax.set(title=style(key)["label"], xticks=range(len(lengths)), xticklabels=lengths, yticks=range(len(depths)),
                yticklabels=depths, xlabel="length", ylabel="depth")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -157,10 +175,10 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     written.append(_save(fig, folder / PLOTS[1]))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for mode, att in series:
-        cs = sorted((c for c in cells if c["mode"] == mode and c["attention"] == att and c["prefill_s"]), key=lambda c: c["length"])
-        slope = summary["prefill_slopes"].get(f"{mode}/{att}")
-        st = style(mode, att)
+    for key in series:
+        cs = sorted((c for c in cells if _series(c) == key and c["prefill_s"]), key=lambda c: c["length"])
+        slope = summary["prefill_slopes"].get(_series_name(key, plain))
+        st = style(key)
         ax1.plot([c["length"] for c in cs], [c["prefill_s"] for c in cs],
                  **{**st, "label": st["label"] + (f" (slope {slope:.2f})" if slope is not None else "")})
         ax2.plot([c["length"] for c in cs], [(c["peak_memory_bytes"] or 0) / 2**20 for c in cs], **st)
@@ -172,9 +190,9 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
     written.append(_save(fig, folder / PLOTS[2]))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for mode, att in series:
-        cs = [c for c in cells if c["mode"] == mode and c["attention"] == att and c["input_tokens"]]
-        st = style(mode, att)
+    for key in series:
+        cs = [c for c in cells if _series(c) == key and c["input_tokens"]]
+        st = style(key)
         ax.scatter([c["input_tokens"] for c in cs], [c["accuracy"] for c in cs], color=st["color"], marker=st["marker"],
                    label=st["label"])
     ax.set(xscale="log", xlabel="input tokens per question", ylabel="accuracy", title="Tokens against accuracy")

@@ -120,7 +120,8 @@ def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
                 for chunk, ov, retrieval, k in itertools.product(chunks, overlaps, cfg.retrieval if retrieves else [None],
                                                                  cfg.k if retrieves else [None]):
                     params = dict(qa_file=cfg.qa_file, qid=item["qid"], chunk_tokens=chunk, overlap=ov,
-                                  retrieval=retrieval, attention=attention, mode=mode, k=k, generator=cfg.generator)
+                                  retrieval=retrieval, attention=attention, mode=mode, k=k, generator=cfg.generator,
+                                  settings=_qa_settings(cfg))
                     out.append({"id": trial_id(params), **params, "length": None, "depth": -1.0})
         return out
     for length, depth, kind, seed in itertools.product(cfg.lengths, cfg.depths, cfg.kinds, cfg.seeds):
@@ -129,8 +130,18 @@ def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
                 params = dict(length=length, depth=depth, kind=kind, seed=seed, unanswerable=seed in cfg.unanswerable_seeds,
                               chunk_tokens=chunk, overlap=ov, attention=attention, mode=mode, k=k,
                               generator=cfg.generator, haystack=cfg.haystack)
+                if cfg.retrieval[0] != "dense" or cfg.options:  # settings added later: earlier runs keep their ids
+                    params["settings"] = {"retrieval": cfg.retrieval[0], "options": cfg.options}
                 out.append({"id": trial_id(params), **params})
     return out
+
+
+def _qa_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """What changes a QA-file trial's result besides its own parameters: part of its id, so that a rerun with other
+    settings into the same folder does not count the old rows as done."""
+    return {"corpus": cfg.corpus, "focus": cfg.focus, "refusal_threshold": cfg.refusal_threshold, "bos": cfg.bos,
+            "max_new_tokens": cfg.max_new_tokens, "full_truncate": cfg.full_truncate, "options": cfg.options,
+            "dtype": cfg.dtype, "max_seq_len": cfg.max_seq_len}
 
 
 def _questions(cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -210,7 +221,10 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    first = out / "config.json"  # the folder's first config; another config run into the same folder keeps its own
+    named = first if not first.is_file() or json.loads(first.read_text()).get("name") == cfg.name \
+        else out / f"config-{cfg.name}.json"
+    named.write_text(json.dumps(asdict(cfg), indent=2))
     results = out / ("results.jsonl" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl")
     done = {json.loads(line)["id"] for f in result_files(out) for line in f.read_text().splitlines() if line.strip()}
     todo = [t for t in (trials(cfg) if shard is None else _in_shard(trials(cfg), shard)) if t["id"] not in done]
@@ -283,12 +297,10 @@ def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, ind
     from ..documents import Document
     from .qa_tasks import qa_trial
 
-    if "index" in item:
-        key: tuple = (item["index"],)
-    elif "documents" in item:
-        key = (item["qid"], t["chunk_tokens"], t["overlap"])
+    if "documents" in item:
+        key: tuple = (item["qid"], t["chunk_tokens"], t["overlap"])
     else:
-        key = (cfg.corpus, t["chunk_tokens"], t["overlap"])
+        key = (item.get("index") or cfg.corpus, t["chunk_tokens"], t["overlap"])
     if key not in indexes:
         if "documents" in item:
             if len(indexes) > 8:  # per-question documents: keep a few indexes, not one per question
@@ -299,7 +311,11 @@ def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, ind
             indexes[key] = (_corpus_index(item.get("index") or cfg.corpus, t, cfg, out), None)
     index, tokens = indexes[key]
     if tokens is None:  # the corpus's length in this generator's tokens, counted once (it decides what full reads)
-        tokens = sum(len(gen.tokenizer.encode(c.text, bos=False)) for c in index.store.document_chunks())
+        from ..qa import Citation, join_pieces
+
+        text, _ = join_pieces([Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal))
+                               for c in index.store.document_chunks()])  # overlaps merged: each document once
+        tokens = len(gen.tokenizer.encode(text, bos=False))
         indexes[key] = (index, tokens)
     return qa_trial(t, item, gen, index, cfg, tokens)
 
@@ -313,7 +329,9 @@ def _corpus_index(spec: str, t: dict[str, Any], cfg: EvalConfig, out: Path):
 
     if (Path(spec) / "manifest.json").is_file():  # the embedder loads when a dense search first needs it
         return Index.load(spec, device=cfg.device)
-    folder = out / f"index-{t['chunk_tokens']}-{t['overlap']}"
+    # named by its chunking and, for a corpus other than the config's, by the spec: two corpora never share one
+    tag = "" if spec == cfg.corpus else "-" + hashlib.sha1(str(Path(spec).resolve()).encode()).hexdigest()[:8]
+    folder = out / f"index-{t['chunk_tokens']}-{t['overlap']}{tag}"
     if (folder / "manifest.json").is_file():
         return Index.load(folder, device=cfg.device)
     report = load_path(resolve_docs(spec))

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import RagctxError
 from .attention import get_attention
+from .attention.common import KVCache
 from .config import ModelConfig
 from .checkpoints import PACKAGED, load_checkpoint, packaged_path
 from .model import Transformer
@@ -321,18 +322,24 @@ class Generator:
                           "decode_ms_per_token": 1e3 * decode / max(1, len(out))}, scored)
 
     def _probe(self, logits: torch.Tensor, states: list, start: int, tokens: list[int]) -> float:
-        """log P(tokens | prompt): the first token from the prefill's logits, the rest by decode steps on a copy
-        of the states (the generation itself goes on from the originals)."""
+        """log P(tokens | prompt): the first token from the prefill's logits, the rest by decode steps. A static KV
+        cache is rolled back afterwards (its length reset: the slots past the prompt are overwritten by the
+        generation); other states (ring buffers, recurrent states: O(window) or O(1)) are copied first."""
         if not tokens:
             return 0.0
         total = float(torch.log_softmax(logits.float(), -1)[tokens[0]])
         if len(tokens) > 1:
-            states = copy.deepcopy(states)
+            caches = all(isinstance(s, KVCache) for s in states)
+            saved = [(s.length, s.padded) for s in states] if caches else None
+            work = states if caches else copy.deepcopy(states)
             dev = self.device
             for i, (tok, nxt) in enumerate(zip(tokens, tokens[1:])):
                 pos = torch.tensor([[start + i]], device=dev)
-                step = self._forward(torch.tensor([[tok]], device=dev), positions=pos, states=states)[0, -1]
+                step = self._forward(torch.tensor([[tok]], device=dev), positions=pos, states=work)[0, -1]
                 total += float(torch.log_softmax(step.float(), -1)[nxt])
+            if caches:
+                for s, (length, padded) in zip(states, saved):
+                    s.length, s.padded = length, padded
         return total
 
 

@@ -14,6 +14,7 @@ tests/test_gguf.py.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ class GGUFFile:
             raise RagctxError(f"{self.path}: no such GGUF file")
         try:
             self.meta, self.tensors = _read(self.path)
-        except (ValueError, struct.error, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        except (ValueError, struct.error, UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as e:
             raise RagctxError(f"{self.path}: not a readable GGUF file ({e}); re-download or re-convert it") from None
         self.architecture = self.meta.get("general.architecture")
         if self.architecture not in ARCHITECTURES:
@@ -123,15 +124,20 @@ class GGUFFile:
         if kind in ("none", None):
             return None
         factor = self._key("rope.scaling.factor")
+        if not isinstance(factor, (int, float)) or factor <= 0:
+            raise RagctxError(f"{self.path}: RoPE scaling '{kind}' without a positive rope.scaling.factor ({factor!r})")
         if kind == "linear":
             return {"rope_type": "linear", "factor": float(factor)}
         if kind == "yarn":
             out = {"rope_type": "yarn", "factor": float(factor),
                    "original_max_position_embeddings": int(self._key("rope.scaling.original_context_length", context))}
-            for ours, theirs in (("attention_factor", "rope.scaling.attn_factor"), ("beta_fast", "rope.scaling."
-                                 "yarn_beta_fast"), ("beta_slow", "rope.scaling.yarn_beta_slow")):
+            for ours, theirs in (("beta_fast", "rope.scaling.yarn_beta_fast"),
+                                 ("beta_slow", "rope.scaling.yarn_beta_slow")):
                 if self._key(theirs) is not None:
                     out[ours] = float(self._key(theirs))
+            attn = self._key("rope.scaling.attn_factor")
+            if attn is not None:  # llama.cpp multiplies YaRN's own 0.1 ln(factor) + 1 by it (Hugging Face replaces it)
+                out["attention_factor"] = float(attn) * (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
             return out
         raise RagctxError(f"{self.path}: RoPE scaling '{kind}' is not implemented (linear, yarn and Llama 3's "
                           "rope_freqs are)")
@@ -218,11 +224,13 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, GGUFTensor]]:
         pos += n
         return out
 
-    def value(kind: int):
+    def value(kind: int, depth: int = 0):
         nonlocal pos
         if kind == _STRING:
             return string()
         if kind == _ARRAY:
+            if depth > 8:
+                raise ValueError(f"arrays nested more than 8 deep at byte {pos}")
             item, n = take("<I"), take("<Q")
             if item == _STRING:
                 return [string() for _ in range(n)]
@@ -233,7 +241,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, GGUFTensor]]:
                 out = np.frombuffer(raw, dtype=_NUMPY[item], count=n, offset=pos).tolist()
                 pos += size
                 return out
-            return [value(item) for _ in range(n)]
+            return [value(item, depth + 1) for _ in range(n)]
         if kind not in _SCALARS:
             raise ValueError(f"unknown metadata value type {kind} at byte {pos}")
         return take(_SCALARS[kind])
@@ -254,7 +262,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, GGUFTensor]]:
         name, n_dims = string(), take("<I")
         dims = tuple(take("<Q") for _ in range(n_dims))
         infos.append((name, dims, take("<I"), take("<Q")))
-    align = int(meta.get("general.alignment", 32))
+    align = meta.get("general.alignment", 32)
+    if not isinstance(align, int) or isinstance(align, bool) or align < 1 or align % 8:
+        raise ValueError(f"general.alignment is {align!r} (the format asks for a positive multiple of 8)")
     start = -(-pos // align) * align
     tensors = {}
     for name, dims, qtype, offset in infos:
