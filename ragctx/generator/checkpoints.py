@@ -19,7 +19,7 @@ import torch
 from ..errors import RagctxError
 from .config import ModelConfig
 from .gguf import GGUFFile, find_gguf
-from .hf import hf_config, load_hf_weights
+from .hf import check_state, hf_config, load_hf_weights
 from .model import Transformer
 from .tokenizer import HFTokenizer
 
@@ -113,15 +113,7 @@ def _empty(cfg: ModelConfig) -> Transformer:
 
 
 def _load(model: Transformer, state: dict[str, torch.Tensor], where: Path) -> None:
-    own = model.state_dict()
-    expected = {k for k in own if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or extra:
-        raise RagctxError(f"{where}: weights do not match the metadata (missing {missing[:5]}, unexpected {extra[:5]})")
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
-            raise RagctxError(f"{where}: {name} has shape {tuple(tensor.shape)}, the metadata implies "
-                              f"{tuple(own[name].shape)}")
+    check_state(model, state, where)
     model.to(next(iter(state.values())).dtype)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()

@@ -19,6 +19,7 @@ from .attention import get_attention
 from .attention.common import KVCache
 from .config import ModelConfig
 from .checkpoints import PACKAGED, load_checkpoint, packaged_path
+from .hf import check_state
 from .model import Transformer
 from .tokenizer import ByteTokenizer
 
@@ -186,16 +187,8 @@ class Generator:
             raise RagctxError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0][:160]}); "
                               "save the generator again") from None
         model = Transformer(cfg)
-        own = model.state_dict()
-        bad = [f"{k} {tuple(v.shape)} (config: {tuple(own[k].shape)})" for k, v in state.items()
-               if k in own and v.shape != own[k].shape]
-        if bad:
-            raise RagctxError(f"{folder}: weights do not match the config's shapes: {', '.join(bad[:3])}")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
-        if missing or unexpected:
-            raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]})")
+        check_state(model, state, folder)
+        model.load_state_dict(state, strict=False)
         return cls(_place(model, device, dtype), ByteTokenizer(), compile=compile)
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, **extra) -> Path:

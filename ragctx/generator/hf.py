@@ -16,7 +16,7 @@ import torch
 from ..errors import RagctxError
 from .config import ModelConfig
 
-__all__ = ["hf_config", "load_hf_weights", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["hf_config", "load_hf_weights", "check_state", "SUPPORTED_MODEL_TYPES"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -94,12 +94,19 @@ def load_hf_weights(model: torch.nn.Module, folder: Path) -> None:
             state[name.removeprefix("model.")] = tensor
     if model.cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
+    check_state(model, state, folder)
+    model.load_state_dict(state, strict=False)
+
+
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
+    """Raises unless ``state`` holds exactly the model's tensors (the output projection may be left out when it is
+    tied to the embeddings), each of the model's shape: a checkpoint that does not fit its config is one error."""
     own = model.state_dict()
     expected = {k for k in own if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected - {"lm_head.weight"})
     if missing or extra:
-        raise RagctxError(f"{folder}: weights do not match the config (missing {missing[:5]}, unexpected {extra[:5]})")
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
-            raise RagctxError(f"{folder}: {name} has shape {tuple(tensor.shape)}, the config implies {tuple(own[name].shape)}")
-    model.load_state_dict(state, strict=False)
+        raise RagctxError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {extra[:5]})")
+    bad = [f"{k} {tuple(v.shape)} (config: {tuple(own[k].shape)})" for k, v in state.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        raise RagctxError(f"{where}: weights do not match the config's shapes: {', '.join(bad[:3])}")
