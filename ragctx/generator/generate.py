@@ -18,7 +18,7 @@ from ..errors import RagctxError
 from .attention import get_attention
 from .attention.common import KVCache
 from .config import ModelConfig
-from .checkpoints import PACKAGED, load_checkpoint, packaged_path
+from .checkpoints import LINEARIZED, PACKAGED, delta_folder, load_checkpoint, load_linearized, packaged_path
 from .hf import check_state
 from .model import Transformer
 from .tokenizer import ByteTokenizer
@@ -84,7 +84,7 @@ class Generator:
         checkpoint was trained with softmax attention: under ``linear`` or ``hybrid`` its feature maps are untrained
         and its text degrades (SmolLM2: perplexity 29.6 -> 3,292), which this warns about."""
         self.model.set_attention(name)
-        if name in ("linear", "hybrid") and self.tokenizer.kind == "hf":
+        if name in ("linear", "hybrid") and self.tokenizer.kind == "hf" and not self.model.has_feature_maps:
             warnings.warn(f"{self.name or 'this checkpoint'} was trained with softmax attention; under '{name}' "
                           "without attention transfer (linearization) it writes poor text", stacklevel=2)
         return self
@@ -95,22 +95,33 @@ class Generator:
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, attention: str = "flash", device: str | None = None,
+    def from_pretrained(cls, path: str | Path, *, attention: str | None = None, device: str | None = None,
                         dtype: torch.dtype | None = None, compile: bool = False, **options) -> Generator:
         """A pretrained checkpoint: a Hugging Face folder (config.json, *.safetensors, tokenizer.json; Llama,
-        Qwen2, Mistral), a GGUF file (or a folder holding one; llama and qwen2 architectures), or the name of a
-        packaged model (:data:`~ragctx.generator.checkpoints.PACKAGED`, e.g. ``"smollm2"``).
+        Qwen2, Mistral), a GGUF file (or a folder holding one; llama and qwen2 architectures), the name of a
+        packaged model (:data:`~ragctx.generator.checkpoints.PACKAGED`, e.g. ``"smollm2"``), or a linearized
+        model: a name in :data:`~ragctx.generator.checkpoints.LINEARIZED` (``"smollm2-hybrid"``) or a folder
+        written by ``ragctx linearize``, loaded over its base.
 
-        ``options`` set attention options: ``window`` (sliding_window / hybrid), ``feature_map``,
-        ``hybrid_feature_map``, ``chunk_size``, ``max_seq_len``."""
-        get_attention(attention)
+        ``attention``: default ``flash`` (a linearized model: the attention it was trained for). ``options`` set
+        attention options: ``window`` (sliding_window / hybrid), ``feature_map``, ``hybrid_feature_map``,
+        ``chunk_size``, ``max_seq_len``, ``layer_attention``."""
+        if attention is not None:
+            get_attention(attention)
         name = str(path)
         packaged = PACKAGED.get(name)
-        if packaged is not None:
-            path = packaged_path(name)
-        model, tok = load_checkpoint(path, attention=attention, options=options)
+        if name in LINEARIZED or delta_folder(path) or name.endswith(".safetensors"):
+            model, tok, trained = load_linearized(path, options=options)
+            if attention is not None and attention != trained:
+                model.set_attention(attention)
+            packaged = PACKAGED.get(LINEARIZED.get(name, ("",))[0])
+        else:
+            if packaged is not None:
+                path = packaged_path(name)
+            model, tok = load_checkpoint(path, attention=attention or "flash", options=options)
         gen = cls(_place(model, device, dtype), tok, compile=compile)
-        gen.name, gen.qa_defaults = name, dict(packaged.qa) if packaged else {}
+        gen.name = name
+        gen.qa_defaults = dict(packaged.qa) if packaged and name in PACKAGED else {}
         return gen
 
     @classmethod
@@ -127,13 +138,12 @@ class Generator:
         else:
             path = Path(spec)
             ours = (path / "config.json").is_file() and _read_json(path / "config.json").get("format") == FORMAT
-            if not ours and spec not in PACKAGED and not path.exists():
-                known = ", ".join(["builtin:NAME", *PACKAGED])
+            if not ours and spec not in PACKAGED and spec not in LINEARIZED and not path.exists():
+                known = ", ".join(["builtin:NAME", *PACKAGED, *LINEARIZED])
                 raise RagctxError(f"generator '{spec}': no such file or folder; pass one of {known}, a ragctx model "
                                   "folder, a Hugging Face checkpoint folder or a .gguf file")
             gen = (cls.load(spec, attention=attention, device=device, dtype=dtype) if ours
-                   else cls.from_pretrained(spec, attention=attention or "flash", device=device, dtype=dtype,
-                                            **options))
+                   else cls.from_pretrained(spec, attention=attention, device=device, dtype=dtype, **options))
         gen.model.cfg.set_options(**options)  # ragctx folders and built-ins take the options after loading
         return gen if max_seq_len is None else gen.with_context(max_seq_len)
 

@@ -1,7 +1,9 @@
 """A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied or untied embeddings.
 
 ``Transformer -> Block -> {Attention, FeedForward}``. The attention implementation is looked up by name in the
-registry (``ragctx.generator.attention``) and called once per layer; switching it changes no weight. Parameter
+registry (``ragctx.generator.attention``) and called once per layer; switching it changes no weight. Layers may
+run different attentions (``ModelConfig.layer_attention``). A linearized model's layers also hold learned
+feature maps (``Attention.maps``, added by :meth:`Transformer.add_feature_maps`). Parameter
 names follow Hugging Face's Llama (``layers.0.self_attn.q_proj.weight`` ...), so checkpoints load by name.
 """
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import get_attention
+from .attention.learned import FeatureMaps
 from .config import ModelConfig
 from .rope import frequencies
 
@@ -61,17 +64,27 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * d, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * d, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(cfg.n_heads * d, cfg.dim, bias=False)
+        self.maps: FeatureMaps | None = None  # learned feature maps of a linearized model
 
-    def forward(self, x: Tensor, rot, positions: Tensor, valid: Tensor | None, state, attn) -> Tensor:
+    def project(self, x: Tensor, rot) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, Hq, T, D], k, v [B, Hkv, T, D] of input x [B, T, C], RoPE applied."""
         b, t, _ = x.shape
         d = self.cfg.head_dim
-        q = self.q_proj(x).view(b, t, -1, d).transpose(1, 2)  # [B, Hq, T, D]
-        k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)  # [B, Hkv, T, D]
+        q = self.q_proj(x).view(b, t, -1, d).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
         if rot is not None:
             q, k = _rotate(q, *rot), _rotate(k, *rot)
-        out = attn(q, k, v, positions=positions, valid=valid, state=state, cfg=self.cfg)  # [B, Hq, T, D]
+        return q, k, v
+
+    def output(self, out: Tensor) -> Tensor:
+        """The heads' output [B, Hq, T, D] projected back to [B, T, C]."""
+        b, _, t, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def forward(self, x: Tensor, rot, positions: Tensor, valid: Tensor | None, state, attn) -> Tensor:
+        q, k, v = self.project(x, rot)
+        return self.output(attn(q, k, v, positions=positions, valid=valid, state=state, cfg=self.cfg, maps=self.maps))
 
 
 class FeedForward(nn.Module):
@@ -99,12 +112,14 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The decoder. ``attention`` names a registry entry; :meth:`set_attention` switches it in place."""
+    """The decoder. ``attention`` names a registry entry; :meth:`set_attention` switches it in place (every layer),
+    :meth:`set_layer_attention` per layer."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backend = get_attention(cfg.attention)
+        for name in cfg.attentions:
+            get_attention(name)  # an unknown name lists the valid ones
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -130,14 +145,45 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def set_attention(self, name: str) -> None:
-        self.backend = get_attention(name)
-        self.cfg.attention = name
+        """Every layer runs ``name`` (a per-layer pattern is cleared)."""
+        get_attention(name)
+        self.cfg.attention, self.cfg.layer_attention = name, None
+
+    def set_layer_attention(self, pattern: str | list[str] | None) -> None:
+        """One attention per layer (see :func:`~ragctx.generator.config.expand_layers`); None: all run
+        ``cfg.attention``."""
+        if pattern is None:
+            self.cfg.layer_attention = None
+        else:
+            self.cfg.set_options(layer_attention=pattern)
+
+    @property
+    def backends(self) -> list:
+        """Each layer's attention backend, read from the config (so a changed config reaches every layer)."""
+        return [get_attention(name) for name in self.cfg.attentions]
+
+    @property
+    def backend(self):
+        """The attention backend of the first layer (all layers, unless ``layer_attention`` mixes them)."""
+        return self.backends[0]
+
+    def add_feature_maps(self, dim: int | None = None) -> None:
+        """Gives every layer learned feature maps (``hedgehog``, ``dim`` projections per head; default
+        ``cfg.hedgehog_dim``), freshly initialized; a linearized model's trained maps are loaded over them."""
+        c = self.cfg
+        c.hedgehog_dim = dim or c.hedgehog_dim
+        p = next(self.parameters())
+        for layer in self.layers:
+            layer.self_attn.maps = FeatureMaps(c.n_heads, c.n_kv_heads, c.head_dim, c.hedgehog_dim).to(p.device)
+
+    @property
+    def has_feature_maps(self) -> bool:
+        return self.layers[0].self_attn.maps is not None
 
     def new_states(self, batch: int, max_len: int, device=None, dtype=None) -> list:
-        """One decoding state per layer (KV cache, ring buffer or recurrent state, by variant)."""
+        """One decoding state per layer (KV cache, ring buffer or recurrent state, by each layer's variant)."""
         p = next(self.parameters())
-        return [self.backend.make_state(self.cfg, batch, max_len, device or p.device, dtype or p.dtype)
-                for _ in self.layers]
+        return [b.make_state(self.cfg, batch, max_len, device or p.device, dtype or p.dtype) for b in self.backends]
 
     def forward(self, ids: Tensor, positions: Tensor | None = None, valid: Tensor | None = None,
                 states: list | None = None, last_only: bool = False) -> Tensor:
@@ -152,8 +198,7 @@ class Transformer(nn.Module):
         x = self.embed_tokens(ids)
         c = self.cfg
         rot = rope(positions, c.head_dim, c.rope_base, x.dtype, c.rope_scaling) if c.rope_base else None
-        attn = self.backend.fn
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rot, positions, valid, states[i] if states is not None else None, attn)
+        for i, (layer, backend) in enumerate(zip(self.layers, self.backends)):
+            x = layer(x, rot, positions, valid, states[i] if states is not None else None, backend.fn)
         x = self.norm(x[:, -1:] if last_only else x)
         return self.lm_head(x).float()

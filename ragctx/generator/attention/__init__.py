@@ -1,9 +1,11 @@
 """The attention registry: the one place a variant is named.
 
-Every entry has the same signature, ``fn(q, k, v, *, positions, valid, state, cfg) -> out`` with
+Every entry has the same signature, ``fn(q, k, v, *, positions, valid, state, cfg, maps=None) -> out`` with
 q [B, Hq, T, D], k, v [B, Hkv, T, D] for the T new tokens (RoPE applied), ``positions`` [B, T], ``valid`` [B, T]
 bool or None (no padding), ``state`` the variant's cache object or None (a plain full-sequence forward, as in
-training), and ``cfg`` the :class:`~ragctx.generator.config.ModelConfig`. It returns [B, Hq, T, D]. The model makes
+training), ``cfg`` the :class:`~ragctx.generator.config.ModelConfig` and ``maps`` the layer's learned feature maps
+(:class:`~ragctx.generator.attention.learned.FeatureMaps`, or None; only entries with a ``features`` option use
+them). It returns [B, Hq, T, D]. The model makes
 exactly one such call per layer. Each entry also says how to make its state and names its reference twin, so the
 tests pick up a new entry without anyone remembering to.
 """
@@ -33,9 +35,14 @@ class AttentionBackend:
     name: str
     fn: Callable[..., Any]  # the attention function (signature in the module docstring)
     make_state: Callable[..., Any]  # (cfg, batch, max_len, device, dtype) -> state for incremental decoding
-    reference: Callable[..., Any]  # (q, k, v, valid, cfg) -> float64 output from the definition
+    reference: Callable[..., Any]  # (q, k, v, valid, cfg, maps=None) -> float64 output from the definition
     exact: bool  # equals full causal softmax attention (up to rounding)
     summary: str
+    features: str | None = None  # the ModelConfig field naming its kernel feature map (None: no feature map)
+
+    def feature_map(self, cfg) -> str | None:
+        """The feature map this entry runs under ``cfg`` (None for the softmax family)."""
+        return getattr(cfg, self.features) if self.features else None
 
 
 def _kv_cache(cfg, batch, max_len, device, dtype):
@@ -47,11 +54,12 @@ def _ring(cfg, batch, max_len, device, dtype):
 
 
 def _linear_state(cfg, batch, max_len, device, dtype):
-    return LinearState.empty(batch, cfg.n_kv_heads, n_features(cfg.feature_map, cfg.head_dim), cfg.head_dim, device)
+    f = n_features(cfg.feature_map, cfg.head_dim, cfg.hedgehog_dim)
+    return LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device)
 
 
 def _hybrid_state(cfg, batch, max_len, device, dtype):
-    f = n_features(cfg.hybrid_feature_map, cfg.head_dim)
+    f = n_features(cfg.hybrid_feature_map, cfg.head_dim, cfg.hedgehog_dim)
     return HybridState(_ring(cfg, batch, max_len, device, dtype),
                        LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device))
 
@@ -59,19 +67,23 @@ def _hybrid_state(cfg, batch, max_len, device, dtype):
 ATTENTION: dict[str, AttentionBackend] = {
     b.name: b
     for b in [
-        AttentionBackend("softmax", softmax_attention, _kv_cache, lambda q, k, v, valid, cfg: softmax_reference(q, k, v, valid),
+        AttentionBackend("softmax", softmax_attention, _kv_cache,
+                         lambda q, k, v, valid, cfg, maps=None: softmax_reference(q, k, v, valid),
                          True, "reference: N x N scores in fp32, O(N^2) memory"),
-        AttentionBackend("flash", flash_attention, _kv_cache, lambda q, k, v, valid, cfg: softmax_reference(q, k, v, valid),
+        AttentionBackend("flash", flash_attention, _kv_cache,
+                         lambda q, k, v, valid, cfg, maps=None: softmax_reference(q, k, v, valid),
                          True, "scaled_dot_product_attention (cuDNN / FlashAttention kernels), O(N) memory"),
         AttentionBackend("linear", linear_attention, _linear_state,
-                         lambda q, k, v, valid, cfg: linear_quadratic(q, k, v, valid, cfg.feature_map),
-                         False, "causal linear attention, chunkwise prefill, O(1)-per-token decode"),
+                         lambda q, k, v, valid, cfg, maps=None: linear_quadratic(q, k, v, valid, cfg.feature_map, maps),
+                         False, "causal linear attention, chunkwise prefill, O(1)-per-token decode", "feature_map"),
         AttentionBackend("sliding_window", window_attention, _ring,
-                         lambda q, k, v, valid, cfg: window_reference(q, k, v, valid, cfg.window),
+                         lambda q, k, v, valid, cfg, maps=None: window_reference(q, k, v, valid, cfg.window),
                          False, "softmax over the last W tokens, ring-buffer cache"),
         AttentionBackend("hybrid", hybrid_attention, _hybrid_state,
-                         lambda q, k, v, valid, cfg: hybrid_reference(q, k, v, valid, cfg.window, cfg.hybrid_feature_map),
-                         False, "sliding-window softmax + linear attention over older keys (Based)"),
+                         lambda q, k, v, valid, cfg, maps=None: hybrid_reference(q, k, v, valid, cfg.window,
+                                                                                 cfg.hybrid_feature_map, maps),
+                         False, "sliding-window softmax + linear attention over older keys (Based, LoLCATs)",
+                         "hybrid_feature_map"),
     ]
 }
 

@@ -21,7 +21,7 @@ from .common import KVCache, all_valid, allowed
 __all__ = ["flash_attention", "sdpa", "causal", "bucket"]
 
 
-def flash_attention(q, k, v, *, positions, valid, state, cfg):
+def flash_attention(q, k, v, *, positions, valid, state, cfg, maps=None):
     if state is None and valid is None:
         return causal(q, k, v)
     padded = valid is not None  # known without looking at the tensor: no GPU sync on the decode path

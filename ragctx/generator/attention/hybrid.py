@@ -8,7 +8,13 @@ both sets:
     out = (sum_window e^{q.k/sqrt(D)} v + sum_older phi(q).phi(k) v) / (sum_window e^{...} + sum_older phi.phi)
 
 computed stably in log space: with Z_w, Z_l the two denominators, out = a out_w + (1 - a) out_l and
-a = sigmoid(log Z_w - log Z_l). So recent tokens get full softmax precision and the far past a bounded-size
+a = sigmoid(log Z_w - log Z_l).
+
+With a learned map (``hedgehog``, trained by ``ragctx linearize``) phi(q).phi(k) does not live on exp's scale, so
+the window's softmax is weighed as a whole: it gets the mass s_h (a learned share per query head) and the older
+keys (1 - s_h) phi(q).phi(k) each, one normalization over both, i.e. log Z_w is replaced by log s_h and log Z_l
+by log(1 - s_h) + log Z_l. This is LoLCATs' sliding window + linear attention with the window's log-sum-exp in
+place of its running maximum (every route, FlexAttention included, returns the log-sum-exp). So recent tokens get full softmax precision and the far past a bounded-size
 summary. Decoding keeps a ring buffer of the window and, for keys that leave it, the recurrent linear state:
 O(W) memory in all.
 """
@@ -19,14 +25,15 @@ import torch
 from torch import Tensor
 
 from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup, window_blocks
-from .linear import feature_map, linear_chunkwise, linear_step, normalize, sum_dtype
+from .learned import LEARNED
+from .linear import phi, linear_chunkwise, linear_step, normalize, sum_dtype
 from .softmax import masked_softmax
 from .window import flex_window, use_flex
 
 __all__ = ["hybrid_attention"]
 
 
-def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
     b, hkv, t, d = k.shape
     w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
     fast = use_flex(q, valid, state.ring if state is not None else None)
@@ -46,8 +53,9 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
     # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys
     # that leave the window in this call; padding rows of phi(k) are zero.
-    fq = group_q(feature_map(q, kind), hkv)  # [B, Hkv, G, T, F]
-    fk = feature_map(k_all[:, :, :t], kind) * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
+    fq, fk = phi(q, k_all[:, :, :t], kind, maps)
+    fq = group_q(fq, hkv)  # [B, Hkv, G, T, F]
+    fk = fk * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
     prev = state.linear if state is not None else None
     if t == 1:  # decode: the one key leaving the window joins the state, then a recurrent read
         wide = sum_dtype(fk)
@@ -60,6 +68,10 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
     log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
     out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
 
+    if kind in LEARNED:  # the window weighed as a whole against the learned kernel (module docstring)
+        share, rest = maps.window_share(lse_l)
+        lse_w = torch.where(torch.isfinite(lse_w), share, float("-inf"))
+        lse_l = torch.where(torch.isfinite(lse_l), lse_l + rest, float("-inf"))  # no gradient through -inf rows
     lse = torch.logaddexp(lse_w, lse_l)
     a = torch.exp(lse_w - lse).nan_to_num(0.0)[..., None]  # weight of the window; 0 where nothing is visible
     c = torch.exp(lse_l - lse).nan_to_num(0.0)[..., None]

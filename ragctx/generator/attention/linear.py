@@ -2,9 +2,11 @@
 
     out_t = sum_{s<=t} phi(q_t).phi(k_s) v_s / sum_{s<=t} phi(q_t).phi(k_s)
 
-Feature maps: ``elu`` (elu(x) + 1, Katharopoulos et al. 2020) and ``taylor`` (Based, Arora et al. 2024: the
+Feature maps: ``elu`` (elu(x) + 1, Katharopoulos et al. 2020), ``taylor`` (Based, Arora et al. 2024: the
 second-order Taylor expansion of exp, phi(q).phi(k) = 1 + q.k/sqrt(D) + (q.k)^2 / (2D), with 1 + D + D(D+1)/2
-features, so it suits small head dims).
+features, so it suits small head dims) and ``hedgehog`` (learned per head, :mod:`.learned`: 2 x
+``hedgehog_dim`` features, trained by ``ragctx linearize`` to imitate a pretrained model's softmax; the layer's
+trained maps arrive as ``maps``).
 
 Three forms of one function, tested equal for outputs and gradients:
 - :func:`linear_chunkwise`: prefill. The sequence is cut into chunks of ``chunk_size``; inside a chunk the masked
@@ -30,19 +32,24 @@ from torch import Tensor
 
 from ...errors import RagctxError
 from .common import LinearState, group_q, optional_module, ungroup
+from .learned import LEARNED
 from .linear_triton import linear_prefill, supports, triton_kernels
 
-__all__ = ["feature_map", "n_features", "augmented_width", "augment", "linear_chunkwise", "linear_step",
+__all__ = ["feature_map", "phi", "features", "n_features", "augmented_width", "augment", "linear_chunkwise", "linear_step",
            "linear_attention", "FEATURE_MAPS"]
 
-FEATURE_MAPS = ("elu", "taylor")
+FEATURE_MAPS = ("elu", "taylor", *LEARNED)
 
 
-def n_features(kind: str, head_dim: int) -> int:
+def n_features(kind: str, head_dim: int, learned_dim: int = 64) -> int:
+    """Features per head of map ``kind`` (``learned_dim``: the projections of a learned map, as
+    ``ModelConfig.hedgehog_dim``)."""
     if kind == "elu":
         return head_dim
     if kind == "taylor":
         return 1 + head_dim + head_dim * (head_dim + 1) // 2
+    if kind in LEARNED:
+        return 2 * learned_dim
     raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
 
 
@@ -75,6 +82,9 @@ def feature_map(x: Tensor, kind: str) -> Tensor:
         index, weight = _taylor_pairs(d, x.device, x.dtype)
         second = (x[..., :, None] * x[..., None, :]).flatten(-2).index_select(-1, index) * weight
         return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
+    if kind in LEARNED:
+        raise RagctxError(f"feature map '{kind}' is learned: load a linearized model (ragctx linearize, or a "
+                          "packaged one such as smollm2-linear) instead of switching a softmax model to it")
     raise RagctxError(f"unknown feature map '{kind}'; choose one of {', '.join(FEATURE_MAPS)}")
 
 
@@ -186,23 +196,30 @@ def linear_fla(fq: Tensor, fk: Tensor, v: Tensor, state: LinearState | None, ker
     return out, LinearState(s[..., :dv].contiguous(), s[..., dv].contiguous())
 
 
-def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
+def phi(q: Tensor, k: Tensor, kind: str, maps=None) -> tuple[Tensor, Tensor]:
+    """(phi(q) [B, Hq, T, F], phi(k) [B, Hkv, T, F]) by a fixed map, or by the layer's learned ``maps``."""
+    if kind in LEARNED and maps is not None:
+        return maps.q(q), maps.k(k)
+    return feature_map(q, kind), feature_map(k, kind)
+
+
+def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str, maps=None) -> tuple[Tensor, Tensor]:
     """(phi(q) grouped [B, Hkv, G, T, F], phi(k) [B, Hkv, T, F] with padding rows zeroed)."""
-    fq = group_q(feature_map(q, kind), k.shape[1])
-    fk = feature_map(k, kind)
+    fq, fk = phi(q, k, kind, maps)
+    fq = group_q(fq, k.shape[1])
     if valid is not None:  # no padding: no pass over the features at all
         fk = fk * valid[:, None, :, None]
     return fq, fk
 
 
-def linear_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
-    out, new = _attend(q, k, v, valid, state, cfg)
+def linear_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
+    out, new = _attend(q, k, v, valid, state, cfg, maps)
     if state is not None:
         state.s, state.z = new.s, new.z
     return out.to(q.dtype)
 
 
-def _attend(q, k, v, valid, state, cfg) -> tuple[Tensor, LinearState]:
+def _attend(q, k, v, valid, state, cfg, maps) -> tuple[Tensor, LinearState]:
     """(output [B, Hq, T, Dv], the state after the last token) by the route that applies. Inference prefill on a
     GPU: ragctx's own fused Triton kernels (elu map, no padding), else fla-core's; under autograd the pure-torch form
     (it trained the Taylor-map model 2.4x faster than fla's kernels with 576 padded features, forward + backward:
@@ -211,7 +228,7 @@ def _attend(q, k, v, valid, state, cfg) -> tuple[Tensor, LinearState]:
     if (prefill and cfg.feature_map == "elu" and valid is None and triton_kernels() is not None
             and supports(q, k, v)):
         return linear_prefill(q, k, v, state)  # its own chunk of 64 rows (cfg.chunk_size is the pure-torch form's)
-    fq, fk = features(q, k, valid, cfg.feature_map)
+    fq, fk = features(q, k, valid, cfg.feature_map, maps)
     kernel = fla_kernel() if prefill else None
     if kernel is not None:
         return linear_fla(fq, fk, v, state, kernel)

@@ -6,10 +6,13 @@ computes in float64 from the definition.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
-from .linear import feature_map
+from .learned import LEARNED
+from .linear import phi
 
 __all__ = ["softmax_reference", "window_reference", "linear_quadratic", "linear_recurrent", "hybrid_reference"]
 
@@ -54,9 +57,20 @@ def window_reference(q, k, v, valid, window: int) -> Tensor:
     return softmax_reference(q, k, v, valid, window)
 
 
-def _linear_weights(q, k, valid, kind, older_than: int | None = None):
-    fq = feature_map(q.double(), kind).double()
-    fk = feature_map(k.double(), kind).double() * valid[:, None, :, None]
+def _phi(q, k, valid, kind, maps):
+    """phi(q), phi(k) in float64, padding keys zeroed (a learned map's parameters are cast to float64)."""
+    if maps is not None:
+        maps = _double(maps)
+    fq, fk = phi(q.double(), k.double(), kind, maps)
+    return fq.double(), fk.double() * valid[:, None, :, None]
+
+
+def _double(module):
+    return copy.deepcopy(module).double()
+
+
+def _linear_weights(q, k, valid, kind, older_than: int | None = None, maps=None):
+    fq, fk = _phi(q, k, valid, kind, maps)
     a = torch.einsum("bhtf,bhsf->bhts", fq, _expand(fk, q.shape[1]))
     pos = _positions(valid)
     diff = pos[:, :, None] - pos[:, None, :]
@@ -64,18 +78,17 @@ def _linear_weights(q, k, valid, kind, older_than: int | None = None):
     return a.masked_fill(~ok, 0.0)
 
 
-def linear_quadratic(q, k, v, valid, kind: str) -> Tensor:
+def linear_quadratic(q, k, v, valid, kind: str, maps=None) -> Tensor:
     """The masked O(T^2) form: A = phi(Q) phi(K)^T under the causal mask; out = A V / A 1."""
-    a = _linear_weights(q, k, valid, kind)
+    a = _linear_weights(q, k, valid, kind, maps=maps)
     den = a.sum(-1, keepdim=True)
     out = torch.einsum("bhts,bhsd->bhtd", a, _expand(v, q.shape[1]))
     return _div(out, den)
 
 
-def linear_recurrent(q, k, v, valid, kind: str) -> Tensor:
+def linear_recurrent(q, k, v, valid, kind: str, maps=None) -> Tensor:
     """Token by token: S += phi(k) v^T, z += phi(k); out = phi(q) S / phi(q) z."""
-    fq = feature_map(q.double(), kind).double()
-    fk = feature_map(k.double(), kind).double() * valid[:, None, :, None]
+    fq, fk = _phi(q, k, valid, kind, maps)
     fk, v = _expand(fk, q.shape[1]), _expand(v, q.shape[1])
     b, h, t, f = fq.shape
     s = fq.new_zeros(b, h, f, v.shape[-1])
@@ -90,10 +103,15 @@ def linear_recurrent(q, k, v, valid, kind: str) -> Tensor:
     return torch.stack(outs, 2)
 
 
-def hybrid_reference(q, k, v, valid, window: int, kind: str) -> Tensor:
-    """exp weights inside the window, phi(q).phi(k) weights for older keys, one normalization over both."""
+def hybrid_reference(q, k, v, valid, window: int, kind: str, maps=None) -> Tensor:
+    """exp weights inside the window, phi(q).phi(k) weights for older keys, one normalization over both. With a
+    learned map the window's weights are its softmax times the head's share s, the older keys' (1 - s) phi.phi."""
     e = _softmax_weights(q, k, _mask(valid, window))
-    a = _linear_weights(q, k, valid, kind, older_than=window)
+    a = _linear_weights(q, k, valid, kind, older_than=window, maps=maps)
+    if kind in LEARNED:
+        share = torch.sigmoid(maps.window_logit.double())[None, :, None, None]
+        e = share * _div(e, e.sum(-1, keepdim=True))
+        a = (1 - share) * a
     wts = e + a
     den = wts.sum(-1, keepdim=True)
     out = torch.einsum("bhts,bhsd->bhtd", wts, _expand(v, q.shape[1]))

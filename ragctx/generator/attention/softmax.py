@@ -32,7 +32,7 @@ def masked_softmax(q: Tensor, k: Tensor, v: Tensor, ok: Tensor, scale: float) ->
     return ungroup(out), ungroup(lse[..., None])[..., 0]
 
 
-def softmax_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+def softmax_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
     """Causal softmax attention, readable and exact (the twin every faster variant is tested against)."""
     k, v, pos_k, valid_k = visible_keys(state, k, v, positions, all_valid(valid, positions))
     out, _ = masked_softmax(q, k, v, allowed(positions, pos_k, valid_k), cfg.head_dim**-0.5)

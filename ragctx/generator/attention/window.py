@@ -50,7 +50,7 @@ def use_flex(q: Tensor, valid, ring: RingBuffer | None) -> bool:
     return q.is_cuda and valid is None and q.shape[2] > 1 and (ring is None or ring.seen == 0)
 
 
-def window_attention(q, k, v, *, positions, valid, state, cfg) -> Tensor:
+def window_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
     scale = cfg.head_dim**-0.5
     if use_flex(q, valid, state):
         out, _ = flex_window(q, k, v, cfg.window, scale)
