@@ -23,14 +23,16 @@ def _err(msg: str) -> None:
     print(f"ragctx: error: {msg}", file=sys.stderr)
 
 
-def _load_docs(spec: str, strict: bool):
+def _load_docs(spec: str, strict: bool, args: argparse.Namespace | None = None):
     from .data import resolve_docs
-    from .documents import load_path
+    from .documents import SUPPORTED_SUFFIXES, load_path
 
-    report = load_path(resolve_docs(spec), strict=strict)
+    report = load_path(resolve_docs(spec), strict=strict, encoding=getattr(args, "encoding", None),
+                       html=getattr(args, "html", None) or "text")
     print(report.summary(), file=sys.stderr)
     if not report.documents:
-        raise RagctxError(f"{spec}: no usable documents (supported: .txt .md .html .pdf .jsonl)")
+        raise RagctxError(f"{spec}: no usable documents (supported: {' '.join(SUPPORTED_SUFFIXES)} and text files "
+                          "without an extension)")
     return report.documents
 
 
@@ -58,7 +60,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     check_target(out)  # before any document is read or embedded
     make_parent(out)
     with writer_lock(out, wait=not args.no_wait):
-        docs = _load_docs(args.docs, args.strict)
+        docs = _load_docs(args.docs, args.strict, args)
         check_space(out, docs)
         index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
         report = index.add(docs, progress=True)
@@ -73,10 +75,23 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     from .index import check_space
 
     with Index.editing(args.index, wait=not args.no_wait, device=args.device) as index:
-        docs = _load_docs(args.docs, args.strict)
+        docs = _load_docs(args.docs, args.strict, args)
         check_space(Path(args.index), docs)
-        report = index.add(docs, progress=True)
+        report = index.sync(docs, progress=True) if args.prune else index.add(docs, progress=True)
     print(f"{report.summary()}; {len(index)} chunks in {args.index}")
+    return 0
+
+
+def cmd_index_list(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    docs = Index.load(args.index, device="cpu").documents()
+    if args.json:
+        print(json.dumps(docs, indent=2))
+        return 0
+    for d in docs:
+        print(f"{d['id']}\t{d['chunks']} chunk(s)")
+    print(f"{len(docs)} document(s) in {args.index}", file=sys.stderr)
     return 0
 
 
@@ -86,7 +101,7 @@ def cmd_index_delete(args: argparse.Namespace) -> int:
     with Index.editing(args.index, wait=not args.no_wait, device="cpu") as index:
         missing = index.delete(args.doc_ids)
         if missing and len(missing) == len(set(args.doc_ids)):
-            raise RagctxError(f"no such document(s) in {args.index}: {', '.join(missing)} (see `ragctx index info`)")
+            raise RagctxError(f"no such document(s) in {args.index}: {', '.join(missing)} (see `ragctx index list`)")
     if missing:
         print(f"not in the index (ignored): {', '.join(missing)}", file=sys.stderr)
     print(f"deleted {len(set(args.doc_ids)) - len(missing)} document(s); {len(index)} chunks in {args.index}")
@@ -236,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     def device(sp):
         sp.add_argument("--device", default=None, help="cuda or cpu (default: the GPU when there is one)")
 
+    def loading(sp):
+        sp.add_argument("--encoding", default=None,
+                        help="text files' encoding (default: detected; e.g. latin-1, cp1252, utf-16)")
+        sp.add_argument("--html", default="text", choices=["text", "main"],
+                        help="HTML: all visible text without navigation (text) or the main content only (main, "
+                             "needs trafilatura)")
+
     def no_wait(sp):
         sp.add_argument("--no-wait", action="store_true",
                         help="refuse at once if another process is writing this index (default: wait for it)")
@@ -250,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks (default 32)")
     b.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="embedder: name or folder")
     b.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+    loading(b)
     no_wait(b)
     device(b)
     b.set_defaults(func=cmd_index_build)
@@ -258,9 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("index")
     a.add_argument("docs")
     a.add_argument("--strict", action="store_true")
+    a.add_argument("--prune", action="store_true",
+                   help="also delete indexed documents that DOCS no longer holds (the index mirrors DOCS)")
+    loading(a)
     no_wait(a)
     device(a)
     a.set_defaults(func=cmd_index_add)
+
+    sy = idx.add_parser("sync", help="mirror a folder: add new and changed documents, delete the ones removed")
+    sy.add_argument("index")
+    sy.add_argument("docs")
+    sy.add_argument("--strict", action="store_true")
+    loading(sy)
+    no_wait(sy)
+    device(sy)
+    sy.set_defaults(func=cmd_index_add, prune=True)
+
+    ls = idx.add_parser("list", help="the document ids an index holds (with their chunk counts)")
+    ls.add_argument("index")
+    ls.add_argument("--json", action="store_true", help="ids, chunk counts, hashes and metadata as JSON")
+    ls.set_defaults(func=cmd_index_list)
 
     d = idx.add_parser("delete", help="remove documents by id")
     d.add_argument("index")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .chunking import Chunk, ChunkConfig, Chunker
-from .documents import Document
+from .documents import Document, as_documents
 from .embeddings import DEFAULT_MODEL, Embedder, default_device, model_name, shared_embedder
 from .errors import IndexFormatError, RagctxError
 from .lexical import BM25Index, reciprocal_rank_fusion
@@ -75,10 +75,11 @@ class AddReport:
     updated: list[str] = field(default_factory=list)  # changed documents, re-indexed
     unchanged: list[str] = field(default_factory=list)  # same text hash: skipped
     chunks: int = 0  # chunks embedded and stored
+    deleted: list[str] = field(default_factory=list)  # sync: documents no longer in the source, removed
 
     def summary(self) -> str:
         return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
-                f"{self.chunks} chunks embedded")
+                + (f"{len(self.deleted)} deleted, " if self.deleted else "") + f"{self.chunks} chunks embedded")
 
 
 def _sha256_file(path: Path) -> str:
@@ -200,6 +201,26 @@ class Index:
         report.chunks = len(texts)
         self._bm25 = None
         return report
+
+    def sync(self, documents: Iterable[Document], *, progress: bool | None = None) -> AddReport:
+        """Makes the index mirror ``documents``: adds new ones, re-indexes changed ones, and deletes every indexed
+        document whose id is not among them (a file removed from the folder). ``AddReport.deleted`` lists those."""
+        documents = _as_documents(documents)
+        keep = {d.id for d in documents}
+        gone = [d for d in self.store.document_ids() if d not in keep]
+        report = self.add(documents, progress=progress)
+        if gone:
+            self._remove_documents(gone)
+        report.deleted = gone
+        return report
+
+    def documents(self) -> list[dict[str, Any]]:
+        """One record per indexed document, by id: ``{"id", "chunks", "sha256", "metadata"}``."""
+        counts: dict[str, int] = {}
+        for c in self.store.document_chunks():
+            counts[c.doc_id] = counts.get(c.doc_id, 0) + 1
+        return [{"id": doc_id, "chunks": counts.get(doc_id, 0), "sha256": sha, "metadata": meta}
+                for doc_id, sha, meta in self.store.iter_documents()]
 
     def delete(self, doc_ids: Iterable[str] | str) -> list[str]:
         """Removes documents by id (one id or several); returns the ids that were not in the index."""
@@ -482,12 +503,7 @@ def _as_documents(documents) -> list[Document]:
     if isinstance(documents, (str, bytes, Document)) or not isinstance(documents, Iterable):
         raise RagctxError(f"documents must be a list of Document objects, not {type(documents).__name__}; "
                           "use load_path(folder).documents or [Document.from_text(id, text), ...]")
-    documents = list(documents)
-    for d in documents:
-        if not isinstance(d, Document):
-            hint = " (a string: wrap it with Document.from_text(id, text))" if isinstance(d, str) else ""
-            raise RagctxError(f"documents must be Document objects, got {type(d).__name__}{hint}")
-    return documents
+    return as_documents(documents)  # LangChain and LlamaIndex documents are converted
 
 
 def check_target(path: Path) -> None:

@@ -57,7 +57,7 @@ def write_corpus(root: Path, *, broken: bool = True) -> Path:
     )
     if broken:
         (root / "empty.txt").write_text("   \n")
-        (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+        (root / "badbom.txt").write_bytes(b"\xff\xfe" + "caf\xe9".encode("utf-16-le") + b"\x00")  # odd length
         (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00binary")
         (root / "binary.txt").write_bytes(b"abc\x00\x01\x02def")
         (root / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not really a pdf")

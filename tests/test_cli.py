@@ -19,7 +19,7 @@ def built(corpus, tmp_path, capsys):
 
 def test_build_over_mixed_folder_reports_skips_and_search_gives_exact_spans(built, corpus, capsys):
     out, captured = built
-    assert "skipped 7" in captured.err and "latin1.txt: not UTF-8" in captured.err
+    assert "skipped 7" in captured.err and "badbom.txt: starts with a utf-16 byte-order mark" in captured.err
     assert "index saved to" in captured.out
     assert main(["search", str(out), "Which moon did the Kestrel-9 probe reach?", "-k", "2", "--json",
                  "--device", "cpu"]) == 0

