@@ -363,8 +363,8 @@ def as_documents(items: Iterable[Any]) -> list[Document]:
         found = _foreign(item)
         if found is None:
             hint = " (a string: wrap it with Document.from_text(id, text))" if isinstance(item, str) else ""
-            raise RagctxError(f"documents[{i}] is a {type(item).__name__}{hint}; pass ragctx, LangChain or "
-                              "LlamaIndex documents")
+            raise RagctxError(f"documents must be Document objects, got {type(item).__name__}{hint} at "
+                              f"documents[{i}]; LangChain and LlamaIndex documents are accepted too")
         doc_id, text, meta = found
         if not isinstance(text, str):
             raise RagctxError(f"documents[{i}]: its text is a {type(text).__name__}, not a string")

@@ -75,7 +75,7 @@ def test_langchain_documents_are_indexed_directly(embedder):
     index = Index.build(docs, embedder=embedder)
     hits = index.search("how many litres per minute does the pump move", k=1)
     assert hits[0].doc_id == "pump.pdf#page=3"
-    with pytest.raises(RagctxError, match=r"documents\[1\] is a int"):
+    with pytest.raises(RagctxError, match=r"Document objects, got int at documents\[1\]"):
         Index.build([docs[0], 7], embedder=embedder)
 
 
