@@ -138,6 +138,8 @@ def test_a_resumed_run_ends_exactly_where_an_unbroken_one_does(tmp_path, base, m
         linearize(str(base), cfg, tmp_path / "c", **quiet)
     assert json.loads((tmp_path / "c" / "checkpoint.json").read_text())["step"] == 3
     again = read_delta(linearize(str(base), cfg, tmp_path / "c", **quiet).delta)[1]
+    log = [json.loads(line) for line in (tmp_path / "c" / "train.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log] == [(1, i) for i in range(6)] + [(2, i) for i in range(4)]
     assert whole.keys() == resumed.keys() == again.keys()
     for k in whole:
         torch.testing.assert_close(resumed[k], whole[k], atol=0, rtol=0, msg=k)

@@ -372,6 +372,10 @@ def linearize(base: str, cfg: LinearizeConfig, out: str | Path, *, device: str |
     log_path = out / "train.jsonl"
     if done == (0, 0) and log_path.exists():
         log_path.unlink()
+    elif log_path.exists():  # steps logged after the checkpoint ran again on resume: keep one line per step
+        kept = [line for line in log_path.read_text().splitlines()
+                if line.strip() and tuple(json.loads(line)[k] for k in ("stage", "step")) < done]
+        log_path.write_text("".join(line + "\n" for line in kept))
     timings = {}
     for stage, steps, lr in stages:
         if steps == 0 or stage < done[0] or (stage == done[0] and done[1] >= steps):
