@@ -165,14 +165,7 @@ class Embedder:
         import torch
 
         _, keys, extra, pad_id = self._fast
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        for s in range(0, len(lengths), self.batch_size):
-            lens = lengths[s : s + self.batch_size]
-            mask = np.arange(int(lens.max()))[None, :] < lens[:, None]  # [B, W]
-            input_ids = np.full(mask.shape, pad_id, dtype=np.int64)
-            input_ids[mask] = flat[offsets[s] : offsets[s + len(lens)]]
-            arrays = {"input_ids": input_ids, "attention_mask": mask.astype(np.int64),
-                      "token_type_ids": np.zeros(mask.shape, dtype=np.int64)}  # one segment: all type 0
+        for arrays in _padded_batches(lengths, flat, self.batch_size, pad_id):
             yield {**{k: torch.from_numpy(arrays[k]) for k in keys}, **extra}
 
     def _fast_tokenizer(self):
@@ -246,23 +239,22 @@ class OnnxEmbedder:
 
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: little padding per batch
+        stripped = [texts[i].strip() for i in order]  # sentence-transformers strips too
         result = np.empty((len(texts), self.dim), dtype=np.float32)
         bar = tqdm(total=len(texts), desc=desc, unit="chunk",
                    disable=not (progress if progress is not None else len(texts) >= 2048))
-        for s in range(0, len(texts), self.batch_size):
-            rows = order[s : s + self.batch_size]
-            enc = self._tok.encode_batch([texts[i].strip() for i in rows])
-            width = max(len(e.ids) for e in enc)
-            ids = np.zeros((len(enc), width), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for i, e in enumerate(enc):
-                ids[i, : len(e.ids)], mask[i, : len(e.ids)] = e.ids, 1
-            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                              "token_type_ids": np.zeros_like(ids)})[0]
-            pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
-            result[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            bar.update(len(rows))
+        row = 0
+        for span in range(0, len(texts), Embedder.SPAN):
+            lengths, flat = _encode_span(self._tok, stripped, (span, min(span + Embedder.SPAN, len(texts))))
+            for arrays in _padded_batches(lengths, flat, self.batch_size, 0):
+                mask = arrays["attention_mask"]
+                hidden = self._session.run(None, arrays)[0]
+                pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+                rows = order[row : row + len(mask)]
+                result[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+                row += len(mask)
+                bar.update(len(mask))
         bar.close()
         return result
 
@@ -376,6 +368,19 @@ def _encode_span(tokenizer, texts: list[str], span: tuple[int, int]) -> tuple[np
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return lengths, flat
+
+
+def _padded_batches(lengths: np.ndarray, flat: np.ndarray, batch_size: int, pad_id: int) -> Iterator[dict]:
+    """Padded int64 model inputs (input_ids, attention_mask, token_type_ids) in batches of ``batch_size`` from
+    token-id runs (``flat`` holds each text's ids back to back, ``lengths`` their counts)."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for s in range(0, len(lengths), batch_size):
+        lens = lengths[s : s + batch_size]
+        mask = np.arange(int(lens.max()))[None, :] < lens[:, None]  # [B, W]
+        input_ids = np.full(mask.shape, pad_id, dtype=np.int64)
+        input_ids[mask] = flat[offsets[s] : offsets[s + len(lens)]]
+        yield {"input_ids": input_ids, "attention_mask": mask.astype(np.int64),
+               "token_type_ids": np.zeros(mask.shape, dtype=np.int64)}  # one segment: all type 0
 
 
 def _to(value: Any, device: str) -> Any:

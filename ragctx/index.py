@@ -216,9 +216,7 @@ class Index:
 
     def documents(self) -> list[dict[str, Any]]:
         """One record per indexed document, by id: ``{"id", "chunks", "sha256", "metadata"}``."""
-        counts: dict[str, int] = {}
-        for c in self.store.document_chunks():
-            counts[c.doc_id] = counts.get(c.doc_id, 0) + 1
+        counts = self.store.chunk_counts()
         return [{"id": doc_id, "chunks": counts.get(doc_id, 0), "sha256": sha, "metadata": meta}
                 for doc_id, sha, meta in self.store.iter_documents()]
 

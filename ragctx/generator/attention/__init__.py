@@ -40,10 +40,6 @@ class AttentionBackend:
     summary: str
     features: str | None = None  # the ModelConfig field naming its kernel feature map (None: no feature map)
 
-    def feature_map(self, cfg) -> str | None:
-        """The feature map this entry runs under ``cfg`` (None for the softmax family)."""
-        return getattr(cfg, self.features) if self.features else None
-
 
 def _kv_cache(cfg, batch, max_len, device, dtype):
     return KVCache.empty(batch, cfg.n_kv_heads, max_len, cfg.head_dim, device, dtype)

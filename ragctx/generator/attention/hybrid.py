@@ -8,15 +8,15 @@ both sets:
     out = (sum_window e^{q.k/sqrt(D)} v + sum_older phi(q).phi(k) v) / (sum_window e^{...} + sum_older phi.phi)
 
 computed stably in log space: with Z_w, Z_l the two denominators, out = a out_w + (1 - a) out_l and
-a = sigmoid(log Z_w - log Z_l).
+a = sigmoid(log Z_w - log Z_l). So recent tokens get full softmax precision and the far past a bounded-size
+summary. Decoding keeps a ring buffer of the window and, for keys that leave it, the recurrent linear state:
+O(W) memory in all.
 
 With a learned map (``hedgehog``, trained by ``ragctx linearize``) phi(q).phi(k) does not live on exp's scale, so
 the window's softmax is weighed as a whole: it gets the mass s_h (a learned share per query head) and the older
 keys (1 - s_h) phi(q).phi(k) each, one normalization over both, i.e. log Z_w is replaced by log s_h and log Z_l
 by log(1 - s_h) + log Z_l. This is LoLCATs' sliding window + linear attention with the window's log-sum-exp in
-place of its running maximum (every route, FlexAttention included, returns the log-sum-exp). So recent tokens get full softmax precision and the far past a bounded-size
-summary. Decoding keeps a ring buffer of the window and, for keys that leave it, the recurrent linear state:
-O(W) memory in all.
+place of its running maximum (every route, FlexAttention included, returns the log-sum-exp).
 """
 
 from __future__ import annotations

@@ -40,10 +40,6 @@ class HedgehogMap(nn.Module):
                 for w in self.weight:
                     nn.init.orthogonal_(w)
 
-    @property
-    def features(self) -> int:
-        return 2 * self.weight.shape[-1]
-
     def forward(self, x: Tensor) -> Tensor:
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32
         z = torch.einsum("bhtd,hdp->bhtp", x.to(self.weight.dtype), self.weight) + self.bias[:, None]
@@ -61,10 +57,6 @@ class FeatureMaps(nn.Module):
         self.q = HedgehogMap(n_heads, head_dim, dim)
         self.k = HedgehogMap(n_kv_heads, head_dim, dim)
         self.window_logit = nn.Parameter(torch.zeros(n_heads))
-
-    @property
-    def features(self) -> int:
-        return self.q.features
 
     def window_share(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """(log share, log (1 - share)) as [1, Hq, 1] in ``like``'s dtype, for the hybrid's combination."""

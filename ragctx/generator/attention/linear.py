@@ -35,8 +35,8 @@ from .common import LinearState, group_q, optional_module, ungroup
 from .learned import LEARNED
 from .linear_triton import linear_prefill, supports, triton_kernels
 
-__all__ = ["feature_map", "phi", "features", "n_features", "augmented_width", "augment", "linear_chunkwise", "linear_step",
-           "linear_attention", "FEATURE_MAPS"]
+__all__ = ["feature_map", "phi", "features", "n_features", "augmented_width", "augment", "linear_chunkwise",
+           "linear_step", "linear_attention", "FEATURE_MAPS"]
 
 FEATURE_MAPS = ("elu", "taylor", *LEARNED)
 

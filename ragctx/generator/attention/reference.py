@@ -60,13 +60,9 @@ def window_reference(q, k, v, valid, window: int) -> Tensor:
 def _phi(q, k, valid, kind, maps):
     """phi(q), phi(k) in float64, padding keys zeroed (a learned map's parameters are cast to float64)."""
     if maps is not None:
-        maps = _double(maps)
+        maps = copy.deepcopy(maps).double()
     fq, fk = phi(q.double(), k.double(), kind, maps)
     return fq.double(), fk.double() * valid[:, None, :, None]
-
-
-def _double(module):
-    return copy.deepcopy(module).double()
 
 
 def _linear_weights(q, k, valid, kind, older_than: int | None = None, maps=None):
