@@ -262,43 +262,31 @@ class OnnxEmbedder:
         return self.encode([text], progress=False)[0]
 
 
-def _cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("RAGCTX_CACHE") or Path.home() / ".cache" / "ragctx")
-
-
 def _onnx_file(folder: Path, int8: bool) -> Path:
-    """The model's ONNX export (and its int8 quantization), made once and kept in the cache, keyed by the weights'
-    size and modification time and the export settings. Written to a temporary name, then renamed (atomic)."""
-    import hashlib
-    import os
+    """The model's ONNX export (and its int8 quantization), made once and kept in the cache
+    (:mod:`ragctx.cache`), keyed by the weights' file and the export settings."""
+    from .cache import cache_dir, cached, source_key
 
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise RagctxError(f"{folder}: no model.safetensors to export for the onnx backend")
-    st = weights.stat()
-    key = hashlib.sha256(f"{folder.resolve()}|{st.st_size}|{st.st_mtime_ns}|opset17|v1".encode()).hexdigest()[:16]
-    out = _cache_dir() / "onnx" / key
-    fp32, q8 = out / "model.onnx", out / "model-int8.onnx"
-    if not fp32.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".model.onnx.{os.getpid()}"
-        try:
-            _export(folder, tmp)
-            tmp.replace(fp32)
-        finally:
-            tmp.unlink(missing_ok=True)
-    if int8 and not q8.is_file():
+    out = cache_dir() / "onnx" / source_key(weights, "opset17|v1")
+    fp32 = cached(out / "model.onnx", lambda tmp: _export(folder, tmp))
+    if fp32 is None:
+        raise RagctxError(f"the onnx embedder's cache {out} is not writable; set RAGCTX_CACHE to a writable folder "
+                          "or RAGCTX_EMBED_BACKEND=torch")
+    if not int8:
+        return fp32
+
+    def quantize(tmp: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = out / f".model-int8.onnx.{os.getpid()}"
-        try:
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
-            tmp.replace(q8)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return q8 if int8 else fp32
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+
+    q8 = cached(out / "model-int8.onnx", quantize)
+    if q8 is None:
+        raise RagctxError(f"the onnx embedder's cache {out} is not writable; set RAGCTX_CACHE to a writable folder")
+    return q8
 
 
 def _export(folder: Path, path: Path) -> None:

@@ -7,6 +7,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "RAGCTX_CACHE" not in os.environ:  # derived files (ONNX export, GGUF tokenizers) go to a folder of this run
+    import tempfile
+
+    os.environ["RAGCTX_CACHE"] = tempfile.mkdtemp(prefix="ragctx-test-cache-")
 
 FACTS = {
     "volcano.md": "# Volcanoes\n\nMount Zirkel erupted in 1842 and buried the village of Ostrava-Kel under ash. "

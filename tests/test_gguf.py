@@ -1,4 +1,4 @@
-"""GGUF loading: tiny random llama and qwen2 files that the tests write with gguf.GGUFWriter, in every
+"""GGUF loading: tiny random llama, qwen2 and gemma3 files that the tests write with gguf.GGUFWriter, in every
 quantization type ragctx promises, load into the same logits as the same (dequantized) weights in a Hugging Face
 folder; the fast header reader and dequantizers equal the gguf package's; the packaged SmolLM2 file equals
 transformers' own GGUF loading. Bad files are one-line errors."""
@@ -225,14 +225,14 @@ def test_bad_gguf_files_are_one_line_errors(tmp_path, capsys, built_index):
 
 def test_unsupported_architecture_quantization_and_missing_tokenizer(tmp_path):
     rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(tmp_path / "gemma.gguf"), "gemma3")
+    w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
     w.add_tensor("token_embd.weight", rng.standard_normal((8, 32)).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(RagctxError, match="architecture 'gemma3' is not supported; ragctx loads llama, qwen2"):
-        Generator.from_pretrained(tmp_path / "gemma.gguf")
+    with pytest.raises(RagctxError, match="architecture 'phi3' is not supported; ragctx loads llama, qwen2, gemma3"):
+        Generator.from_pretrained(tmp_path / "phi.gguf")
     path, _ = write_pair(tmp_path, "llama", Q.F16, skip_tokenizer=True)
     with pytest.raises(RagctxError, match="carries no tokenizer"):
         Generator.from_pretrained(path)
@@ -353,3 +353,91 @@ def test_sentencepiece_vocabulary_tokenizes_as_transformers(tmp_path):
         assert ours.encode(text) == theirs(text).input_ids, text
         assert ours.decode(ours.encode(text)) == theirs.decode(theirs(text).input_ids, skip_special_tokens=True)
     assert ours.add_bos and ours.encode("cat")[0] == 1
+
+
+GEMMA_LAYERS = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "post_attention_norm.weight",
+                "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+                "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+                "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+                "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+                "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+                "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+                "mlp.down_proj.weight": "ffn_down.weight"}
+
+
+def write_gemma3(tmp_path, qtype, *, layers: int = 7, window: int = 16):
+    """A random tiny Gemma 3 (5 local layers of ``window`` keys per global one) as a transformers model and as the
+    GGUF file llama.cpp's converter would write: norm weights stored as 1 + w, no Q/K permutation, no pattern or
+    local-RoPE keys (llama.cpp's constants 6 and 10000 apply)."""
+    torch.manual_seed(0)
+    tokens, merges = byte_vocab()
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=len(tokens), hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64,
+        max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=window, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    hf = transformers.Gemma3ForCausalLM(cfg).eval()
+    path = tmp_path / f"gemma3-{qtype.name}.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    for add, value in ((w.add_context_length, 512), (w.add_embedding_length, 128), (w.add_block_count, layers),
+                       (w.add_feed_forward_length, 256), (w.add_head_count, 4), (w.add_head_count_kv, 1),
+                       (w.add_key_length, 64), (w.add_value_length, 64), (w.add_rope_freq_base, 1e6),
+                       (w.add_layer_norm_rms_eps, 1e-6), (w.add_sliding_window, window)):
+        add(value)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    state = {}
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:  # Gemma's norms multiply by 1 + w; make w visible
+                p.normal_(0, 0.3)
+        for name, p in hf.state_dict().items():
+            if name == "lm_head.weight":
+                continue
+            top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+            gname = top.get(name) or f"blk.{name.split('.')[2]}.{GEMMA_LAYERS['.'.join(name.split('.')[3:])]}"
+            x = p.float().numpy() + (1.0 if "norm" in name else 0.0)
+            kind = qtype if x.ndim == 2 else Q.F32
+            raw = gguf.quants.quantize(x, kind) if kind != Q.F32 else x
+            w.add_tensor(gname, raw, raw_dtype=kind)
+            back = gguf.quants.dequantize(raw, kind) if kind != Q.F32 else x
+            state[name] = torch.from_numpy(np.ascontiguousarray(back)).float() - (1.0 if "norm" in name else 0.0)
+        hf.load_state_dict(state, strict=False)
+        hf.tie_weights()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, hf
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q5_0], ids=lambda q: q.name)
+def test_gemma3_logits_equal_transformers(tmp_path, qtype):
+    """Gemma 3's GeGLU, q/k norms, sandwich norms, scaled embeddings and 5:1 local/global layers (local RoPE base,
+    windows of 16 keys in a 40-token prompt): the same logits as transformers' Gemma3ForCausalLM, for the prompt at
+    once and token by token through the cache, under softmax and flash in the global layers."""
+    path, hf = write_gemma3(tmp_path, qtype)
+    gen = Generator.from_pretrained(path, attention="softmax", device="cpu")
+    c = gen.model.cfg
+    assert c.attentions == ["sliding_window"] * 5 + ["softmax", "sliding_window"] and c.window == 16
+    ids = torch.randint(3, 267, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    torch.testing.assert_close(gen.logits(ids[0].tolist()), ref, atol=1e-4, rtol=1e-4)
+    gen.set_attention("flash")
+    assert c.attentions[5] == "flash" and c.attentions[0] == "sliding_window"
+    torch.testing.assert_close(gen.logits(ids[0].tolist()), ref, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # prefill 24 tokens, then decode one at a time: local layers' ring buffers wrap
+        states = gen.model.new_states(1, 64)
+        steps = [gen.model(ids[:, :24], states=states)[0]]
+        for t in range(24, 40):
+            steps.append(gen.model(ids[:, t:t + 1], positions=torch.tensor([[t]]), states=states)[0])
+    torch.testing.assert_close(torch.cat(steps), ref, atol=1e-4, rtol=1e-4)
+    out = hf.generate(ids[:, :12], max_new_tokens=8, do_sample=False)[0, 12:].tolist()
+    assert gen.generate(ids[0, :12].tolist(), max_new_tokens=8, temperature=0).tokens == out

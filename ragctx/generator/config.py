@@ -11,7 +11,9 @@ from typing import Any
 
 from ..errors import RagctxError
 
-__all__ = ["ModelConfig", "PRESETS", "OPTIONS", "expand_layers"]
+__all__ = ["ModelConfig", "PRESETS", "OPTIONS", "ACTIVATIONS", "expand_layers"]
+
+ACTIVATIONS = ("silu", "gelu_tanh")  # the gated FFN's gate function, by name
 
 
 @dataclass
@@ -34,6 +36,16 @@ class ModelConfig:
     max_seq_len: int = 4096  # longest sequence a cache is allocated for by default
     tie_embeddings: bool = True  # output projection shares the token embedding matrix
     attention_bias: bool = False  # biases on q/k/v projections (Qwen2 has them)
+    # -- Gemma 3's differences from Llama (the defaults are Llama's) --
+    activation: str = "silu"  # the gated FFN's gate: "silu" (SwiGLU, Llama) or "gelu_tanh" (GeGLU, Gemma)
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Gemma 3)
+    norm_layout: str = "pre"  # "pre": a norm before attention and FFN (Llama); "sandwich": also after each (Gemma)
+    embed_scale: float | None = None  # token embeddings multiplied by this (Gemma: sqrt(dim)); None = 1
+    # local/global layers: of every `global_every` layers the last is global (runs `attention`, RoPE base
+    # rope_base) and the others local (sliding_window of `window` keys, RoPE base rope_local_base): Gemma 3's 5:1
+    # pattern is 6. None: every layer is global. layer_attention, when set, overrides the attention (not the RoPE)
+    global_every: int | None = None
+    rope_local_base: float | None = None  # RoPE base of local layers; None = rope_base
     attention: str = "softmax"  # registry name of the attention implementation (ragctx.generator.attention)
     window: int = 512  # sliding_window and hybrid: keys each query sees with softmax (itself included)
     feature_map: str = "elu"  # linear: kernel feature map ("elu" = elu+1, "taylor" = Based's 2nd-order Taylor)
@@ -60,10 +72,22 @@ class ModelConfig:
             self.rope_scaling = check_scaling(self.rope_scaling, self.head_dim)
         if self.layer_attention is not None:
             self.layer_attention = expand_layers(self.layer_attention, self.n_layers)
+        for key, allowed in (("activation", ACTIVATIONS), ("norm_layout", ("pre", "sandwich"))):
+            if getattr(self, key) not in allowed:
+                raise RagctxError(f"{key}={getattr(self, key)!r} is unknown; choose one of {', '.join(allowed)}")
+        if self.global_every is not None and self.global_every < 1:
+            raise RagctxError(f"global_every={self.global_every}: pass a positive layer count or None")
+
+    def is_local(self, layer: int) -> bool:
+        """Whether layer ``layer`` is a local (sliding-window) layer of a local/global model (``global_every``)."""
+        return bool(self.global_every) and (layer + 1) % self.global_every != 0
 
     def attention_of(self, layer: int) -> str:
-        """The registry name layer ``layer`` runs."""
-        return self.layer_attention[layer] if self.layer_attention else self.attention
+        """The registry name layer ``layer`` runs: ``layer_attention``'s entry when set, else sliding_window in a
+        local layer, else ``attention``."""
+        if self.layer_attention:
+            return self.layer_attention[layer]
+        return "sliding_window" if self.is_local(layer) else self.attention
 
     @property
     def attentions(self) -> list[str]:
@@ -108,10 +132,11 @@ class ModelConfig:
     def n_params(self) -> int:
         """Parameter count (embeddings counted once when tied)."""
         c = self
-        attn = c.dim * c.head_dim * (c.n_heads * 2 + c.n_kv_heads * 2)
+        attn = c.dim * c.head_dim * (c.n_heads * 2 + c.n_kv_heads * 2) + (2 * c.head_dim if c.qk_norm else 0)
         mlp = 3 * c.dim * c.hidden_dim
         emb = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
-        return c.n_layers * (attn + mlp + 2 * c.dim) + c.dim + emb
+        norms = (4 if c.norm_layout == "sandwich" else 2) * c.dim
+        return c.n_layers * (attn + mlp + norms) + c.dim + emb
 
 
 # what a user may set on a loaded checkpoint (from_pretrained, the CLI's --window, eval configs' "options")

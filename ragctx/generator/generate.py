@@ -98,7 +98,7 @@ class Generator:
     def from_pretrained(cls, path: str | Path, *, attention: str | None = None, device: str | None = None,
                         dtype: torch.dtype | None = None, compile: bool = False, **options) -> Generator:
         """A pretrained checkpoint: a Hugging Face folder (config.json, *.safetensors, tokenizer.json; Llama,
-        Qwen2, Mistral), a GGUF file (or a folder holding one; llama and qwen2 architectures), the name of a
+        Qwen2, Mistral), a GGUF file (or a folder holding one; llama, qwen2 and gemma3 architectures), the name of a
         packaged model (:data:`~ragctx.generator.checkpoints.PACKAGED`, e.g. ``"smollm2"``), or a linearized
         model: a name in :data:`~ragctx.generator.checkpoints.LINEARIZED` (``"smollm2-hybrid"``) or a folder
         written by ``ragctx linearize``, loaded over its base.

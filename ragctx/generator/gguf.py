@@ -7,7 +7,8 @@ for SmolLM2's 49K tokens and 49K merges on a 2-core CPU, against ~0.1 s here; th
 weights' 1.3 s in numpy about fourfold. Both are tested against the gguf package (tests/test_gguf.py): the same
 metadata, and bit-identical weights.
 
-Architectures: ``llama`` (Llama 2/3, SmolLM, Mistral, TinyLlama) and ``qwen2``; others are refused with their name.
+Architectures: ``llama`` (Llama 2/3, SmolLM, Mistral, TinyLlama), ``qwen2`` and ``gemma3`` (text; its 5:1 local/global
+layers, GeGLU, q/k and sandwich norms as config fields); others are refused with their name.
 Logits equal transformers' own GGUF loading (``from_pretrained(dir, gguf_file=...)``, which dequantizes to fp32):
 tests/test_gguf.py.
 """
@@ -29,7 +30,7 @@ from .tokenizer import HFTokenizer, gguf_tokenizer
 
 __all__ = ["ARCHITECTURES", "GGUFFile", "GGUFTensor", "dequantize", "find_gguf"]
 
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "gemma3")
 PERMUTED = ("llama",)  # llama.cpp's converter reorders q/k rows for these (interleaved RoPE pairs)
 
 # GGUF tensor name (after "blk.N.") -> ragctx / Hugging Face name (after "layers.N.")
@@ -44,6 +45,12 @@ _BLOCK = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma's sandwich norms (llama.cpp's converter stores each norm weight as 1 + w, the plain multiplier ragctx's
+# RMSNorm takes, so they load unchanged): its ffn_norm is the norm before the FFN
+_GEMMA_BLOCK = {**_BLOCK, "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+                "post_attention_norm.weight": "post_attention_layernorm.weight",
+                "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+                "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
 _TOP = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
         "output.weight": "lm_head.weight"}
 
@@ -99,6 +106,11 @@ class GGUFFile:
         vocab = self._key("vocab_size") or len(self.meta.get("tokenizer.ggml.tokens") or []) or \
             (int(emb.shape[1]) if emb is not None else 0)
         context = int(self._key("context_length", 4096))
+        gemma = {}
+        if self.architecture == "gemma3":  # llama.cpp's constants for Gemma 3 where the file has no key
+            gemma = dict(activation="gelu_tanh", qk_norm=True, norm_layout="sandwich", embed_scale=dim**0.5,
+                         global_every=int(self._key("attention.sliding_window_pattern", 6)),
+                         rope_local_base=float(self._key("rope.freq_base_swa", 10000.0)))
         return ModelConfig(
             vocab_size=int(vocab),
             dim=dim,
@@ -115,6 +127,7 @@ class GGUFFile:
             attention_bias="blk.0.attn_q.bias" in self.tensors,
             attention=attention,
             window=int(self._key("attention.sliding_window", 0) or context),
+            **gemma,
         )
 
     def _rope_scaling(self, context: int, head_dim: int) -> dict[str, Any] | None:
@@ -143,7 +156,7 @@ class GGUFFile:
                           "rope_freqs are)")
 
     def tokenizer(self) -> HFTokenizer:
-        return gguf_tokenizer(self.meta, str(self.path))
+        return gguf_tokenizer(self.meta, str(self.path), cache=self.path)
 
     def _array(self, name: str) -> np.ndarray:
         """Tensor ``name`` dequantized to float32, in PyTorch's [rows, columns] order."""
@@ -154,13 +167,14 @@ class GGUFFile:
         undone; tensors the model has no place for are an error."""
         state: dict[str, torch.Tensor] = {}
         unknown = []
+        block = _GEMMA_BLOCK if self.architecture == "gemma3" else _BLOCK
         for name in self.tensors:
             if name == "rope_freqs.weight":
                 continue
             ours = _TOP.get(name)
             if ours is None and name.startswith("blk."):
                 _, layer, rest = name.split(".", 2)
-                ours = f"layers.{layer}.{_BLOCK[rest]}" if rest in _BLOCK else None
+                ours = f"layers.{layer}.{block[rest]}" if rest in block else None
             if ours is None:
                 unknown.append(name)
                 continue
@@ -318,7 +332,7 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _q8_0(raw: torch.Tensor, cols: int) -> torch.Tensor:
     b = _blocks(raw, 34)
-    return (b[:, 2:].contiguous().view(torch.int8).float() * _f16(b[:, :2])).reshape(-1, cols)
+    return b.view(torch.int8)[:, 2:].float().mul_(_f16(b[:, :2])).reshape(-1, cols)  # one strided read, in place
 
 
 def _q4_0(raw: torch.Tensor, cols: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied or untied embeddings.
+"""A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, tied or untied embeddings; with Gemma 3's
+differences as config fields (GeGLU, q/k norms, sandwich norms, scaled embeddings, 5:1 local/global layers).
 
 ``Transformer -> Block -> {Attention, FeedForward}``. The attention implementation is looked up by name in the
 registry (``ragctx.generator.attention``) and called once per layer; switching it changes no weight. Layers may
@@ -64,6 +65,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * d, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * d, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(cfg.n_heads * d, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
         self.maps: FeatureMaps | None = None  # learned feature maps of a linearized model
 
     def project(self, x: Tensor, rot) -> tuple[Tensor, Tensor, Tensor]:
@@ -73,6 +76,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, -1, d).transpose(1, 2)
         k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)
         v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rot is not None:
             q, k = _rotate(q, *rot), _rotate(k, *rot)
         return q, k, v
@@ -93,29 +98,45 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.act = _ACTIVATIONS[cfg.activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class Block(nn.Module):
+    """Pre-norm (Llama: ``post_attention_layernorm`` is the norm before the FFN) or sandwich (Gemma: each sublayer's
+    output is normalized too; ``post_attention_layernorm`` is the norm after attention, Hugging Face's names)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.sandwich = cfg.norm_layout == "sandwich"
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
     def forward(self, x, rot, positions, valid, state, attn) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rot, positions, valid, state, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.self_attn(self.input_layernorm(x), rot, positions, valid, state, attn)
+        if not self.sandwich:
+            x = x + h
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(h)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
 class Transformer(nn.Module):
     """The decoder. ``attention`` names a registry entry; :meth:`set_attention` switches it in place (every layer),
     :meth:`set_layer_attention` per layer."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, init: bool = True) -> None:
+        """``init=False`` leaves the weights as allocated (for a model whose weights are loaded next)."""
         super().__init__()
         self.cfg = cfg
         for name in cfg.attentions:
@@ -124,10 +145,11 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.apply(self._init)
-        for name, p in self.named_parameters():  # residual projections shrink with depth (GPT-2)
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+        if init:
+            self.apply(self._init)
+            for name, p in self.named_parameters():  # residual projections shrink with depth (GPT-2)
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    nn.init.normal_(p, std=0.02 / (2 * cfg.n_layers) ** 0.5)
         self.tie_weights()
 
     @staticmethod
@@ -197,8 +219,15 @@ class Transformer(nn.Module):
             positions = torch.arange(t, device=ids.device).expand(b, t)
         x = self.embed_tokens(ids)
         c = self.cfg
+        if c.embed_scale is not None:  # in the weights' dtype, as Gemma rounds it
+            x = x * torch.tensor(c.embed_scale, dtype=x.dtype)
         rot = rope(positions, c.head_dim, c.rope_base, x.dtype, c.rope_scaling) if c.rope_base else None
+        local = rot
+        local_base = c.rope_local_base or c.rope_base
+        if c.global_every and c.rope_base and (local_base != c.rope_base or c.rope_scaling):
+            local = rope(positions, c.head_dim, local_base, x.dtype)  # scaling is for global layers only
         for i, (layer, backend) in enumerate(zip(self.layers, self.backends)):
-            x = layer(x, rot, positions, valid, states[i] if states is not None else None, backend.fn)
+            x = layer(x, local if c.is_local(i) else rot, positions, valid,
+                      states[i] if states is not None else None, backend.fn)
         x = self.norm(x[:, -1:] if last_only else x)
         return self.lm_head(x).float()

@@ -149,16 +149,49 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def gguf_tokenizer(meta: dict[str, Any], source: str) -> HFTokenizer:
+def gguf_tokenizer(meta: dict[str, Any], source: str, cache: Path | None = None) -> HFTokenizer:
     """The tokenizer a GGUF file's ``tokenizer.*`` metadata describes: byte-level BPE (``gpt2``: Llama 3, Qwen2,
-    SmolLM) or SentencePiece BPE (``llama``: Llama 2, Mistral, TinyLlama). Other vocabularies are refused."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    model = meta.get("tokenizer.ggml.model")
+    SmolLM) or SentencePiece BPE (``llama``: Llama 2, Mistral, TinyLlama, Gemma). Other vocabularies are refused.
+    ``cache``: the GGUF file; its built tokenizer is kept in ragctx's cache (:mod:`ragctx.cache`) as tokenizer.json
+    and read from there next time (building Gemma's 262K-token vocabulary takes ~3 s, reading it back ~0.5 s)."""
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise RagctxError(f"{source}: the file carries no tokenizer (tokenizer.ggml.tokens is missing); ragctx needs "
                           "the GGUF's own vocabulary")
+    tok = None
+    if cache is not None:
+        from tokenizers import Tokenizer
+        from tokenizers import __version__ as tokenizers_version
+
+        from ..cache import cache_dir, cached, source_key
+
+        key = source_key(cache, f"v1|{tokenizers_version}")
+        stored = cached(cache_dir() / "tokenizers" / f"{key}.json",
+                        lambda tmp: _build_gguf_tokenizer(meta, source).save(str(tmp)))
+        tok = Tokenizer.from_file(str(stored)) if stored is not None else None
+    if tok is None:
+        tok = _build_gguf_tokenizer(meta, source)
+    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    eos_ids = {int(eos)} if eos is not None else set()
+    eot = meta.get("tokenizer.ggml.eot_token_id")
+    if eot is not None:
+        eos_ids.add(int(eot))
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama")
+    template = meta.get("tokenizer.chat_template")
+    name = {"bos_token": bos, "eos_token": eos, "unk_token": meta.get("tokenizer.ggml.unknown_token_id"),
+            "pad_token": meta.get("tokenizer.ggml.padding_token_id")}
+    specials = {k: tokens[int(v)] if v is not None and 0 <= int(v) < len(tokens) else None for k, v in name.items()}
+    chat = ChatTemplate(template, specials, where=source) if isinstance(template, str) and template else None
+    return HFTokenizer(tok, bos_id=int(bos) if bos is not None else None, eos_ids=eos_ids, add_bos=bool(add_bos),
+                       chat_template=chat, source=source)
+
+
+def _build_gguf_tokenizer(meta: dict[str, Any], source: str):
+    """The ``tokenizers.Tokenizer`` of a GGUF file's vocabulary (BOS/EOS and the chat template are read apart)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     if model == "gpt2":
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
@@ -173,36 +206,25 @@ def gguf_tokenizer(meta: dict[str, Any], source: str) -> HFTokenizer:
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.decoder = decoders.ByteLevel()
-        default_bos = False
     elif model == "llama":
         scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
         vocab = {t: i for i, t in enumerate(tokens)}
         tok = Tokenizer(models.BPE(vocab, _spm_merges(tokens, scores, types), unk_token=tokens[0] if types[0] == 2
                                    else None, fuse_unk=True, byte_fallback=True))
         # spaces become U+2581, one is prepended to the text's start (transformers' Llama tokenizer, tested there)
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+        # unless the file says not to (Gemma: add_space_prefix false)
+        prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first" if prefix
+                                                     else "never", split=False)
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
-        default_bos = True
+                                         *([decoders.Strip(" ", 1, 0)] if prefix else [])])
     else:
         raise RagctxError(f"{source}: tokenizer model '{model}' is not supported; ragctx builds 'gpt2' (byte-level "
                           "BPE) and 'llama' (SentencePiece BPE) vocabularies")
     # control tokens (type 3) and user-defined ones (type 4) are matched whole in the text
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4])
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
-    eos_ids = {int(eos)} if eos is not None else set()
-    eot = meta.get("tokenizer.ggml.eot_token_id")
-    if eot is not None:
-        eos_ids.add(int(eot))
-    add_bos = meta.get("tokenizer.ggml.add_bos_token", default_bos)
-    template = meta.get("tokenizer.chat_template")
-    name = {"bos_token": bos, "eos_token": eos, "unk_token": meta.get("tokenizer.ggml.unknown_token_id"),
-            "pad_token": meta.get("tokenizer.ggml.padding_token_id")}
-    specials = {k: tokens[int(v)] if v is not None and 0 <= int(v) < len(tokens) else None for k, v in name.items()}
-    chat = ChatTemplate(template, specials, where=source) if isinstance(template, str) and template else None
-    return HFTokenizer(tok, bos_id=int(bos) if bos is not None else None, eos_ids=eos_ids, add_bos=bool(add_bos),
-                       chat_template=chat, source=source)
+    return tok
 
 
 def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
