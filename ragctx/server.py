@@ -42,6 +42,7 @@ try:
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise RagctxError(f"ragctx serve needs FastAPI and uvicorn ({e.name} is not installed): "
@@ -55,6 +56,7 @@ Retrieval = Literal["dense", "bm25", "hybrid"]
 MAX_K = 1000  # hits or chunks one request may ask for
 MAX_NEW_TOKENS = 1024  # answer length one request may ask for
 NDJSON = "application/x-ndjson"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _not_blank(value: str, what: str) -> str:
@@ -101,27 +103,19 @@ def document_text(index, doc_id: str) -> str | None:
     offsets, so ``text[c.start:c.end] == c.text`` for every chunk and citation; the whitespace between two chunks,
     which no chunk holds, reads as one space, or as line breaks where it is two characters or more (the chunker
     cuts at paragraph breaks first)."""
-    chunks = index.store.document_chunks([doc_id])
+    chunks = index.store.document_chunks([doc_id])  # ordered by start
     if not chunks:
         return None
-    out = [" "] * max(c.end for c in chunks)
+    parts: list[str] = []
+    at = 0  # the end of the text so far
     for c in chunks:
-        out[c.start : c.end] = c.text
-    covered = bytearray(len(out))
-    for c in chunks:
-        covered[c.start : c.end] = b"\x01" * (c.end - c.start)
-    i = 0
-    while i < len(out):  # gaps of two or more characters between chunks: line breaks
-        if covered[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(out) and not covered[j]:
-            j += 1
-        if j - i >= 2 and i > 0:
-            out[i:j] = "\n" * (j - i)
-        i = j
-    return "".join(out)
+        gap = c.start - at
+        if gap > 0:
+            parts.append(" " * gap if gap == 1 or at == 0 else "\n" * gap)
+        if c.end > at:  # overlapping chunks: only what this one adds
+            parts.append(c.text[max(0, at - c.start) :])
+            at = c.end
+    return "".join(parts)
 
 
 def answer_payload(answer: Answer, seconds: float) -> dict[str, Any]:
@@ -229,6 +223,8 @@ def create_app(index, generator=None, *, mode: str = "auto", k: int = 5, retriev
         raise RagctxError(f"retrieval '{retrieval}' is unknown; use one of {', '.join(SEARCH_MODES)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise RagctxError(f"k={k!r}: pass a positive number of chunks")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise RagctxError(f"max_new_tokens={max_new_tokens!r}: pass a positive number of tokens")
     if isinstance(index, Index):
         index_path = "(in memory)"
     else:
@@ -373,9 +369,12 @@ def serve(index: str, *, host: str = "127.0.0.1", port: int = 8000, log_level: s
     sock = _listen(host, port)
     try:
         app = create_app(index, **options)
+        if host in LOOPBACK[:2]:  # requests must name this machine (Host: 127.0.0.1 or localhost), so that a page
+            app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK[:2]))  # elsewhere cannot reach it
+            # through DNS rebinding (Starlette reads an IPv6 Host header only up to its first colon: ::1 goes without)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in LOOPBACK:
             print(f"ragctx: warning: listening on {host}: anyone who can reach this machine can query the index "
                   "(there is no authentication)", file=sys.stderr)
         print(f"ragctx: serving {index} at http://{shown}:{bound}/ (Ctrl-C stops)", file=sys.stderr, flush=True)

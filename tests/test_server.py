@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -251,6 +252,9 @@ def test_page_in_chromium_streams_the_answer_and_highlights_the_cited_span(needl
                 with urllib.request.urlopen(server.url + "documents/" + doc_id) as r:
                     assert json.load(r)["text"][start:end] == mark.text_content()  # the cited span, exactly
                 assert page.locator("#error").text_content() == ""
+                rebound = urllib.request.Request(server.url + "health", headers={"Host": "evil.example"})
+                with pytest.raises(urllib.error.HTTPError, match="400"):  # a page that DNS-rebinds a name: refused
+                    urllib.request.urlopen(rebound)
             except Exception as e:
                 page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
                 raise AssertionError(f"the page failed (screenshot: {tmp_path / 'page.png'}); server stderr:\n"
