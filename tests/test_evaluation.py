@@ -326,3 +326,24 @@ def test_a_rerun_with_other_settings_does_not_count_old_rows_as_done(tmp_path, g
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
     assert json.loads((out / "config.json").read_text())["name"] == "eval"  # the first config is kept
     assert json.loads((out / "config-other.json").read_text())["max_new_tokens"] == 3
+
+
+def test_findings_name_ties_count_slope_points_and_flag_small_n():
+    from ragctx.evaluation.report import _findings
+
+    def cell(mode, attention, length, acc, n=9, prefill=0.1):
+        return {"mode": mode, "attention": attention, "length": length, "k": None, "retrieval": None,
+                "chunk_tokens": None, "n": n, "errors": 0, "out_of_memory": 0, "accuracy": acc,
+                "input_tokens": length, "prefill_s": prefill}
+
+    cells = [cell("rag", "softmax", 512, 1.0), cell("rag", "flash", 512, 1.0), cell("rag", "linear", 512, 0.5),
+             cell("full", "softmax", 512, 0.9, n=40), cell("full", "softmax", 2048, 0.7, n=40)]
+    summary = {"cells": cells, "prefill_slopes": {"full/softmax": 2.0, "rag/linear": 1.0},
+               "prefill_slopes_longest3": {"full/softmax": 2.0}, "prefill_slope_points": {"full/softmax": 2,
+                                                                                         "rag/linear": 5}}
+    text = "\n".join(_findings(summary))
+    assert "best accuracy 1.00, a tie of 2 of its 3 cells" in text  # a tie names no single winner
+    assert "best accuracy 0.90 (full / softmax, length 512)" in text
+    assert "two points each: rough slopes): `full/softmax` 2.00" in text and "three longest" not in text
+    assert "`rag/linear` grows as length^1.00 over 5 lengths" in text
+    assert "3 of 5 cells rest on fewer than 30 trials (fewest: 9)" in text

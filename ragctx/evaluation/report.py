@@ -90,15 +90,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if any("kind" in r and "qid" in r for r in ok):  # a QA file
             cell.update(_qa_cell(ok))
         out.append(cell)
-    slopes, long_slopes = {}, {}
+    slopes, long_slopes, points = {}, {}, {}
     needle = [c for c in out if c["length"] is not None]
     for series in sorted({_series(c) for c in needle}, key=_order):
         cs = sorted((c for c in needle if _series(c) == series and c["prefill_s"]), key=lambda c: c["length"])
         name = _series_name(series, _plain(needle))
         slopes[name] = loglog_slope([c["length"] for c in cs], [c["prefill_s"] for c in cs])
+        points[name] = len(cs)
         # fixed per-call costs flatten the short end: the three longest lengths show the asymptotic growth
         long_slopes[name] = loglog_slope([c["length"] for c in cs[-3:]], [c["prefill_s"] for c in cs[-3:]])
-    return {"cells": out, "prefill_slopes": slopes, "prefill_slopes_longest3": long_slopes, "trials": len(rows)}
+    return {"cells": out, "prefill_slopes": slopes, "prefill_slopes_longest3": long_slopes,
+            "prefill_slope_points": points, "trials": len(rows)}
 
 
 def _qa_cell(ok: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,15 +140,29 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
         label = f"{mode} / {att}" if plain else _series_name(key, plain)
         return {"color": plt.cm.tab10(attentions.index(att) % 10), "linestyle": ls, "marker": marker, "label": label}
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in series:
-        cs = sorted((c for c in cells if _series(c) == key), key=lambda c: c["length"])
-        ax.errorbar([c["length"] for c in cs], [c["accuracy"] for c in cs],
-                    yerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in cs],
-                          [c["accuracy_ci95"][1] - c["accuracy"] for c in cs]], capsize=3, **style(key))
-    ax.set(xscale="log", xlabel="context length (generator tokens)", ylabel="accuracy (string match all)", ylim=(-0.05, 1.05),
-           title="Accuracy against length (95% bootstrap CI)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # one panel per mode (colour = attention); series of a panel are dodged sideways so that equal values
+    # (several attentions at 1.00) stay visible side by side instead of hiding each other
+    modes = sorted({s[0] for s in series}, key=lambda m: ("rag", "full", "auto").index(m) if m in line else 9)
+    fig, axes = plt.subplots(1, len(modes), figsize=(3.6 * len(modes) + 1.6, 4.2), sharey=True, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        keys = [k for k in series if k[0] == mode]
+        for i, key in enumerate(keys):
+            cs = sorted((c for c in cells if _series(c) == key), key=lambda c: c["length"])
+            dodge = 1.06 ** (i - (len(keys) - 1) / 2)
+            st = style(key)
+            ax.errorbar([c["length"] * dodge for c in cs], [c["accuracy"] for c in cs],
+                        yerr=[[c["accuracy"] - c["accuracy_ci95"][0] for c in cs],
+                              [c["accuracy_ci95"][1] - c["accuracy"] for c in cs]], capsize=3,
+                        **{**st, "linestyle": "-", "label": st["label"].split(" / ", 1)[-1]})
+        ax.set(xscale="log", xlabel="context length (tokens)", ylim=(-0.05, 1.05), title=mode)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (95% bootstrap CI)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.9), title="attention")
+    n_min = min((c["n"] for c in cells), default=0)
+    fig.suptitle(f"Accuracy against length (n = {n_min} per point{'; few trials: wide intervals' if n_min < 30 else ''};"
+                 " points of a panel shifted sideways to stay visible)", fontsize=9)
+    fig.tight_layout()
     written.append(_save(fig, folder / PLOTS[0]))
 
     n = len(series)
@@ -174,7 +190,8 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
         fig.text(0.5, 0.5, "no needle trials: depth heatmaps do not apply", ha="center")
     written.append(_save(fig, folder / PLOTS[1]))
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig.subplots_adjust(wspace=0.3)
     for key in series:
         cs = sorted((c for c in cells if _series(c) == key and c["prefill_s"]), key=lambda c: c["length"])
         slope = summary["prefill_slopes"].get(_series_name(key, plain))
@@ -183,8 +200,8 @@ def _plots(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
                  **{**st, "label": st["label"] + (f" (slope {slope:.2f})" if slope is not None else "")})
         ax2.plot([c["length"] for c in cs], [(c["peak_memory_bytes"] or 0) / 2**20 for c in cs], **st)
     ax1.set(xscale="log", yscale="log", xlabel="context length", ylabel="prefill time (s)", title="Prefill time (log-log)")
-    ax2.set(xscale="log", yscale="log", xlabel="context length", title="Peak memory (log-log)",
-            ylabel="peak MiB (CUDA max allocated; on CPU peak RSS during the generation)")
+    ax2.set(xscale="log", yscale="log", xlabel="context length", ylabel="peak memory (MiB)",
+            title="Peak memory (log-log)\nGPU: max allocated; CPU: the process's peak RSS")
     ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=2)
     ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=2)
     written.append(_save(fig, folder / PLOTS[2]))
@@ -251,15 +268,32 @@ def _findings(summary: dict[str, Any]) -> list[str]:
         cs = [c for c in cells if c["mode"] == mode and c["n"] > c["errors"]]
         if not cs:
             continue
-        best = max(cs, key=lambda c: c["accuracy"])
-        where = _label(best) + (f", length {best['length']}" if best["length"] is not None else "")
-        lines.append(f"`{mode}`: best accuracy {best['accuracy']:.2f} ({where}); "
-                     f"mean input {sum(c['input_tokens'] or 0 for c in cs) / len(cs):.0f} tokens.")
+        top = max(c["accuracy"] for c in cs)
+        best = [c for c in cs if c["accuracy"] == top]
+        where = lambda c: _label(c) + (f", length {c['length']}" if c["length"] is not None else "")  # noqa: E731
+        if len(best) == 1:
+            said = f"best accuracy {top:.2f} ({where(best[0])})"
+        else:  # a tie names no winner
+            said = (f"best accuracy {top:.2f}, a tie of {len(best)} of its {len(cs)} cells ("
+                    + "; ".join(where(c) for c in best[:3]) + ("; ..." if len(best) > 3 else "") + ")")
+        lines.append(f"`{mode}`: {said}; mean input {sum(c['input_tokens'] or 0 for c in cs) / len(cs):.0f} tokens.")
+    points = summary.get("prefill_slope_points", {})
+    two = [f"`{key}` {slope:.2f}" for key, slope in summary["prefill_slopes"].items()
+           if slope is not None and points.get(key) == 2]
+    if two:  # one line: the caveat once
+        lines.append("prefill time grows as length^s between the two lengths run (two points each: rough slopes): "
+                     + ", ".join(two) + ".")
     for key, slope in summary["prefill_slopes"].items():
-        if slope is not None:
-            long = summary.get("prefill_slopes_longest3", {}).get(key)
-            lines.append(f"prefill time of `{key}` grows as length^{slope:.2f}"
-                         + (f" (length^{long:.2f} over its three longest lengths)." if long is not None else "."))
+        if slope is not None and points.get(key) != 2:
+            long, n = summary.get("prefill_slopes_longest3", {}).get(key), points.get(key, 0)
+            lines.append(f"prefill time of `{key}` grows as length^{slope:.2f} over {n or 'its'} lengths"
+                         + (f" (length^{long:.2f} over its three longest)." if long is not None and n > 3 else "."))
+    small = [c for c in cells if c["n"] - c["errors"] < 30]
+    if small:
+        n = min(c["n"] - c["errors"] for c in small)
+        lines.append(f"{len(small)} of {len(cells)} cells rest on fewer than 30 trials (fewest: {n}): their 95% "
+                     "intervals are rough, and an interval of 1.00-1.00 (or 0.00-0.00) only says every trial came "
+                     "out the same, not that the next one will.")
     for c in cells:
         if c["out_of_memory"]:
             lines.append(f"`{_label(c)}` at length {c['length']}: {c['out_of_memory']} of {c['n']} "
