@@ -215,7 +215,7 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str, maps=None) -
 def linear_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
     out, new = _attend(q, k, v, valid, state, cfg, maps)
     if state is not None:
-        state.s, state.z = new.s, new.z
+        state.update(new)  # in place: the state's buffers keep their addresses
     return out.to(q.dtype)
 
 
