@@ -13,6 +13,7 @@ generation equals one prompt at a time, for every registry entry.
 from __future__ import annotations
 
 import codecs
+import types
 
 import torch
 from torch import Tensor
@@ -48,10 +49,18 @@ def decode_one_token(model, tok: Tensor, pos: Tensor, states: list) -> Tensor:
 def compile_step(device: torch.device, options: dict | bool):
     """:func:`decode_one_token` under ``torch.compile``: ``options`` True takes the device's defaults (CUDA:
     ``mode="reduce-overhead"``, CUDA graphs; CPU: inductor's default mode), both ``fullgraph=True``; a dict gives
-    torch.compile's arguments instead (e.g. ``{"backend": "eager"}`` to check that the step traces whole)."""
+    torch.compile's arguments instead (e.g. ``{"backend": "eager"}`` to check that the step traces whole).
+
+    Each call compiles a copy of the function with its own code object: dynamo keeps its compiled graphs (and its
+    limit of 8 recompilations, a hard error under fullgraph) per code object, so every Generator gets its own
+    count instead of sharing one across models. Shapes are left to dynamo's default: the first length bucket is
+    compiled static, a second one recompiles with the cache length dynamic, which then serves every bucket (CUDA
+    graphs are still captured once per batch size and bucket, cheaply)."""
     if options is True:
         options = {"mode": "reduce-overhead"} if device.type == "cuda" else {}
-    return torch.compile(decode_one_token, **{"fullgraph": True, "dynamic": False, **options})
+    fn = decode_one_token
+    own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return torch.compile(own, **{"fullgraph": True, **options})
 
 
 def left_pad(prompts: list[list[int]], device, pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
