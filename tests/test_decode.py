@@ -27,7 +27,7 @@ def test_compiled_decode_step_traces_whole_and_gives_the_eager_tokens(name):
         got = compiled.generate(PROMPTS[1], max_new_tokens=12, **kw)
         assert got.tokens == want.tokens and got.text == want.text, kw
     if name == "hybrid":  # another batch size (and left padding): traced again, still equal
-        batch = compiled.generate_batch(PROMPTS[:2], max_new_tokens=6)  # another batch size: compiled again, still equal
+        batch = compiled.generate_batch(PROMPTS[:2], max_new_tokens=6)
         assert [g.tokens for g in batch] == [g.tokens for g in eager.generate_batch(PROMPTS[:2], max_new_tokens=6)]
 
 
