@@ -4,7 +4,7 @@
     python eval/bench_decode.py --device cpu --lengths 512 1024 2048 --new 32 --out eval/reports/decode  # fp32
 
 The packaged SmolLM2 (``Generator.from_pretrained("smollm2")``, or ``--model`` a .gguf file) runs under each
-``--attentions`` entry, eager and with ``compile=True`` (``--modes``; CUDA: the decode step as CUDA graphs, CPU:
+``--attentions`` entry, eager and with ``compile=True`` (``--compiled``; CUDA: the decode step as CUDA graphs, CPU:
 inductor). transformers loads the same GGUF (``from_pretrained(dir, gguf_file=...)``, dequantized) and generates with
 its dynamic cache and with ``cache_implementation="static"`` compiled (``--hf``; its ``CompileConfig``, forced on
 the CPU too). Linear and hybrid run SmolLM2's softmax-trained weights: their text is poor, their speed is what is
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", type=int, default=64, help="tokens decoded per run")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--attentions", nargs="+", default=["flash", "sliding_window", "linear", "hybrid"])
-    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--compiled", nargs="*", default=None, metavar="ATTENTION",
+                   help="attentions also timed with compile=True (default: every --attentions entry; none: --compiled "
+                        "with no value)")
     p.add_argument("--hf", nargs="*", default=["dynamic", "static"], choices=["dynamic", "static"],
                    help="transformers engines to time (none: --hf with no value)")
     p.add_argument("--window", type=int, default=None, help="sliding_window / hybrid window (default: the model's)")
@@ -63,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     path = packaged_path(args.model) if args.model in PACKAGED else Path(args.model)
     gen = Generator.from_pretrained(path, device=device, dtype=dtype, window=args.window)
     gen.with_context(max(gen.max_context, max(lengths) + args.new))
-    compiled = {a: Generator(gen.model, gen.tokenizer, compile=True) for a in args.attentions} \
-        if "compiled" in args.modes else {}
+    to_compile = args.attentions if args.compiled is None else args.compiled
+    compiled = {a: Generator(gen.model, gen.tokenizer, compile=True) for a in to_compile}
     engines = []  # (engine, mode, fn(ids) -> (prefill s, decode s))
     for a in args.attentions:
         def run(ids, a=a, g=gen):
@@ -72,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
                 gen.set_attention(a)
             return time_ragctx(g, ids, args.new, device)
-        if "eager" in args.modes:
-            engines.append((f"ragctx {a}", "eager", run))
-        if "compiled" in args.modes:
+        engines.append((f"ragctx {a}", "eager", run))
+        if a in compiled:
             engines.append((f"ragctx {a}", "compiled", lambda ids, run=run, a=a: run(ids, g=compiled[a])))
     if args.hf:
         from transformers import AutoModelForCausalLM

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -131,3 +133,28 @@ def test_decode_input_errors(call, match):
     gen = Generator(tiny_model(), ByteTokenizer())
     with pytest.raises(RagctxError, match=match):
         call(gen)
+
+
+def test_ragctx_threads_sets_torch_and_onnx_runtime_threads(monkeypatch):
+    from ragctx.threads import ENV, apply_torch_threads, configured_threads, onnx_session_options
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(ENV, "1")
+        assert configured_threads() == 1 and apply_torch_threads() == 1 == torch.get_num_threads()
+        opts = onnx_session_options()
+        assert opts.intra_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert onnx_session_options(2).intra_op_num_threads == 2  # an explicit count wins
+        monkeypatch.delenv(ENV)
+        assert configured_threads() is None and onnx_session_options().intra_op_num_threads == torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count())  # torch's own default: ragctx leaves one core free
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        assert apply_torch_threads() == max(1, os.cpu_count() - 1)
+        for bad in ("0", "two", "-1"):
+            monkeypatch.setenv(ENV, bad)
+            with pytest.raises(RagctxError, match=f"{ENV}="):
+                configured_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RagctxError
+from ..threads import apply_torch_threads
 from .attention import get_attention
 from .config import ModelConfig
 from .checkpoints import LINEARIZED, PACKAGED, delta_folder, load_checkpoint, load_linearized, packaged_path
@@ -63,6 +64,7 @@ class Generator:
     def __init__(self, model: Transformer, tokenizer, *, compile: bool | dict = False) -> None:
         if not isinstance(compile, (bool, dict)):
             raise RagctxError(f"compile={compile!r}: pass True, False or a dict of torch.compile arguments")
+        apply_torch_threads()  # RAGCTX_THREADS, when set (ragctx.threads)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = ""  # the packaged model's name or the path it was loaded from
