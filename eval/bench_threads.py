@@ -6,7 +6,8 @@ Each setting runs in a fresh process (a thread pool's size is fixed once it star
 ONNX Runtime's intra-op threads, and whether ORT's idle threads spin. It times a one-query embedding
 (``encode_query``, median of 30), a decode step of the packaged SmolLM2 (flash, 256-token prompt, 32 greedy
 tokens, median of 3) alone, and the QA pattern: an embedding immediately followed by the generation (ORT's threads
-still spinning while torch decodes). Prints a table and writes ``<out>/threads-cpu-<date>.json``.
+still spinning while torch decodes). Other processes on the machine change these numbers a lot (an OpenMP team
+waits for its slowest thread): run it on a quiet machine, or read the spread. Prints a table and writes ``<out>/threads-cpu-<date>.json``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SETTINGS = [  # (label, torch threads, ORT threads, ORT spinning); 0 = the library's own default
-    ("library defaults", 0, 0, True),
+SETTINGS = [  # (label, torch threads, ORT threads, ORT spinning); 0 = torch's / ORT's own default (one per core)
+    ("torch 2, ort default spinning", 0, 0, True),
     ("torch 1, ort default", 1, 0, True),
     ("torch 2, ort 2 spinning", 2, 2, True),
     ("torch 2, ort 2 no spin", 2, 2, False),
@@ -37,23 +38,18 @@ def measure(torch_threads: int, ort_threads: int, spin: bool) -> dict:
     import onnxruntime as ort
     import torch
 
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    from ragctx import embeddings
+    from ragctx import embeddings, threads
     from ragctx.generator import Generator
 
-    real = ort.SessionOptions
-
-    def options():  # the embedder builds its own SessionOptions: this setting's are applied to it
-        opts = real()
+    def options(_threads=None):  # replaces ragctx's session options with this setting's
+        opts = ort.SessionOptions()
         if ort_threads:
             opts.intra_op_num_threads = ort_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         return opts
 
-    ort.SessionOptions = options
+    threads.onnx_session_options = options
     emb = embeddings.OnnxEmbedder()
-    ort.SessionOptions = real
     query = "what did the author work on before college?"
     emb.encode_query(query)
     times = []
@@ -61,7 +57,8 @@ def measure(torch_threads: int, ort_threads: int, spin: bool) -> dict:
         t = time.perf_counter()
         emb.encode_query(query)
         times.append(time.perf_counter() - t)
-    gen = Generator.from_pretrained("smollm2", device="cpu")
+    gen = Generator.from_pretrained("smollm2", device="cpu")  # applies ragctx's default; this setting's follows
+    torch.set_num_threads(torch_threads or os.cpu_count() or 1)
     gen.tokenizer.eos_ids = set()
     ids = list(range(1000, 1256))
     gen.generate(ids, max_new_tokens=4)

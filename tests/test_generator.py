@@ -21,15 +21,16 @@ def tiny_model(attention="softmax", seed=0, **kw) -> Transformer:
     return model
 
 
+@pytest.mark.parametrize("window", [9, 64], ids=["window<length", "window>length"])  # 64: the ring is cut to 40
 @pytest.mark.parametrize("name", VARIANTS)
-def test_model_prefill_then_decode_equals_full_forward(name):
+def test_model_prefill_then_decode_equals_full_forward(name, window):
     """Prefill + decode steps on the fixed-size states equal one forward pass; the steps write the states' buffers in
     place (no tensor is replaced or grows: what lets one compiled step serve a generation); reset states serve a
     second sequence as new ones would."""
     from ragctx.generator.attention.common import state_tensors
     from ragctx.generator.decode import decode_one_token
 
-    model = tiny_model(name)
+    model = tiny_model(name, window=window)
     ids = torch.randint(0, 256, (2, 37), generator=torch.Generator().manual_seed(1))
     valid = torch.ones(2, 37, dtype=torch.bool)
     valid[1, :6] = False  # left padding

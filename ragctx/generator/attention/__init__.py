@@ -49,7 +49,9 @@ def _kv_cache(cfg, batch, max_len, device, dtype):
 
 
 def _ring(cfg, batch, max_len, device, dtype):
-    return RingBuffer.empty(batch, cfg.n_kv_heads, cfg.window, cfg.head_dim, device, dtype)
+    # a sequence shorter than the window never evicts: max_len slots hold all of it (SmolLM2's window is its 8K
+    # context, so a 512-token generation would otherwise attend over 8192 slots every step)
+    return RingBuffer.empty(batch, cfg.n_kv_heads, min(cfg.window, max_len), cfg.head_dim, device, dtype)
 
 
 def _sum_dtype(dtype) -> torch.dtype:
