@@ -91,6 +91,10 @@ class Embedder:
         dtype: str | None = None,
     ) -> None:
         import torch
+
+        from .threads import apply_torch_threads
+
+        apply_torch_threads()  # RAGCTX_THREADS, when set
         from sentence_transformers import SentenceTransformer
 
         self.name, source = resolve_model(model)
@@ -222,9 +226,9 @@ class OnnxEmbedder:
         self.max_seq_length = int(json.loads(cfg.read_text()).get("max_seq_length", 256)) if cfg.is_file() else 256
         self.device, self.batch_size, self.int8 = "cpu", batch_size, int8
         path = _onnx_file(folder, int8)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        from .threads import onnx_session_options
+
+        opts = onnx_session_options(threads)  # RAGCTX_THREADS or torch's count; idle threads sleep (ragctx.threads)
         self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._tok.enable_truncation(self.max_seq_length)

@@ -1,10 +1,9 @@
 """The Generator: a tokenizer and a :class:`~ragctx.generator.model.Transformer`, with prefill, incremental
-decode (static KV cache, ring buffer or recurrent state, by attention variant), sampling and streaming."""
+decode (static KV cache, ring buffer or recurrent state, by attention variant, all fixed buffers written in place:
+:mod:`~ragctx.generator.decode`), sampling on the device, streaming, and batched generation."""
 
 from __future__ import annotations
 
-import codecs
-import copy
 import json
 import time
 import warnings
@@ -15,10 +14,11 @@ from pathlib import Path
 import torch
 
 from ..errors import RagctxError
+from ..threads import apply_torch_threads
 from .attention import get_attention
-from .attention.common import KVCache
 from .config import ModelConfig
 from .checkpoints import LINEARIZED, PACKAGED, delta_folder, load_checkpoint, load_linearized, packaged_path
+from .decode import Completion, StatePool, compile_step, decode_one_token, left_pad, restore, sample_tokens, snapshot
 from .hf import check_state
 from .model import Transformer
 from .tokenizer import ByteTokenizer
@@ -45,15 +45,9 @@ class Generation:
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
-    """Greedy at temperature 0; otherwise temperature-scaled nucleus (top-p) sampling. logits: [V]."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # smallest prefix whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=rng))
+    """One token from logits [V]: greedy at temperature 0; otherwise temperature-scaled nucleus (top-p) sampling
+    (:func:`~ragctx.generator.decode.sample_tokens` for a batch, on the device, with no host sync)."""
+    return int(sample_tokens(logits[None], temperature, top_p, rng)[0])
 
 
 class Generator:
@@ -61,15 +55,23 @@ class Generator:
 
     Args:
         model: the decoder. tokenizer: :class:`ByteTokenizer` or :class:`HFTokenizer`.
-        compile: wrap the per-step forward in ``torch.compile`` (optional; pays off on a GPU for long decodes).
+        compile: compile the decode step once (:func:`~ragctx.generator.decode.compile_step`): True takes the
+            device's defaults (CUDA graphs on a GPU, inductor on the CPU), a dict gives ``torch.compile``'s
+            arguments. Off by default: compiling costs seconds to a minute per batch size and length bucket, and pays
+            off for long decodes on a GPU, where an eager step is bound by kernel launches. Prefill stays eager.
     """
 
-    def __init__(self, model: Transformer, tokenizer, *, compile: bool = False) -> None:
+    def __init__(self, model: Transformer, tokenizer, *, compile: bool | dict = False) -> None:
+        if not isinstance(compile, (bool, dict)):
+            raise RagctxError(f"compile={compile!r}: pass True, False or a dict of torch.compile arguments")
+        apply_torch_threads()  # RAGCTX_THREADS, when set (ragctx.threads)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = ""  # the packaged model's name or the path it was loaded from
         self.qa_defaults: dict = {}  # QA settings measured for this model (packaged models carry theirs)
-        self._forward = torch.compile(model, dynamic=True) if compile else model
+        self.compile = compile
+        self._step = compile_step(self.device, compile) if compile else decode_one_token
+        self._pool = StatePool()  # the last generation's states, reused in place by the next one of that shape
 
     @property
     def device(self) -> torch.device:
@@ -96,7 +98,7 @@ class Generator:
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, *, attention: str | None = None, device: str | None = None,
-                        dtype: torch.dtype | None = None, compile: bool = False, **options) -> Generator:
+                        dtype: torch.dtype | None = None, compile: bool | dict = False, **options) -> Generator:
         """A pretrained checkpoint: a Hugging Face folder (config.json, *.safetensors, tokenizer.json; Llama,
         Qwen2, Mistral), a GGUF file (or a folder holding one; llama, qwen2 and gemma3 architectures), the name of a
         packaged model (:data:`~ragctx.generator.checkpoints.PACKAGED`, e.g. ``"smollm2"``), or a linearized
@@ -157,7 +159,7 @@ class Generator:
 
     @classmethod
     def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
-             dtype: torch.dtype | None = None, compile: bool = False) -> Generator:
+             dtype: torch.dtype | None = None, compile: bool | dict = False) -> Generator:
         """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package, see
         :func:`builtin_names`; ``builtin:flash`` is the softmax model run with flash attention)."""
         spec = str(spec)
@@ -237,10 +239,14 @@ class Generator:
     def stream(self, prompt: str | list[int], **kwargs) -> Iterator[str]:
         """Yields the completion's text as it is generated. Arguments:
 
-        max_new_tokens (64): token limit. temperature (0 = greedy), top_p (1.0), seed: sampling.
-        stop: strings that end the generation (not included in the text). bos: prepend <bos> to a text prompt
-        (None: as the checkpoint's tokenizer does). probes: token sequences whose log-probability as the start of
-        the completion is measured from the prompt's state (``Generation.probe_logprobs``), e.g. a refusal.
+        max_new_tokens (64): token limit. temperature (0 = greedy), top_p (1.0), seed: sampling (on the device;
+        a seed gives the same tokens on the same device). stop: strings that end the generation (not included in
+        the text). bos: prepend <bos> to a text prompt (None: as the checkpoint's tokenizer does). probes: token
+        sequences whose log-probability as the start of the completion is measured from the prompt's state
+        (``Generation.probe_logprobs``), e.g. a refusal. check_every: tokens decoded between the host's reads of
+        the tokens (to stream text and find eos and stop strings; None: 1 on the CPU, where reading costs nothing,
+        8 on a GPU, where each read waits for the device); a generation that ended runs at most check_every - 1
+        steps more, whose tokens are dropped.
         """
         for piece in self.run(prompt, **kwargs):
             if isinstance(piece, str):
@@ -260,88 +266,131 @@ class Generator:
         through the checkpoint's chat template; arguments as for :meth:`stream`."""
         return self.generate(self.chat_prompt(messages), **kwargs)
 
-    @torch.inference_mode()
     def run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
             stop: list[str] | str | None = None, seed: int | None = None, bos: bool | None = None,
-            probes: list[list[int]] | tuple = ()):
+            probes: list[list[int]] | tuple = (), check_every: int | None = None):
         """Yields the completion's text pieces as they come, then its :class:`Generation` (arguments as for
         :meth:`stream`). :meth:`generate` and :meth:`stream` are the two halves of this."""
-        if max_new_tokens < 0:
+        ids = self._prompt_ids(prompt, bos, max_new_tokens)
+        for event in self._generate([ids], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                    stop=stop, seed=seed, probes=[list(p) for p in probes], check_every=check_every):
+            yield event[1] if isinstance(event, tuple) else event[0]
+
+    def generate_batch(self, prompts: list[str | list[int]], *, batch_size: int | None = None,
+                       **kwargs) -> list[Generation]:
+        """One :class:`Generation` per prompt, decoding ``batch_size`` prompts at a time (None: all at once),
+        left-padded to the longest of each batch. Greedy results equal :meth:`generate`'s one prompt at a time (up
+        to rounding in near ties); sampled rows draw from one generator, so a seed gives other tokens than it does
+        one prompt at a time. Arguments as for :meth:`stream`, except ``probes``. ``prefill_s`` and ``decode_s``
+        are the whole batch's (``timings["batch"]`` says how many prompts shared them)."""
+        if "probes" in kwargs:
+            raise RagctxError("generate_batch does not measure probes; call generate() per prompt for probe_logprobs")
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)):
+            raise RagctxError(f"generate_batch takes a list of prompts (text or token ids), not {type(prompts).__name__}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise RagctxError(f"batch_size={batch_size!r}: pass a positive number of prompts (or None: all at once)")
+        bos, new = kwargs.pop("bos", None), kwargs.get("max_new_tokens", 64)
+        ids = [self._prompt_ids(p, bos, new, index=i) for i, p in enumerate(prompts)]
+        size = batch_size or max(1, len(ids))
+        results: list[Generation] = []
+        for start in range(0, len(ids), size):
+            for event in self._generate(ids[start : start + size], **kwargs):
+                if isinstance(event, list):
+                    results += event
+        return results
+
+    def _prompt_ids(self, prompt, bos: bool | None, max_new_tokens: int, index: int | None = None) -> list[int]:
+        """The prompt's token ids, checked: not empty, and room for ``max_new_tokens`` in the context."""
+        where = "" if index is None else f"prompt {index}: "
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise RagctxError(f"max_new_tokens={max_new_tokens}: pass 0 or more")
         ids = self.tokenizer.encode(prompt, bos=bos) if isinstance(prompt, str) else list(prompt)
         if not ids:
-            raise RagctxError("empty prompt: pass some text or token ids")
-        total = len(ids) + max_new_tokens
-        if total > self.max_context:
-            raise RagctxError(f"prompt of {len(ids)} tokens + {max_new_tokens} new exceeds the generator's context "
-                              f"of {self.max_context} tokens; shorten the input or lower max_new_tokens")
+            raise RagctxError(f"{where}empty prompt: pass some text or token ids")
+        if len(ids) + max_new_tokens > self.max_context:
+            raise RagctxError(f"{where}prompt of {len(ids)} tokens + {max_new_tokens} new exceeds the generator's "
+                              f"context of {self.max_context} tokens; shorten the input or lower max_new_tokens")
+        return ids
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                  top_p: float = 1.0, stop: list[str] | str | None = None, seed: int | None = None,
+                  probes: list[list[int]] = (), check_every: int | None = None):
+        """Prefill of every prompt (left-padded), then decode steps on the device until every row has ended or the
+        token limit. Yields (row, text piece) as text becomes final, then the list of :class:`Generation`."""
+        if check_every is not None and (not isinstance(check_every, int) or check_every < 1):
+            raise RagctxError(f"check_every={check_every!r}: pass a positive number of tokens (or None)")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        hold = max((len(s) for s in stops), default=1) - 1  # characters held back: a stop string may be forming
-        rng = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         eos = getattr(self.tokenizer, "eos_ids", None) or {self.tokenizer.eos_id}
         dev = self.device
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        cuda = dev.type == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        every = check_every or (8 if cuda else 1)
+        b, n = len(prompts), max(len(p) for p in prompts)
+        room = n + max(max_new_tokens, max((len(p) for p in probes), default=0))
+        rng = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 
         t0 = time.perf_counter()
-        states = self.model.new_states(1, max(total, len(ids) + max((len(p) for p in probes), default=0)))
-        x = torch.tensor([ids], device=dev)
-        logits = self._forward(x, states=states, last_only=True)[0, -1]
+        states = self._pool.take(self.model, b, room, static=bool(self.compile) and cuda)
+        ids, positions, valid = left_pad(prompts, dev)
+        logits = self.model(ids, positions=positions, valid=valid, states=states, last_only=True)[:, -1]  # [B, V]
         sync()
         prefill = time.perf_counter() - t0
-        scored = [self._probe(logits, states, len(ids), list(p)) for p in probes]
-        out: list[int] = []
-        text, sent, reason = "", 0, "length"
-        decoder = codecs.getincrementaldecoder("utf-8")("replace") if self.tokenizer.kind == "byte" else None
+        scored = [self._probe(logits[0], states, n, p) for p in probes]
+        rows = [Completion(self.tokenizer, stops, eos) for _ in range(b)]
+        out = torch.empty(b, max_new_tokens, dtype=torch.long, device=dev)  # every step's tokens, read in chunks
+        pos = positions[:, -1:] + 1  # [B, 1]: each row's next position (the last column is real in every row)
+        checked = 0
         t1 = time.perf_counter()
         for step in range(max_new_tokens):
-            tok = sample(logits.cpu(), temperature, top_p, rng)
-            if tok in eos:
-                reason = "eos"
-                break
-            out.append(tok)
-            if decoder is not None:  # bytes: decode incrementally (a character may span several tokens)
-                text += decoder.decode(bytes([tok])) if tok < 256 else ""
-            else:
-                text = self.tokenizer.decode(out)
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-                break
-            if len(text) - hold > sent:
-                yield text[sent : len(text) - hold]
-                sent = len(text) - hold
+            tok = sample_tokens(logits, temperature, top_p, rng)  # [B], on the device
+            out[:, step] = tok
+            if step + 1 - checked >= every or step + 1 == max_new_tokens:
+                for i, toks in enumerate(out[:, checked : step + 1].tolist()):  # the one host sync per chunk
+                    for t in toks:
+                        rows[i].add(t)
+                    piece = rows[i].ready()
+                    if piece:
+                        yield i, piece
+                checked = step + 1
+                if all(r.reason is not None for r in rows):
+                    break
             if step + 1 < max_new_tokens:
-                pos = torch.tensor([[len(ids) + step]], device=dev)
-                logits = self._forward(torch.tensor([[tok]], device=dev), positions=pos, states=states)[0, -1]
+                if self.compile and cuda:
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = self._step(self.model, tok[:, None], pos, states)
+                pos = pos + 1
         sync()
         decode = time.perf_counter() - t1
-        if decoder is not None and reason != "stop":
-            text += decoder.decode(b"", final=True)
-        if len(text) > sent:
-            yield text[sent:]
-        yield Generation(text, out, len(ids), reason, prefill, decode,
-                         {"prefill_s": prefill, "decode_s": decode,
-                          "decode_ms_per_token": 1e3 * decode / max(1, len(out))}, scored)
+        self._pool.give_back(self.model, b, room, states)
+        results = []
+        for i, (row, p) in enumerate(zip(rows, prompts)):
+            rest = row.finish()
+            if rest:
+                yield i, rest
+            timings = {"prefill_s": prefill, "decode_s": decode,
+                       "decode_ms_per_token": 1e3 * decode / max(1, max(len(r.tokens) for r in rows))}
+            if b > 1:
+                timings["batch"] = b
+            results.append(Generation(row.text, row.tokens, len(p), row.reason, prefill, decode, timings,
+                                      scored if b == 1 else []))
+        yield results
 
     def _probe(self, logits: torch.Tensor, states: list, start: int, tokens: list[int]) -> float:
-        """log P(tokens | prompt): the first token from the prefill's logits, the rest by decode steps. A static KV
-        cache is rolled back afterwards (its length reset: the slots past the prompt are overwritten by the
-        generation); other states (ring buffers, recurrent states: O(window) or O(1)) are copied first."""
+        """log P(tokens | prompt): the first token from the prefill's logits, the rest by decode steps on the
+        prompt's states, which are put back afterwards (:func:`~ragctx.generator.decode.snapshot`: a KV cache's
+        cursor and validity, the other states whole: O(window) or O(1))."""
         if not tokens:
             return 0.0
         total = float(torch.log_softmax(logits.float(), -1)[tokens[0]])
         if len(tokens) > 1:
-            caches = all(isinstance(s, KVCache) for s in states)
-            saved = [(s.length, s.padded) for s in states] if caches else None
-            work = states if caches else copy.deepcopy(states)
+            saved = snapshot(states)
             dev = self.device
             for i, (tok, nxt) in enumerate(zip(tokens, tokens[1:])):
                 pos = torch.tensor([[start + i]], device=dev)
-                step = self._forward(torch.tensor([[tok]], device=dev), positions=pos, states=work)[0, -1]
+                step = decode_one_token(self.model, torch.tensor([[tok]], device=dev), pos, states)[0]
                 total += float(torch.log_softmax(step.float(), -1)[nxt])
-            if caches:
-                for s, (length, padded) in zip(states, saved):
-                    s.length, s.padded = length, padded
+            restore(states, saved)
         return total
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ...errors import RagctxError
 from .common import HybridState, KVCache, LinearState, RingBuffer
 from .flash import flash_attention
@@ -34,7 +36,8 @@ class AttentionBackend:
 
     name: str
     fn: Callable[..., Any]  # the attention function (signature in the module docstring)
-    make_state: Callable[..., Any]  # (cfg, batch, max_len, device, dtype) -> state for incremental decoding
+    make_state: Callable[..., Any]  # (cfg, batch, max_len, device, dtype) -> state for incremental decoding (fixed
+    # buffers written in place: see attention.common)
     reference: Callable[..., Any]  # (q, k, v, valid, cfg, maps=None) -> float64 output from the definition
     exact: bool  # equals full causal softmax attention (up to rounding)
     summary: str
@@ -46,18 +49,24 @@ def _kv_cache(cfg, batch, max_len, device, dtype):
 
 
 def _ring(cfg, batch, max_len, device, dtype):
-    return RingBuffer.empty(batch, cfg.n_kv_heads, cfg.window, cfg.head_dim, device, dtype)
+    # a sequence shorter than the window never evicts: max_len slots hold all of it (SmolLM2's window is its 8K
+    # context, so a 512-token generation would otherwise attend over 8192 slots every step)
+    return RingBuffer.empty(batch, cfg.n_kv_heads, min(cfg.window, max_len), cfg.head_dim, device, dtype)
+
+
+def _sum_dtype(dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32  # running sums: fp32 (fp64 for fp64 models)
 
 
 def _linear_state(cfg, batch, max_len, device, dtype):
     f = n_features(cfg.feature_map, cfg.head_dim, cfg.hedgehog_dim)
-    return LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device)
+    return LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device, _sum_dtype(dtype))
 
 
 def _hybrid_state(cfg, batch, max_len, device, dtype):
     f = n_features(cfg.hybrid_feature_map, cfg.head_dim, cfg.hedgehog_dim)
     return HybridState(_ring(cfg, batch, max_len, device, dtype),
-                       LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device))
+                       LinearState.empty(batch, cfg.n_kv_heads, f, cfg.head_dim, device, _sum_dtype(dtype)))
 
 
 ATTENTION: dict[str, AttentionBackend] = {

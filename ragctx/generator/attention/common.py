@@ -3,6 +3,9 @@
 Masking is defined by positions, once: a query at position ``p`` may see a key at position ``s`` when the key is
 valid (not padding), ``s <= p`` (causal), and, for windowed softmax, ``p - s < window``. Caches keep each key's
 position and validity next to it, so prefill, decode, left padding and ring buffers all follow the same rule.
+
+Every state is a set of fixed buffers written in place (a cursor tensor says where): a decode step reads no
+counter from the host and allocates nothing that grows, so it can be compiled once for the whole generation.
 """
 
 from __future__ import annotations
@@ -15,21 +18,23 @@ import torch
 from torch import Tensor
 
 __all__ = ["optional_module", "KVCache", "RingBuffer", "LinearState", "HybridState", "allowed", "group_q", "ungroup",
-           "NEG_INF", "all_valid", "visible_keys", "window_blocks"]
+           "NEG_INF", "all_valid", "visible_keys", "window_blocks", "state_tensors"]
 
 NEG_INF = float("-inf")
 
 
 @dataclass
 class KVCache:
-    """Static KV cache (softmax, flash): buffers sized once, so shapes stay fixed across decode steps."""
+    """Static KV cache (softmax, flash): buffers sized once and written in place at a cursor, so every decode step
+    has the same shapes (the decode step can be captured once, e.g. as a CUDA graph). Readers attend over the whole
+    buffer; slots not written yet are invalid, and :func:`allowed` masks them."""
 
     k: Tensor  # [B, Hkv, L, D]
     v: Tensor  # [B, Hkv, L, D]
     pos: Tensor  # [B, L] position of each slot
     valid: Tensor  # [B, L] False for padding and unused slots
-    length: int = 0  # slots filled
-    padded: bool = False  # some appended token was padding (masks are then needed even for one-token steps)
+    cursor: Tensor  # [1] long, on the cache's device: the next slot to write (no host value is read per step)
+    fresh: bool = True  # nothing written yet: a prefill may attend to its own keys alone (set on the host, once)
 
     @classmethod
     def empty(cls, batch: int, n_kv_heads: int, max_len: int, head_dim: int, device, dtype) -> KVCache:
@@ -38,30 +43,40 @@ class KVCache:
             torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype),
             torch.zeros(batch, max_len, device=device, dtype=torch.long),
             torch.zeros(batch, max_len, device=device, dtype=torch.bool),
+            torch.zeros(1, device=device, dtype=torch.long),
         )
 
     def add(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Writes T new keys/values; returns views of every filled slot (k, v, pos, valid)."""
-        end = self.length + k.shape[2]
-        if end > self.k.shape[2]:
-            raise ValueError(f"KV cache holds {self.k.shape[2]} tokens; {end} were asked for")
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.pos[:, self.length : end] = pos
-        self.valid[:, self.length : end] = valid
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end], self.pos[:, :end], self.valid[:, :end]
+        """Writes T new keys/values at the cursor, in place, and returns the whole buffers (k, v, pos, valid).
+        Writing past the end is an IndexError on the CPU (the Generator sizes caches for prompt + new tokens)."""
+        idx = self.cursor if k.shape[2] == 1 else self.cursor + torch.arange(k.shape[2], device=k.device)  # [T]
+        self.k.index_copy_(2, idx, k)
+        self.v.index_copy_(2, idx, v)
+        self.pos.index_copy_(1, idx, pos)
+        self.valid.index_copy_(1, idx, valid)
+        self.cursor.add_(k.shape[2])
+        self.fresh = False
+        return self.k, self.v, self.pos, self.valid
+
+    def reset(self) -> None:
+        """Empty again, in place (the buffers keep their addresses: a captured decode step stays valid)."""
+        self.valid.zero_()
+        self.cursor.zero_()
+        self.fresh = True
 
 
 @dataclass
 class RingBuffer:
-    """The last ``W`` keys/values (sliding window), oldest first: decode memory stays O(W)."""
+    """The last ``W`` keys/values (sliding window), written in place: token number ``c`` (counted from the first
+    token appended, padding included) lives in slot ``c % W``, so decode memory stays O(W) and a decode step writes
+    one slot instead of rebuilding the ring. Masks come from the positions kept with each slot."""
 
     k: Tensor  # [B, Hkv, W, D]
     v: Tensor  # [B, Hkv, W, D]
     pos: Tensor  # [B, W]
     valid: Tensor  # [B, W]
-    seen: int = 0  # tokens appended so far (a Python int: checking for a fresh ring needs no GPU sync)
+    cursor: Tensor  # [1] long, on the ring's device: tokens appended so far
+    fresh: bool = True  # nothing appended yet (known on the host: checking needs no GPU sync)
 
     @classmethod
     def empty(cls, batch: int, n_kv_heads: int, window: int, head_dim: int, device, dtype) -> RingBuffer:
@@ -70,30 +85,68 @@ class RingBuffer:
             torch.zeros(batch, n_kv_heads, window, head_dim, device=device, dtype=dtype),
             torch.full((batch, window), -1, device=device, dtype=torch.long),
             torch.zeros(batch, window, device=device, dtype=torch.bool),
+            torch.zeros(1, device=device, dtype=torch.long),
         )
 
     def add(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The ring's keys followed by T new ones ([W + T], oldest first); the ring keeps the last W."""
-        w = self.k.shape[2]
-        k_all, v_all = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-        pos_all, valid_all = torch.cat([self.pos, pos], 1), torch.cat([self.valid, valid], 1)
-        self.k, self.v = k_all[:, :, -w:].contiguous(), v_all[:, :, -w:].contiguous()
-        self.pos, self.valid = pos_all[:, -w:].contiguous(), valid_all[:, -w:].contiguous()
-        self.seen += k.shape[2]
+        """The ring's keys, oldest first, followed by T new ones ([W + T]); the ring keeps the last W (in place)."""
+        w, t = self.k.shape[2], k.shape[2]
+        ring = torch.arange(w, device=k.device)
+        oldest = (self.cursor + ring) % w  # [W] the slots, oldest first
+        k_all = torch.cat([self.k.index_select(2, oldest), k], 2)
+        v_all = torch.cat([self.v.index_select(2, oldest), v], 2)
+        pos_all = torch.cat([self.pos.index_select(1, oldest), pos], 1)
+        valid_all = torch.cat([self.valid.index_select(1, oldest), valid], 1)
+        slots = (self.cursor + t + ring) % w  # where the last W tokens live
+        self.k.index_copy_(2, slots, k_all[:, :, t:])
+        self.v.index_copy_(2, slots, v_all[:, :, t:])
+        self.pos.index_copy_(1, slots, pos_all[:, t:])
+        self.valid.index_copy_(1, slots, valid_all[:, t:])
+        self.cursor.add_(t)
+        self.fresh = False
         return k_all, v_all, pos_all, valid_all
+
+    def push(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One token (k, v [B, Hkv, 1, D]) written in place over the oldest slot; returns the key, value and validity
+        it evicted ([B, Hkv, 1, D], [B, Hkv, 1, D], [B, 1]). The ring's tensors are then the keys a query may see."""
+        slot = self.cursor % self.k.shape[2]  # [1]
+        old = self.k.index_select(2, slot), self.v.index_select(2, slot), self.valid.index_select(1, slot)
+        self.k.index_copy_(2, slot, k)
+        self.v.index_copy_(2, slot, v)
+        self.pos.index_copy_(1, slot, pos)
+        self.valid.index_copy_(1, slot, valid)
+        self.cursor.add_(1)
+        self.fresh = False
+        return old
+
+    def reset(self) -> None:
+        self.pos.fill_(-1)
+        self.valid.zero_()
+        self.cursor.zero_()
+        self.fresh = True
 
 
 @dataclass
 class LinearState:
-    """Recurrent state of causal linear attention: O(1) memory per token decoded."""
+    """Recurrent state of causal linear attention: O(1) memory per token decoded, updated in place."""
 
-    s: Tensor  # [B, Hkv, F, Dv] fp32: sum of phi(k) v^T
+    s: Tensor  # [B, Hkv, F, Dv] fp32 (fp64 for fp64 models): sum of phi(k) v^T
     z: Tensor  # [B, Hkv, F] fp32: sum of phi(k) (the normalizer)
 
     @classmethod
-    def empty(cls, batch: int, n_kv_heads: int, features: int, head_dim: int, device) -> LinearState:
-        return cls(torch.zeros(batch, n_kv_heads, features, head_dim, device=device),
-                   torch.zeros(batch, n_kv_heads, features, device=device))
+    def empty(cls, batch: int, n_kv_heads: int, features: int, head_dim: int, device,
+              dtype: torch.dtype = torch.float32) -> LinearState:
+        return cls(torch.zeros(batch, n_kv_heads, features, head_dim, device=device, dtype=dtype),
+                   torch.zeros(batch, n_kv_heads, features, device=device, dtype=dtype))
+
+    def update(self, new: LinearState) -> None:
+        """Takes ``new``'s values, in place."""
+        self.s.copy_(new.s)
+        self.z.copy_(new.z)
+
+    def reset(self) -> None:
+        self.s.zero_()
+        self.z.zero_()
 
 
 @dataclass
@@ -103,11 +156,32 @@ class HybridState:
     ring: RingBuffer
     linear: LinearState
 
+    def reset(self) -> None:
+        self.ring.reset()
+        self.linear.reset()
+
 
 def visible_keys(state, k: Tensor, v: Tensor, positions: Tensor, valid: Tensor):
-    """(k, v, positions, valid) of the keys the new queries may attend to: with a cache or ring, its keys after
-    adding the new ones; without one, the new keys alone."""
-    return (k, v, positions, valid) if state is None else state.add(k, v, positions, valid)
+    """(k, v, positions, valid) of the keys the new queries may attend to: with a cache, its whole buffer after
+    writing the new keys; with a ring, one decode token is written in place and the ring is returned, several are
+    appended after the ring's keys (oldest first); without a state, the new keys alone."""
+    if state is None:
+        return k, v, positions, valid
+    if isinstance(state, RingBuffer) and k.shape[2] == 1:
+        state.push(k, v, positions, valid)
+        return state.k, state.v, state.pos, state.valid
+    return state.add(k, v, positions, valid)
+
+
+def state_tensors(state) -> list[Tensor]:
+    """Every tensor a decoding state holds (nested states included)."""
+    out = []
+    for value in vars(state).values():
+        if isinstance(value, Tensor):
+            out.append(value)
+        elif hasattr(value, "__dataclass_fields__"):
+            out += state_tensors(value)
+    return out
 
 
 def all_valid(valid: Tensor | None, positions: Tensor) -> Tensor:

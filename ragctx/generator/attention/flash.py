@@ -10,6 +10,9 @@ flash-shapes`` on an H200: 85-95 ms for the first prefill of each length, 5 ms f
 sees a new length with nearly every prompt, so causal prefill on a GPU rounds the length up to one of 8 buckets
 per octave (at most 12.5% padding, none at powers of two): right padding changes no causal output, and the plans
 of a few dozen lengths serve every prompt.
+
+With a :class:`~.common.KVCache`, a decode step attends over the whole fixed-size cache under the position mask
+(unwritten slots invalid), as gpt-fast does: its shapes never change, so one compiled step serves a generation.
 """
 
 from __future__ import annotations
@@ -26,19 +29,16 @@ def flash_attention(q, k, v, *, positions, valid, state, cfg, maps=None):
         return causal(q, k, v)
     padded = valid is not None  # known without looking at the tensor: no GPU sync on the decode path
     valid = all_valid(valid, positions)
-    if state is not None:
-        assert isinstance(state, KVCache)
-        fresh, k_new, v_new = state.length == 0, k, v
-        state.padded |= padded
-        padded = state.padded
-        k, v, pos_k, valid_k = state.add(k, v, positions, valid)
-        if not padded and fresh:
-            return causal(q, k_new, v_new)  # prefill into an empty cache: no mask, fused kernels
-        if not padded and q.shape[2] == 1:
-            return _decode(q, k, v)  # one new token, no padding anywhere: every cached key is visible
-    else:
-        pos_k, valid_k = positions, valid
-    return sdpa(q, k, v, allowed(positions, pos_k, valid_k), padded=padded)
+    if state is None:
+        return sdpa(q, k, v, allowed(positions, positions, valid), padded=padded)
+    assert isinstance(state, KVCache)
+    fresh = state.fresh
+    k_all, v_all, pos_k, valid_k = state.add(k, v, positions, valid)
+    if fresh:  # prefill into an empty cache: its own keys are all there is (no padding: fused causal kernels)
+        return causal(q, k, v) if not padded else sdpa(q, k, v, allowed(positions, positions, valid))
+    # a decode step (or a later prefill chunk) against the whole fixed-size cache, unwritten slots masked: the
+    # shapes never change, so one captured step serves the whole generation
+    return sdpa(q, k_all, v_all, allowed(positions, pos_k, valid_k), padded=padded)
 
 
 def bucket(t: int) -> int:
@@ -56,17 +56,6 @@ def causal(q, k, v, *, bucketed: bool | None = None):
         return sdpa(q, k, v, is_causal=True)
     pad = (0, 0, 0, n - t)
     return sdpa(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), is_causal=True)[:, :, :t]
-
-
-def _decode(q, k, v):
-    """One query against the cache. cuDNN plans per shape, and the cache grows every step, so on a GPU the
-    decode step asks for FlashAttention / memory-efficient kernels instead (measured: eval/reports/attention)."""
-    if not q.is_cuda:
-        return sdpa(q, k, v)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        return sdpa(q, k, v)
 
 
 def sdpa(q, k, v, ok=None, *, is_causal: bool = False, padded: bool = True):

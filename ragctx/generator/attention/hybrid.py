@@ -10,7 +10,7 @@ both sets:
 computed stably in log space: with Z_w, Z_l the two denominators, out = a out_w + (1 - a) out_l and
 a = sigmoid(log Z_w - log Z_l). So recent tokens get full softmax precision and the far past a bounded-size
 summary. Decoding keeps a ring buffer of the window and, for keys that leave it, the recurrent linear state:
-O(W) memory in all.
+O(W) memory in all; a decode step writes one ring slot in place and folds the key it evicts into the state.
 
 With a learned map (``hedgehog``, trained by ``ragctx linearize``) phi(q).phi(k) does not live on exp's scale, so
 the window's softmax is weighed as a whole: it gets the mass s_h (a learned share per query head) and the older
@@ -38,6 +38,38 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
     fast = use_flex(q, valid, state.ring if state is not None else None)
     valid = all_valid(valid, positions)
+    if state is not None and t == 1:  # decode: one ring slot written in place, the key it evicts joins the state
+        old_k, old_v, old_valid = state.ring.push(k, v, positions, valid)
+        ring = state.ring
+        out_w, lse_w = masked_softmax(q, ring.k, ring.v, allowed(positions, ring.pos, ring.valid, w), scale)
+        fq, fk = phi(q, old_k, kind, maps)
+        fq, fk = group_q(fq, hkv), fk * old_valid[:, None, :, None]  # [B, Hkv, G, 1, F], [B, Hkv, 1, F]
+        num, den, evicted = linear_step(fq, fk, old_v, state.linear)
+    else:
+        out_w, lse_w, num, den, evicted = _prefill(q, k, v, positions, valid, state, cfg, maps, fast)
+    seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
+    log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
+    out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
+
+    if kind in LEARNED:  # the window weighed as a whole against the learned kernel (module docstring)
+        share, rest = maps.window_share(lse_l)
+        lse_w = torch.where(torch.isfinite(lse_w), share, float("-inf"))
+        lse_l = torch.where(torch.isfinite(lse_l), lse_l + rest, float("-inf"))  # no gradient through -inf rows
+    lse = torch.logaddexp(lse_w, lse_l)
+    a = torch.exp(lse_w - lse).nan_to_num(0.0)[..., None]  # weight of the window; 0 where nothing is visible
+    c = torch.exp(lse_l - lse).nan_to_num(0.0)[..., None]
+    out = a * out_w.float() + c * out_l
+
+    if state is not None:  # the keys that left the window for good are folded into the linear state (in place)
+        state.linear.update(evicted)
+    return out.to(q.dtype)
+
+
+def _prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool):
+    """Several tokens (or one without a state): (window output, its log-sum-exp, the linear part's numerator and
+    denominator, the linear state after the keys that leave the window in this call). ``fast``: FlexAttention."""
+    b, hkv, t, d = k.shape
+    w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
     ring = state.ring if state is not None else RingBuffer.empty(b, hkv, w, d, k.device, k.dtype)
     k_all, v_all, pos_all, valid_all = ring.add(k, v, positions, valid)  # [W + T], oldest first
     if fast:
@@ -57,26 +89,11 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     fq = group_q(fq, hkv)  # [B, Hkv, G, T, F]
     fk = fk * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
     prev = state.linear if state is not None else None
-    if t == 1:  # decode: the one key leaving the window joins the state, then a recurrent read
+    if t == 1:  # one token without a state: the key leaving the (empty) window joins a zero state
         wide = sum_dtype(fk)
-        start = prev or LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d, dtype=wide),
-                                    fk.new_zeros(b, hkv, fk.shape[-1], dtype=wide))
+        start = LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d, dtype=wide),
+                            fk.new_zeros(b, hkv, fk.shape[-1], dtype=wide))
         num, den, evicted = linear_step(fq, fk, v_all[:, :, :1], start)
     else:
         num, den, evicted = linear_chunkwise(fq, fk, v_all[:, :, :t], prev, cfg.chunk_size)
-    seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
-    log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
-    out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
-
-    if kind in LEARNED:  # the window weighed as a whole against the learned kernel (module docstring)
-        share, rest = maps.window_share(lse_l)
-        lse_w = torch.where(torch.isfinite(lse_w), share, float("-inf"))
-        lse_l = torch.where(torch.isfinite(lse_l), lse_l + rest, float("-inf"))  # no gradient through -inf rows
-    lse = torch.logaddexp(lse_w, lse_l)
-    a = torch.exp(lse_w - lse).nan_to_num(0.0)[..., None]  # weight of the window; 0 where nothing is visible
-    c = torch.exp(lse_l - lse).nan_to_num(0.0)[..., None]
-    out = a * out_w.float() + c * out_l
-
-    if state is not None:  # keys k_all[:T] left the window for good: they are folded into the linear state
-        state.linear = evicted
-    return out.to(q.dtype)
+    return out_w, lse_w, num, den, evicted

@@ -59,12 +59,19 @@ def sum_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@lru_cache(maxsize=16)
+_PAIRS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
 def _taylor_pairs(d: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(flat index i*d + j of the pairs i <= j in a flattened d x d outer product, their weights): the weights make
-    sum_{i<=j} w^2 x_i x_j y_i y_j = (x.y)^2 / 2 (1/sqrt(2) on the diagonal, 1 off it)."""
-    i, j = torch.triu_indices(d, d)
-    return (i * d + j).to(device), torch.where(i == j, 1 / math.sqrt(2), 1.0).to(device=device, dtype=dtype)
+    sum_{i<=j} w^2 x_i x_j y_i y_j = (x.y)^2 / 2 (1/sqrt(2) on the diagonal, 1 off it). Kept in a plain dict (made
+    once per head dim, device and dtype), which torch.compile reads as constants (it would trace an lru_cache's
+    function every step)."""
+    key = (d, device, dtype)
+    if key not in _PAIRS:
+        i, j = torch.triu_indices(d, d)
+        _PAIRS[key] = (i * d + j).to(device), torch.where(i == j, 1 / math.sqrt(2), 1.0).to(device=device, dtype=dtype)
+    return _PAIRS[key]
 
 
 def feature_map(x: Tensor, kind: str) -> Tensor:
@@ -215,7 +222,7 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str, maps=None) -
 def linear_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
     out, new = _attend(q, k, v, valid, state, cfg, maps)
     if state is not None:
-        state.s, state.z = new.s, new.z
+        state.update(new)  # in place: the state's buffers keep their addresses
     return out.to(q.dtype)
 
 

@@ -3,7 +3,8 @@
 Prefill of a fresh sequence on a GPU with no padding runs FlexAttention (compiled, block-sparse sliding-window
 mask); elsewhere ``scaled_dot_product_attention`` with a boolean band mask computes the same function, in blocks
 of W queries once the sequence is 2W long (O(T W) work and memory instead of a T x T mask). Decoding keeps a ring
-buffer of the last ``window`` keys and values, so its memory stays O(W) however long the sequence grows.
+buffer of the last ``window`` keys and values, written one slot per step in place, so its memory stays O(W) however
+long the sequence grows and every step has the same shapes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def flex_window(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float) -> t
 
 def use_flex(q: Tensor, valid, ring: RingBuffer | None) -> bool:
     """FlexAttention serves a fresh sequence (no ring, or one nothing was appended to) without padding."""
-    return q.is_cuda and valid is None and q.shape[2] > 1 and (ring is None or ring.seen == 0)
+    return q.is_cuda and valid is None and q.shape[2] > 1 and (ring is None or ring.fresh)
 
 
 def window_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:

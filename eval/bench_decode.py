@@ -1,0 +1,127 @@
+"""Decode speed: ragctx eager vs compiled decode step, per attention, against transformers on the same weights.
+
+    python eval/bench_decode.py --device cuda --lengths 1024 4096 8192 --out eval/reports/decode     # bf16
+    python eval/bench_decode.py --device cpu --lengths 512 1024 2048 --new 32 --out eval/reports/decode  # fp32
+
+The packaged SmolLM2 (``Generator.from_pretrained("smollm2")``, or ``--model`` a .gguf file) runs under each
+``--attentions`` entry, eager and with ``compile=True`` (``--compiled``; CUDA: the decode step as CUDA graphs, CPU:
+inductor). transformers loads the same GGUF (``from_pretrained(dir, gguf_file=...)``, dequantized) and generates with
+its dynamic cache and with ``cache_implementation="static"`` compiled (``--hf``; its ``CompileConfig``, forced on
+the CPU too). Linear and hybrid run SmolLM2's softmax-trained weights: their text is poor, their speed is what is
+measured. Prompts are the packaged essays cut to each length; every run decodes ``--new`` tokens greedily without
+an eos stop. Prefill tokens/s = prompt tokens / time to the first token; decode ms/token = the rest / (new - 1).
+Each number is the median of ``--repeat`` runs after a warm-up run (which pays for compiling and is reported as
+``warmup_s``). Writes ``<out>/decode-<device>-<date>.json`` and prints a table; compare within one run only.
+Needs torch, transformers and ragctx (with gguf); nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.bench_generation import essays_ids, time_ragctx, time_transformers  # noqa: E402
+from eval.bench_retrieval import environment, table  # noqa: E402
+
+COLUMNS = ["engine", "mode", "prompt_tokens", "prefill_tok_s", "decode_ms_per_token", "decode_tok_s", "warmup_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="a packaged model name or a .gguf file (default smollm2)")
+    p.add_argument("--device", default=None, help="cuda (bf16) or cpu (fp32); default: cuda when available")
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="prompt lengths in tokens (default: 1024 4096 8192 on CUDA, 512 1024 2048 on the CPU)")
+    p.add_argument("--new", type=int, default=64, help="tokens decoded per run")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--attentions", nargs="+", default=["flash", "sliding_window", "linear", "hybrid"])
+    p.add_argument("--compiled", nargs="*", default=None, metavar="ATTENTION",
+                   help="attentions also timed with compile=True (default: every --attentions entry; none: --compiled "
+                        "with no value)")
+    p.add_argument("--hf", nargs="*", default=["dynamic", "static"], choices=["dynamic", "static"],
+                   help="transformers engines to time (none: --hf with no value)")
+    p.add_argument("--window", type=int, default=None, help="sliding_window / hybrid window (default: the model's)")
+    p.add_argument("--out", default=None, help="folder for the JSON")
+    args = p.parse_args(argv)
+
+    from ragctx.generator import Generator
+    from ragctx.generator.checkpoints import PACKAGED, packaged_path
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    lengths = args.lengths or ([1024, 4096, 8192] if cuda else [512, 1024, 2048])
+    if args.new < 2:
+        raise SystemExit("--new: decode at least 2 tokens (the first comes from the prefill)")
+    path = packaged_path(args.model) if args.model in PACKAGED else Path(args.model)
+    gen = Generator.from_pretrained(path, device=device, dtype=dtype, window=args.window)
+    gen.with_context(max(gen.max_context, max(lengths) + args.new))
+    to_compile = args.attentions if args.compiled is None else args.compiled
+    compiled = {a: Generator(gen.model, gen.tokenizer, compile=True) for a in to_compile}
+    engines = []  # (engine, mode, fn(ids) -> (prefill s, decode s))
+    for a in args.attentions:
+        def run(ids, a=a, g=gen):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
+                gen.set_attention(a)
+            return time_ragctx(g, ids, args.new, device)
+        engines.append((f"ragctx {a}", "eager", run))
+        if a in compiled:
+            engines.append((f"ragctx {a}", "compiled", lambda ids, run=run, a=a: run(ids, g=compiled[a])))
+    if args.hf:
+        from transformers import AutoModelForCausalLM
+        from transformers.generation.configuration_utils import CompileConfig
+
+        theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        theirs = theirs.to(device=device, dtype=dtype).eval()
+        compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if cuda else "default")
+        compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told
+        if "dynamic" in args.hf:
+            engines.append(("transformers", "dynamic cache",
+                            lambda ids: time_transformers(theirs, ids, args.new, device)))
+        if "static" in args.hf:
+            engines.append(("transformers", "static cache, compiled", lambda ids: time_transformers(
+                theirs, ids, args.new, device, cache_implementation="static", compile_config=compile_config)))
+
+    rows = []
+    for n in lengths:
+        ids = essays_ids(gen.tokenizer, n)
+        for engine, mode, fn in engines:
+            t = time.perf_counter()
+            fn(ids)  # warm-up: kernel choice, compile, CUDA graph capture
+            warmup = time.perf_counter() - t
+            runs = [fn(ids) for _ in range(args.repeat)]
+            prefill = statistics.median(r[0] for r in runs)
+            decode = statistics.median(r[1] for r in runs)
+            rows.append({"engine": engine, "mode": mode, "prompt_tokens": n, "new_tokens": args.new,
+                         "prefill_s": prefill, "prefill_tok_s": n / prefill,
+                         "decode_ms_per_token": 1e3 * decode / (args.new - 1), "decode_tok_s": (args.new - 1) / decode,
+                         "warmup_s": warmup})
+            print(table(rows[-1:], COLUMNS), flush=True)
+    import transformers
+
+    result = {"env": {**environment(), "device": device, "dtype": str(dtype), "model": str(path),
+                      "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+                      "window": gen.model.cfg.window},
+              "args": vars(args), "rows": rows}
+    print("\n" + table(rows, COLUMNS))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = out / f"decode-{'gpu' if cuda else 'cpu'}-{result['env']['date']}.json"
+        name.write_text(json.dumps(result, indent=2))
+        print(f"wrote {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
