@@ -42,8 +42,9 @@ def rope(positions: Tensor, head_dim: int, base: float, dtype, scaling: dict | N
     concatenation pass. ``scaling``: ``ModelConfig.rope_scaling`` (see ``ragctx.generator.rope``)."""
     key = (head_dim, base, repr(scaling), positions.device)
     if key not in _FREQUENCIES:  # computed once per model and device: no host-to-device copy per step
-        inv, factor = frequencies(head_dim, base, scaling)
-        _FREQUENCIES[key] = inv.to(positions.device), factor
+        with torch.inference_mode(False):  # a cache made under inference mode could not serve training later
+            inv, factor = frequencies(head_dim, base, scaling)
+            _FREQUENCIES[key] = inv.to(positions.device), factor
     inv, factor = _FREQUENCIES[key]
     angles = positions.float()[..., None] * inv  # [B, T, D/2]
     cos, sin = torch.cat([angles, angles], -1).cos(), angles.sin()

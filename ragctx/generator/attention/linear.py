@@ -69,8 +69,10 @@ def _taylor_pairs(d: int, device: torch.device, dtype: torch.dtype) -> tuple[Ten
     function every step)."""
     key = (d, device, dtype)
     if key not in _PAIRS:
-        i, j = torch.triu_indices(d, d)
-        _PAIRS[key] = (i * d + j).to(device), torch.where(i == j, 1 / math.sqrt(2), 1.0).to(device=device, dtype=dtype)
+        with torch.inference_mode(False):  # made under inference mode, they could not serve training later
+            i, j = torch.triu_indices(d, d)
+            _PAIRS[key] = ((i * d + j).to(device),
+                           torch.where(i == j, 1 / math.sqrt(2), 1.0).to(device=device, dtype=dtype))
     return _PAIRS[key]
 
 
