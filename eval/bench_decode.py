@@ -18,7 +18,6 @@ Needs torch, transformers and ragctx (with gguf); nothing else.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.bench_generation import essays_ids, time_ragctx, time_transformers  # noqa: E402
-from eval.bench_retrieval import environment, table  # noqa: E402
+from eval.bench_retrieval import environment, save_json, table  # noqa: E402
 
 COLUMNS = ["engine", "mode", "prompt_tokens", "prefill_tok_s", "decode_ms_per_token", "decode_tok_s", "warmup_s"]
 
@@ -115,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               "args": vars(args), "rows": rows}
     print("\n" + table(rows, COLUMNS))
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        name = out / f"decode-{'gpu' if cuda else 'cpu'}-{result['env']['date']}.json"
-        name.write_text(json.dumps(result, indent=2))
-        print(f"wrote {name}")
+        save_json(args.out, f"decode-{'gpu' if cuda else 'cpu'}", result)
     return 0
 
 

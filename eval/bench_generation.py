@@ -14,7 +14,6 @@ table. Compare ratios within one run only.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import environment, table  # noqa: E402
+from eval.bench_retrieval import environment, save_json, table  # noqa: E402
 
 
 def essays_ids(tokenizer, n: int) -> list[int]:
@@ -123,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows, ["engine", "prompt_tokens", "prefill_tok_s", "decode_tok_s", "decode_ms_per_token"]))
     print(f"load: ragctx {load_ragctx:.1f} s, transformers {load_transformers:.1f} s")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        name = out / f"generation-{'gpu' if device.startswith('cuda') else 'cpu'}-{result['env']['date']}.json"
-        name.write_text(json.dumps(result, indent=2))
-        print(f"wrote {name}")
+        save_json(args.out, f"generation-{'gpu' if device.startswith('cuda') else 'cpu'}", result)
     return 0
 
 

@@ -61,6 +61,16 @@ def timeit(fn, *, repeat: int = 20, warmup: int = 3, sync: bool = False) -> floa
     return statistics.median(times)
 
 
+def save_json(out: str | Path, stem: str, result: dict) -> Path:
+    """Writes ``result`` as ``<out>/<stem>-<date>.json`` (the date of ``result["env"]``) and says where."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}-{result['env']['date']}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]

@@ -41,6 +41,25 @@ def byte_vocab() -> tuple[list[str], list[str]]:
     return SPECIALS + symbols + ["".join(m.split()) for m in merges], merges
 
 
+def add_byte_tokenizer(w, tokens: list[str], merges: list[str]) -> None:
+    """The :func:`byte_vocab` tokenizer's metadata (byte-level BPE, BOS 1, EOS 2) on GGUF writer ``w``."""
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+
+def finish(w) -> None:
+    """Writes GGUF writer ``w``'s header, metadata and tensors, and closes the file."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def random_blocks(qtype, rows: int, cols: int, rng) -> np.ndarray:
     """Random K-quant bytes [rows, bytes per row] whose float16 scales are small and finite."""
     size, scales, top = K_QUANTS[qtype]
@@ -88,13 +107,7 @@ def write_pair(tmp_path, arch: str, qtype, *, tied: bool = True, extra_meta=None
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
     if not skip_tokenizer:
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(tokens)
-        w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-        w.add_token_merges(merges)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
+        add_byte_tokenizer(w, tokens, merges)
         w.add_add_bos_token(False)
         w.add_chat_template(TEMPLATE)
     for key, value in (extra_meta or {}).items():
@@ -129,10 +142,7 @@ def write_pair(tmp_path, arch: str, qtype, *, tied: bool = True, extra_meta=None
         hf.load_state_dict(state, strict=False)
         if tied:
             hf.tie_weights()
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path, hf
 
 
@@ -175,10 +185,7 @@ def test_fast_dequantizers_are_bit_identical_to_the_gguf_package(tmp_path, qtype
     raw = gguf.quants.quantize(x, qtype) if qtype != Q.F32 else x
     w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "llama")
     w.add_tensor("t", raw, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     ours = GGUFFile.__new__(GGUFFile)  # the reader alone (no architecture check)
     from ragctx.generator.gguf import _read
 
@@ -227,10 +234,7 @@ def test_unsupported_architecture_quantization_and_missing_tokenizer(tmp_path):
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
     w.add_tensor("token_embd.weight", rng.standard_normal((8, 32)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     with pytest.raises(RagctxError, match="architecture 'phi3' is not supported; ragctx loads llama, qwen2, gemma3"):
         Generator.from_pretrained(tmp_path / "phi.gguf")
     path, _ = write_pair(tmp_path, "llama", Q.F16, skip_tokenizer=True)
@@ -343,10 +347,7 @@ def test_sentencepiece_vocabulary_tokenizes_as_transformers(tmp_path):
                                                    "ffn_down")}}
     for name, shape in shapes.items():
         w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     ours = Generator.from_pretrained(tmp_path / "spm.gguf", device="cpu").tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
     for text in ["the cat sat on a mat", " the cat", "thé ✓ cat", "an cat  sat", "The Cat", "a<s>cat</s>"]:
@@ -385,13 +386,7 @@ def write_gemma3(tmp_path, qtype, *, layers: int = 7, window: int = 16):
                        (w.add_key_length, 64), (w.add_value_length, 64), (w.add_rope_freq_base, 1e6),
                        (w.add_layer_norm_rms_eps, 1e-6), (w.add_sliding_window, window)):
         add(value)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_byte_tokenizer(w, tokens, merges)
     state = {}
     with torch.no_grad():
         for name, p in hf.named_parameters():
@@ -410,10 +405,7 @@ def write_gemma3(tmp_path, qtype, *, layers: int = 7, window: int = 16):
             state[name] = torch.from_numpy(np.ascontiguousarray(back)).float() - (1.0 if "norm" in name else 0.0)
         hf.load_state_dict(state, strict=False)
         hf.tie_weights()
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path, hf
 
 
