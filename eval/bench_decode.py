@@ -36,24 +36,32 @@ COLUMNS = ["engine", "mode", "prompt_tokens", "prefill_tok_s", "decode_ms_per_to
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2", help="a packaged model name or a .gguf file (default smollm2)")
+    p.add_argument("--model", default="smollm2",
+                   help="a packaged model name, a .gguf file, or base100m (the ~100M config, random weights, bytes)")
     p.add_argument("--device", default=None, help="cuda (bf16) or cpu (fp32); default: cuda when available")
     p.add_argument("--lengths", type=int, nargs="+", default=None,
                    help="prompt lengths in tokens (default: 1024 4096 8192 on CUDA, 512 1024 2048 on the CPU)")
     p.add_argument("--new", type=int, default=64, help="tokens decoded per run")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--attentions", nargs="+", default=["flash", "sliding_window", "linear", "hybrid"])
+    p.add_argument("--attentions", nargs="+", default=["flash", "sliding_window", "linear", "hybrid"],
+                   help="attention names, or packaged delta names (smollm2-hybrid...) loaded over the base")
+    p.add_argument("--eager", nargs="*", default=None, metavar="ATTENTION",
+                   help="attentions also timed eagerly (default: every --attentions entry; none: --eager alone)")
     p.add_argument("--compiled", nargs="*", default=None, metavar="ATTENTION",
                    help="attentions also timed with compile=True (default: every --attentions entry; none: --compiled "
                         "with no value)")
     p.add_argument("--hf", nargs="*", default=["dynamic", "static"], choices=["dynamic", "static"],
                    help="transformers engines to time (none: --hf with no value)")
+    p.add_argument("--hf-lengths", type=int, nargs="*", default=None,
+                   help="lengths at which transformers runs (default: every --lengths entry)")
     p.add_argument("--window", type=int, default=None, help="sliding_window / hybrid window (default: the model's)")
-    p.add_argument("--out", default=None, help="folder for the JSON")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new engine after this many seconds (the rows so far are kept and written)")
+    p.add_argument("--out", default=None, help="folder for the JSON (rewritten after every row)")
     args = p.parse_args(argv)
+    t_start = time.perf_counter()
 
     from ragctx.generator import Generator
-    from ragctx.generator.checkpoints import PACKAGED, packaged_path
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -61,25 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     lengths = args.lengths or ([1024, 4096, 8192] if cuda else [512, 1024, 2048])
     if args.new < 2:
         raise SystemExit("--new: decode at least 2 tokens (the first comes from the prefill)")
-    path = packaged_path(args.model) if args.model in PACKAGED else Path(args.model)
-    gen = Generator.from_pretrained(path, device=device, dtype=dtype, window=args.window)
-    gen.with_context(max(gen.max_context, max(lengths) + args.new))
+    gens = load_generators(args, device, dtype, max(lengths) + args.new)
+    gen = gens[args.attentions[0]]
+    eager = args.attentions if args.eager is None else args.eager
     to_compile = args.attentions if args.compiled is None else args.compiled
-    compiled = {a: Generator(gen.model, gen.tokenizer, compile=True) for a in to_compile}
+    compiled = {a: Generator(gens[a].model, gens[a].tokenizer, compile=True) for a in to_compile}
     engines = []  # (engine, mode, fn(ids) -> (prefill s, decode s))
     for a in args.attentions:
-        def run(ids, a=a, g=gen):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
-                gen.set_attention(a)
-            return time_ragctx(g, ids, args.new, device)
-        engines.append((f"ragctx {a}", "eager", run))
+        def run(ids, a=a, g=None):
+            if not _is_delta(a):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
+                    gens[a].set_attention(a)  # the base model is shared: set its attention before each run
+            return time_ragctx(g or gens[a], ids, args.new, device)
+        if a in eager:
+            engines.append((f"ragctx {a}", "eager", run))
         if a in compiled:
             engines.append((f"ragctx {a}", "compiled", lambda ids, run=run, a=a: run(ids, g=compiled[a])))
-    if args.hf:
+    hf_lengths = set(lengths if args.hf_lengths is None else args.hf_lengths)
+    if args.hf and args.model != "base100m":
         from transformers import AutoModelForCausalLM
         from transformers.generation.configuration_utils import CompileConfig
 
+        path = _path(args.model)
         theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
         theirs = theirs.to(device=device, dtype=dtype).eval()
         compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if cuda else "default")
@@ -91,10 +103,23 @@ def main(argv: list[str] | None = None) -> int:
             engines.append(("transformers", "static cache, compiled", lambda ids: time_transformers(
                 theirs, ids, args.new, device, cache_implementation="static", compile_config=compile_config)))
 
-    rows = []
+    import transformers
+
+    cfg = gen.model.cfg
+    result = {"env": {**environment(), "device": device, "dtype": str(dtype), "model": args.model,
+                      "parameters": sum(p.numel() for p in gen.model.parameters()), "layers": cfg.n_layers,
+                      "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+                      "window": cfg.window},
+              "args": vars(args), "rows": [], "skipped": []}
+    rows = result["rows"]
     for n in lengths:
         ids = essays_ids(gen.tokenizer, n)
         for engine, mode, fn in engines:
+            if engine == "transformers" and n not in hf_lengths:
+                continue
+            if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+                result["skipped"].append({"engine": engine, "mode": mode, "prompt_tokens": n, "why": "--budget-s"})
+                continue
             t = time.perf_counter()
             fn(ids)  # warm-up: kernel choice, compile, CUDA graph capture
             warmup = time.perf_counter() - t
@@ -104,18 +129,58 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"engine": engine, "mode": mode, "prompt_tokens": n, "new_tokens": args.new,
                          "prefill_s": prefill, "prefill_tok_s": n / prefill,
                          "decode_ms_per_token": 1e3 * decode / (args.new - 1), "decode_tok_s": (args.new - 1) / decode,
-                         "warmup_s": warmup})
+                         "warmup_s": warmup, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None})
             print(table(rows[-1:], COLUMNS), flush=True)
-    import transformers
-
-    result = {"env": {**environment(), "device": device, "dtype": str(dtype), "model": str(path),
-                      "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-                      "window": gen.model.cfg.window},
-              "args": vars(args), "rows": rows}
+            if args.out:  # after every row: a run cut by a time limit keeps what it measured
+                save_json(args.out, f"decode-{'gpu' if cuda else 'cpu'}-{args.model}", result, quiet=True)
     print("\n" + table(rows, COLUMNS))
+    if result["skipped"]:
+        print(f"skipped for --budget-s: {len(result['skipped'])} engine-length pairs")
     if args.out:
-        save_json(args.out, f"decode-{'gpu' if cuda else 'cpu'}", result)
+        save_json(args.out, f"decode-{'gpu' if cuda else 'cpu'}-{args.model}", result)
     return 0
+
+
+def _is_delta(name: str) -> bool:
+    """A packaged linearized model (smollm2-hybrid...), which runs the attention it was trained for."""
+    from ragctx.generator.checkpoints import LINEARIZED
+
+    return name in LINEARIZED
+
+
+def _path(model: str) -> Path:
+    from ragctx.generator.checkpoints import PACKAGED, packaged_path
+
+    return packaged_path(model) if model in PACKAGED else Path(model)
+
+
+def load_generators(args, device: str, dtype, max_len: int) -> dict:
+    """One Generator per --attentions entry: plain attention names share one model (the base); a packaged delta
+    name (``smollm2-hybrid``) gets its own, loaded over the base. ``base100m``: the ~100M-parameter config with
+    random weights and byte tokens (its speed, not its text, is measured)."""
+    from ragctx.generator import Generator
+    from ragctx.generator.config import ModelConfig
+    from ragctx.generator.model import Transformer
+    from ragctx.generator.tokenizer import ByteTokenizer
+
+    if args.model == "base100m":
+        torch.manual_seed(0)
+        cfg = ModelConfig.from_name("base100m", **({"window": args.window} if args.window else {}))
+        class Bytes(ByteTokenizer):
+            eos_ids = {ByteTokenizer.eos_id}  # settable: time_ragctx empties it so that no run stops early
+
+        base = Generator(Transformer(cfg).to(device=device, dtype=dtype).eval(), Bytes())
+    else:
+        base = Generator.from_pretrained(_path(args.model), device=device, dtype=dtype, window=args.window)
+    base.with_context(max(base.max_context, max_len))
+    gens = {}
+    for a in args.attentions:
+        if _is_delta(a):
+            g = Generator.from_pretrained(a, device=device, dtype=dtype, window=args.window)
+            gens[a] = g.with_context(max(g.max_context, max_len))
+        else:
+            gens[a] = base
+    return gens
 
 
 if __name__ == "__main__":

@@ -61,13 +61,17 @@ def timeit(fn, *, repeat: int = 20, warmup: int = 3, sync: bool = False) -> floa
     return statistics.median(times)
 
 
-def save_json(out: str | Path, stem: str, result: dict) -> Path:
-    """Writes ``result`` as ``<out>/<stem>-<date>.json`` (the date of ``result["env"]``) and says where."""
+def save_json(out: str | Path, stem: str, result: dict, quiet: bool = False) -> Path:
+    """Writes ``result`` as ``<out>/<stem>-<date>.json`` (the date of ``result["env"]``), atomically (a run killed
+    while writing keeps the previous file), and says where unless ``quiet``."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}-{result['env']['date']}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    if not quiet:
+        print(f"wrote {path}")
     return path
 
 

@@ -24,6 +24,7 @@ Saving always goes through CPU indexes (``faiss.write_index``).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,6 +89,7 @@ class VectorIndex:
         self.device = "cpu"
         self._gpu: list | None = None  # per-shard GPU indexes (faiss-gpu) or None
         self._torch: tuple | None = None  # (ids tensor, fp16 matrix) for exact search in torch on a GPU
+        self._torch_lock = threading.Lock()  # the pinned buffers of _search_torch serve one search at a time
         self.shards = shards if shards is not None else [self._new_shard() for _ in range(self.config.shards)]
 
     def _new_shard(self):
@@ -316,22 +318,32 @@ class VectorIndex:
         return _overfetch(shard, queries, k, np.asarray(allowed, dtype=np.int64))
 
     def _search_torch(self, queries, k, allowed):
+        """Exact search on the GPU: the queries go up in one copy from a pinned host buffer, the (scores, ids) come
+        back in one copy each into pinned buffers, and the host waits once, on the stream, at the end."""
+        with self._torch_lock:
+            return self._search_torch_locked(queries, k, allowed)
+
+    def _search_torch_locked(self, queries, k, allowed):
         import torch
 
         ids, mat = self._torch
-        q = torch.from_numpy(queries).to(mat.device)
+        q = _pinned(self, "_pin_q", queries.shape, torch.float32)
+        q.numpy()[...] = queries
+        q = q.to(mat.device, non_blocking=True)
         mask = None
         if allowed is not None:
             mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
         block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
-        scores_out, ids_out = [], []
-        for s in range(0, q.shape[0], block):
-            top, pos = torch_topk(q[s : s + block], mat, k, mask)
-            scores_out.append(top)
-            ids_out.append(torch.where(torch.isinf(top), -1, ids[pos]))
-        D = torch.cat(scores_out).cpu().numpy()
-        I = torch.cat(ids_out).cpu().numpy()
-        return _pad(D, I, k)
+        parts = [torch_topk(q[s : s + block], mat, k, mask) for s in range(0, q.shape[0], block)]
+        top = parts[0][0] if len(parts) == 1 else torch.cat([t for t, _ in parts])
+        pos = parts[0][1] if len(parts) == 1 else torch.cat([p for _, p in parts])
+        hits = torch.where(torch.isinf(top), -1, ids[pos])
+        D = _pinned(self, "_pin_d", tuple(top.shape), torch.float32)
+        I = _pinned(self, "_pin_i", tuple(hits.shape), torch.int64)
+        D.copy_(top, non_blocking=True)
+        I.copy_(hits, non_blocking=True)
+        torch.cuda.current_stream(mat.device).synchronize()
+        return _pad(D.numpy().copy(), I.numpy().copy(), k)
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: Path) -> list[str]:
@@ -363,6 +375,19 @@ class VectorIndex:
         for s in shards:
             index._tune(s)
         return index
+
+
+def _pinned(owner, attr: str, shape: tuple, dtype):
+    """A page-locked host tensor of ``shape`` kept on ``owner`` (regrown when too small), for copies to and from
+    the GPU that need no staging copy and may run asynchronously."""
+    import torch
+
+    n = int(np.prod(shape))
+    buf = getattr(owner, attr, None)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = torch.empty(max(n, 1024), dtype=dtype, pin_memory=True)
+        setattr(owner, attr, buf)
+    return buf[:n].view(shape)
 
 
 def _device_index(device: str) -> int:
