@@ -12,8 +12,10 @@ Where search runs:
   nearest-neighbour search; a filter that keeps few chunks is answered by exact search over those chunks alone
   (graph indexes such as HNSW lose recall under a selective filter).
 - GPU, ``Flat`` (exact): a torch matmul + top-k over an fp16 copy of the vectors, the best candidates re-scored
-  in fp32 (:func:`torch_topk`); a filter masks scores before the top-k, so it is still exact pre-filtering. This beats faiss-gpu's flat index in our benchmark
-  (eval/reports), so it is used whether or not faiss-gpu is installed.
+  in fp32 (:func:`torch_topk`); a filter masks scores before the top-k, so it is still exact pre-filtering. This
+  beats faiss-gpu's flat index in our benchmark (eval/reports), so it is used whether or not faiss-gpu is
+  installed. Queries and results cross in pinned host buffers with one sync; one unfiltered query replays a CUDA
+  graph of the whole search.
 - GPU, other factories: with faiss-gpu, each shard is cloned to the GPU (one shared ``StandardGpuResources``,
   fp16 storage where the index type allows); a filter is applied by over-fetching (k grows until k hits pass the
   filter or every chunk was seen). Without faiss-gpu, or for index types faiss-gpu lacks (HNSW), search stays
@@ -35,6 +37,7 @@ from .errors import IndexFormatError, RagctxError
 __all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk"]
 
 EXACT_FILTER_MAX = 4096  # a filter that keeps at most this many chunks is answered by exact search over them
+GRAPHS_MAX = 8  # CUDA graphs of single-query search kept per index (one per k asked for)
 RESCORE_EXTRA = 16  # fp16 GPU search re-scores its best 2k + this many candidates in fp32 (see torch_topk)
 
 
@@ -90,6 +93,7 @@ class VectorIndex:
         self._gpu: list | None = None  # per-shard GPU indexes (faiss-gpu) or None
         self._torch: tuple | None = None  # (ids tensor, fp16 matrix) for exact search in torch on a GPU
         self._torch_lock = threading.Lock()  # the pinned buffers of _search_torch serve one search at a time
+        self._graphs: tuple | None = None  # (GPU matrix, {k: CUDA graph of one query's search}), see _search_torch
         self.shards = shards if shards is not None else [self._new_shard() for _ in range(self.config.shards)]
 
     def _new_shard(self):
@@ -216,7 +220,7 @@ class VectorIndex:
     def to_device(self, device: str) -> VectorIndex:
         """Prepares search on ``device`` ("cpu" or "cuda[:N]"); see the module docstring."""
         self.device = device
-        self._gpu = self._torch = None
+        self._gpu = self._torch = self._graphs = None  # graphs read the old GPU copy: let it go
         if device == "cpu" or self.ntotal == 0:
             return self
         import torch
@@ -329,21 +333,70 @@ class VectorIndex:
         ids, mat = self._torch
         q = _pinned(self, "_pin_q", queries.shape, torch.float32)
         q.numpy()[...] = queries
-        q = q.to(mat.device, non_blocking=True)
-        mask = None
-        if allowed is not None:
-            mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
-        block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
-        parts = [torch_topk(q[s : s + block], mat, k, mask) for s in range(0, q.shape[0], block)]
-        top = parts[0][0] if len(parts) == 1 else torch.cat([t for t, _ in parts])
-        pos = parts[0][1] if len(parts) == 1 else torch.cat([p for _, p in parts])
-        hits = torch.where(torch.isinf(top), -1, ids[pos])
+        graph = self._single_query_graph(k) if len(queries) == 1 and allowed is None else None
+        if graph is not None:
+            graph[1].copy_(q, non_blocking=True)
+            graph[0].replay()
+            top, hits = graph[2]
+        else:
+            mask = None
+            if allowed is not None:
+                mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
+            top, hits = self._topk_on_device(q.to(mat.device, non_blocking=True), k, mask)
         D = _pinned(self, "_pin_d", tuple(top.shape), torch.float32)
         I = _pinned(self, "_pin_i", tuple(hits.shape), torch.int64)
         D.copy_(top, non_blocking=True)
         I.copy_(hits, non_blocking=True)
         torch.cuda.current_stream(mat.device).synchronize()
         return _pad(D.numpy().copy(), I.numpy().copy(), k)
+
+    def _topk_on_device(self, q, k, mask):
+        """(scores [Q, k], chunk ids [Q, k], -1 where no hit) on the GPU, in blocks of queries."""
+        import torch
+
+        ids, mat = self._torch
+        block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
+        parts = [torch_topk(q[s : s + block], mat, k, mask) for s in range(0, q.shape[0], block)]
+        top = parts[0][0] if len(parts) == 1 else torch.cat([t for t, _ in parts])
+        pos = parts[0][1] if len(parts) == 1 else torch.cat([p for _, p in parts])
+        return top, torch.where(torch.isinf(top), -1, ids[pos])
+
+    def _single_query_graph(self, k: int):
+        """One query's unfiltered search (matmul, top-k, fp32 re-score, ids) as a CUDA graph, captured once per
+        ``k`` for the vectors now on the GPU: a replay is one launch instead of about ten, which is most of a
+        single query's time past the matmul itself. (graph, query input [1, d], (scores, ids) outputs), or None
+        when capture is not possible here (the eager path then serves)."""
+        import torch
+
+        mat = self._torch[1]
+        if getattr(self, "_graphs", None) is None or self._graphs[0] is not mat:
+            self._graphs = (mat, {})  # new vectors on the GPU: earlier graphs read the old ones
+        cache = self._graphs[1]
+        if k not in cache:
+            if len(cache) >= GRAPHS_MAX or cache.get("failed"):
+                return None
+            try:
+                with torch.inference_mode(False), torch.no_grad():  # plain tensors: replayed in any mode
+                    cache[k] = self._capture(k)
+            except RuntimeError:
+                cache["failed"] = True
+                return None
+        return cache[k]
+
+    def _capture(self, k: int) -> tuple:
+        import torch
+
+        mat = self._torch[1]
+        q = torch.zeros(1, mat.shape[1], device=mat.device)
+        side = torch.cuda.Stream(mat.device)
+        side.wait_stream(torch.cuda.current_stream(mat.device))
+        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+            self._topk_on_device(q, k, None)
+        torch.cuda.current_stream(mat.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._topk_on_device(q, k, None)
+        return graph, q, out
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: Path) -> list[str]:
