@@ -140,7 +140,7 @@ def test_torch_topk_is_exact_and_respects_the_mask(dtype):
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_exact_search_equals_faiss_flat_single_batched_filtered_and_after_updates(data):
     """The torch path on the GPU (pinned buffers; one query replays a CUDA graph per k) against FAISS Flat on the
-    CPU: the same ids, scores within fp32 re-scoring error, for one query and batches, with and without a
+    CPU: the same ids, scores within the fp16 storage's rounding, for one query and batches, with and without a
     filter, and again after vectors were added and removed (a graph must not read the old vectors)."""
     ids, x, q = data
     cpu, gpu = VectorIndex(32, VectorConfig("Flat")), VectorIndex(32, VectorConfig("Flat"))
@@ -150,10 +150,19 @@ def test_gpu_exact_search_equals_faiss_flat_single_batched_filtered_and_after_up
     assert gpu.backend == "torch-exact"
 
     def same(queries, k, allowed=None):
+        """Every GPU hit is a true top-k hit up to the fp16 storage's rounding (~5e-4 per score; near-ties may
+        swap places), its score is its fp32 score within that rounding, and the hits are as many as FAISS's."""
         D0, I0 = cpu.search(queries, k, allowed)
         D1, I1 = gpu.search(queries, k, allowed)
-        np.testing.assert_allclose(D1, D0, atol=1e-5)
-        assert (I1 == I0).mean() > 0.99  # exact ties may swap
+        assert I1.shape == I0.shape and ((I1 >= 0) == (I0 >= 0)).all()
+        stored_ids, stored = cpu._reconstruct_all()
+        row = {int(i): r for r, i in enumerate(stored_ids)}
+        for qv, d0, d1, i1 in zip(queries, D0, D1, I1):
+            true = stored[[row[int(i)] for i in i1]] @ qv
+            np.testing.assert_allclose(d1, true, atol=1e-3)
+            assert (true >= d0[-1] - 1e-3).all()  # no hit worse than FAISS's k-th, beyond rounding
+        if allowed is not None:
+            assert np.isin(I1, allowed).all()
         return I1
 
     for k in (1, 5, 10):
@@ -161,8 +170,7 @@ def test_gpu_exact_search_equals_faiss_flat_single_batched_filtered_and_after_up
             same(q[i : i + 1], k)
         same(q, k)
     assert set(gpu._graphs[1]) == {1, 5, 10}
-    allowed = ids[::3]
-    assert np.isin(same(q[:1], 10, allowed), allowed).all()
+    same(q[:1], 10, ids[::3])
     for v in (cpu, gpu):
         v.add(ids[5000:], x[5000:])
         v.remove(ids[:2500])
