@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ragctx.generator.attention import weights_of  # noqa: E402
 from ragctx.generator.generate import BUILTIN_DIR  # noqa: E402
 
 REPORT = Path(__file__).parent / "reports" / "builtin" / "summary.json"
@@ -94,7 +95,7 @@ def main() -> None:
         weights = BUILTIN_DIR / (alias["weights"] if alias else name)
         config = json.loads((weights / "config.json").read_text())
         model = config["model"]
-        measured = "softmax" if name == "flash" else name
+        measured = weights_of(name)  # flash is measured as softmax: the same weights and function
         size = (weights / "model.safetensors").stat().st_size / 1e6
         lines = [f"# builtin:{name}", "",
                  f"`Generator.load(\"builtin:{name}\")`: attention `{alias['attention'] if alias else model['attention']}`, "
@@ -112,7 +113,7 @@ def main() -> None:
                  f"Fresh examples (seed 100, never trained on), {meta['device']}, torch {meta['torch']}, "
                  f"{meta.get('dates', {}).get(measured, meta['date'])}: `python eval/eval_builtin.py` (full report: eval/reports/builtin/report.md). "
                  "`repeat` is a haystack of repeated filler sentences that no model saw in training."
-                 + (" Measured as `builtin:softmax` (same weights, same function)." if name == "flash" else ""), "",
+                 + (f" Measured as `builtin:{measured}` (same weights, same function)." if measured != name else ""), "",
                  *table(rows, measured), ""]
         (folder / "README.md").write_text("\n".join(lines))
         print(f"wrote {folder / 'README.md'}")

@@ -185,9 +185,10 @@ def _dtype(cfg: EvalConfig):
 
 def _generator(cfg: EvalConfig, attention: str, cache: dict):
     from ..generator import Generator
+    from ..generator.attention import weights_of
 
     if cfg.generator == "builtin":
-        key = "softmax" if attention in ("softmax", "flash") else attention
+        key = weights_of(attention)  # flash runs softmax's weights: one model loaded for both
         if key not in cache:
             cache[key] = Generator.open(f"builtin:{key}", device=cfg.device, max_seq_len=cfg.max_seq_len,
                                         dtype=_dtype(cfg), **cfg.options)

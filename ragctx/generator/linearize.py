@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import RagctxError
-from .attention import get_attention
+from .attention import ATTENTION, get_attention
 from .delta import DELTA_FILE, LORA_TARGETS, apply_delta, base_sha256, load_maps, merge_lora, read_delta, write_delta
 from .model import Transformer, rope
 
@@ -75,8 +75,9 @@ class LinearizeConfig:
     maps_from: str | None = None  # a delta (file or run folder) whose trained maps stage 1 starts from
 
     def __post_init__(self) -> None:
-        if self.attention not in ("linear", "hybrid"):
-            raise RagctxError(f"linearize --attention {self.attention!r}: choose linear or hybrid")
+        learnable = [n for n, b in ATTENTION.items() if b.features]  # entries with a feature map to learn
+        if self.attention not in learnable:
+            raise RagctxError(f"linearize --attention {self.attention!r}: choose {' or '.join(learnable)}")
         for name in ("seq_len", "batch", "window", "hedgehog_dim", "lora_rank", "checkpoint_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RagctxError(f"LinearizeConfig.{name}={getattr(self, name)!r}: pass a positive integer")
@@ -331,7 +332,7 @@ def linearize(base: str, cfg: LinearizeConfig, out: str | Path, *, device: str |
     model = gen.model
     for p in model.parameters():
         p.requires_grad_(False)
-    kind_field = "hybrid_feature_map" if cfg.attention == "hybrid" else "feature_map"
+    kind_field = get_attention(cfg.attention).features
     model.cfg.set_options(window=cfg.window, **{kind_field: "hedgehog"})
     model.set_attention(cfg.attention)
     if cfg.layer_attention:
