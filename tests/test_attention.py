@@ -14,7 +14,7 @@ from ragctx.generator.attention import (
     weights_of)
 from ragctx.generator.attention.flash import sdpa
 from ragctx.generator.attention.linear import (
-    feature_map, linear_chunkwise, linear_step, normalize, n_features)
+    ROUTES, feature_map, linear_chunkwise, linear_step, normalize, n_features, record_routes, select_route)
 from ragctx.generator.attention.common import LinearState, group_q, ungroup
 from ragctx.generator.attention.learned import LEARNED, FeatureMaps
 from ragctx.generator.attention.reference import linear_quadratic, linear_recurrent
@@ -414,3 +414,38 @@ def test_flash_buckets_lengths_and_right_padding_changes_no_causal_output():
     q, k, v, _, _ = inputs(2, 4, 2, 300, 16, 0, seed=5)
     torch.testing.assert_close(causal(q, k, v, bucketed=True), causal(q, k, v, bucketed=False), atol=1e-6, rtol=1e-5)
 
+
+@pytest.mark.parametrize("kind", ["elu", "taylor"])
+def test_linear_routes_return_the_output_and_final_state_and_leave_the_state_alone(kind):
+    """The CPU routes as public functions: chunkwise prefill from a state, then one step, equal the quadratic
+    definition over the whole sequence; the state passed in is not changed, the one returned is the sum over keys."""
+    q, k, v, valid, positions = inputs(2, 4, 2, 21, 8, 0, seed=7)
+    q, k, v = q.double(), k.double(), v.double()
+    want = linear_quadratic(q, k, v, valid, kind)
+    zero = LinearState.empty(2, 2, n_features(kind, 8), 8, "cpu", torch.float64)
+    head, mid = ROUTES["chunkwise"](q[:, :, :20], k[:, :, :20], v[:, :, :20], zero, kind=kind, chunk=6)
+    assert not zero.s.any() and not zero.z.any()
+    last, end = ROUTES["step"](q[:, :, 20:], k[:, :, 20:], v[:, :, 20:], mid, kind=kind)
+    torch.testing.assert_close(torch.cat([head, last], 2), want, atol=1e-10, rtol=1e-10)
+    fk = feature_map(k, kind)
+    torch.testing.assert_close(end.z, fk.sum(2))
+    torch.testing.assert_close(end.s, fk.transpose(-1, -2) @ v)
+    assert head.shape == (2, 4, 20, 8) and head.dtype == q.dtype
+
+
+def test_select_route_names_what_ran_and_a_model_reports_it():
+    from ragctx.generator import Transformer
+
+    q, k, v, valid, positions = inputs(1, 4, 2, 9, 8, 0)
+    cfg = config(4, 2, 8)
+    state = get_attention("linear").make_state(cfg, 1, 10, "cpu", torch.float32)
+    assert select_route(q, k, v, None, None, cfg) == "chunkwise"  # CPU prefill (GPU routes need CUDA)
+    assert select_route(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, state, cfg) == "step"
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", attention="linear")).eval()
+    with torch.no_grad(), record_routes() as routes:
+        states = model.new_states(1, 12)
+        model(torch.arange(10)[None], states=states)
+        model(torch.tensor([[3]]), positions=torch.tensor([[10]]), states=states)
+    assert routes == ["chunkwise"] * model.cfg.n_layers + ["step"] * model.cfg.n_layers
+    assert select_route(q, k, v, None, None, cfg) and routes[-1] == "step"  # closed: no longer recorded
