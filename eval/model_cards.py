@@ -23,7 +23,7 @@ ORIGIN = {
     "(eval/reports/training/same-budget-3k-softmax, lr 3e-4 with 100 warm-up steps and a cosine decay, seed 17, "
     "512 B-16 KB, half of the questions multi-key, 30% absent keys), the same weights, data and steps that linear, "
     "sliding_window and hybrid got under their own attention. Those starting weights came from four earlier stages: "
-    "4000 steps over 256-16384-byte contexts with a length curriculum (eval/reports/training/softmax); 2500 with long "
+    "4000 steps over 256-16384-byte contexts with a length curriculum (eval/reports/archive/training/softmax); 2500 with long "
     "contexts drawn more often (softmax-long); 5893 with 30% absent keys (softmax-long-c); 7700 with the RoPE base "
     "raised from 10000 to 500000 and half of the questions multi-key (softmax-keys-rope), which taught it to tell "
     "keys apart (multi-key from chance, 0.20-0.27, to 0.83-0.90) and carried that to 16 KB. The same-budget stage "
