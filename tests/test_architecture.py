@@ -118,9 +118,11 @@ def test_the_graph_is_read():
     assert len(edges) > 40
 
 
-def test_every_module_has_a_layer():
+def test_every_module_has_a_layer_and_every_allowed_edge_exists():
     for name in modules():
         layer_of(name)
+    present = {(name, t) for name, found in all_imports().items() for t, _ in found}
+    assert not [k for k in ALLOWED if k not in present], "ALLOWED names an import that is gone: remove it"
 
 
 def test_no_upward_import():
@@ -163,9 +165,3 @@ def test_no_import_cycle():
                                                       for a in sorted(g) for b in sorted(edges[a] & g))
            for g in cycles(edges)]
     assert not bad, "import cycles inside ragctx/ (move the shared part into a module both import):\n" + "\n".join(bad)
-
-
-def test_allowed_edges_exist():
-    """An ALLOWED entry for an import that is gone is stale: remove it."""
-    present = {(name, t) for name, found in all_imports().items() for t, _ in found}
-    assert not [k for k in ALLOWED if k not in present]
