@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.bench_retrieval import environment, table  # noqa: E402
 from ragctx.errors import is_out_of_memory  # noqa: E402
 from ragctx.generator.attention import get_attention  # noqa: E402
-from ragctx.generator.attention.linear import fla_kernel, feature_map  # noqa: E402
+from ragctx.generator.attention.linear import fla_kernel, feature_map, record_routes  # noqa: E402
 from ragctx.generator.attention.linear_triton import SCAN_UNROLL, linear_prefill, triton_kernels  # noqa: E402
 from ragctx.generator.config import ModelConfig  # noqa: E402
 from ragctx.generator.model import Transformer  # noqa: E402
@@ -188,8 +188,9 @@ def bench_model(args) -> list[dict]:
 
             row = {"variant": variant, "N": n}
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), record_routes() as routes:
                     sec, mem = cuda_time(prefill, reps=2 if n >= 32 * K else 3)
+                    row["prefill_route"] = ",".join(sorted(set(routes))) or None  # linear's routes, as they ran
                     states, tok = holder["states"], holder["logits"][:, -1].argmax(-1, keepdim=True)
 
                     def decode():
@@ -219,8 +220,8 @@ def bench_model(args) -> list[dict]:
         s = slope([r["N"] for r in mine], [r["prefill_s"] for r in mine], min_n=8 * K)
         for r in mine:
             r["prefill_slope"] = s
-    print(table(rows, ["variant", "N", "prefill_s", "prefill_tok_per_s", "peak_gib", "decode_ms_per_token",
-                       "prefill_slope", "status"]))
+    print(table(rows, ["variant", "N", "prefill_route", "prefill_s", "prefill_tok_per_s", "peak_gib",
+                       "decode_ms_per_token", "prefill_slope", "status"]))
     return rows
 
 

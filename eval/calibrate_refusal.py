@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.bench_retrieval import table  # noqa: E402
-from ragctx.evaluation.runner import result_files  # noqa: E402
+from ragctx.evaluation.results import read_rows  # noqa: E402
 from ragctx.qa import PromptTemplate  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="rag")
     p.add_argument("--max-false-refusal", type=float, default=0.1)
     args = p.parse_args(argv)
-    rows = [json.loads(line) for f in result_files(args.run) for line in f.read_text().splitlines() if line.strip()]
+    rows = read_rows(args.run)
     rows = [r for r in rows if r.get("status") == "ok" and r["mode"] == args.mode and r.get("refusal_probability")
             is not None]
     if not rows:

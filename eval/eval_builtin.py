@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ragctx.evaluation.metrics import bootstrap_ci  # noqa: E402
 from ragctx.generator import Generator  # noqa: E402
+from ragctx.generator.attention import same_weights  # noqa: E402
 from ragctx.generator.train import answer_needle  # noqa: E402
 from ragctx.tasks import NeedleTask, string_match_all  # noqa: E402
 from ragctx.tasks.needles import kinds_for  # noqa: E402
@@ -110,8 +111,9 @@ def main() -> None:
         for j, (model, haystack, length, kind, unans, i) in enumerate(todo):
             if model not in gens:
                 gens[model] = Generator.load(folders.get(model, f"builtin:{model}"), device=args.device)
-                if gens[model].attention == "softmax":  # runs as flash: the same function (tested equal), no N x N
-                    gens[model].set_attention("flash")
+                faster = same_weights(gens[model].attention)  # softmax runs as flash: the same function, no N x N
+                if faster:
+                    gens[model].set_attention(faster[0])
             task = tasks.setdefault(haystack, NeedleTask(haystack, seed=SEED))
             ex = task.example(i, length=length, kind=kind, unanswerable=unans)
             pred = answer_needle(gens[model], ex)

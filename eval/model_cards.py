@@ -12,17 +12,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ragctx.generator.attention import weights_of  # noqa: E402
 from ragctx.generator.generate import BUILTIN_DIR  # noqa: E402
 
 REPORT = Path(__file__).parent / "reports" / "builtin" / "summary.json"
 
 ORIGIN = {
-    "softmax": "Issue 4's same-budget run under softmax (eval/reports/same-budget/, 2026-12-01, seventh session): the "
+    "softmax": "Issue 4's same-budget run under softmax (eval/reports/same-budget/, 2026-12-01): the "
     "previous shipped softmax weights trained 3000 more steps of 65536 bytes on one NVIDIA H200 "
     "(eval/reports/training/same-budget-3k-softmax, lr 3e-4 with 100 warm-up steps and a cosine decay, seed 17, "
     "512 B-16 KB, half of the questions multi-key, 30% absent keys), the same weights, data and steps that linear, "
     "sliding_window and hybrid got under their own attention. Those starting weights came from four earlier stages: "
-    "4000 steps over 256-16384-byte contexts with a length curriculum (eval/reports/training/softmax); 2500 with long "
+    "4000 steps over 256-16384-byte contexts with a length curriculum (eval/reports/archive/training/softmax); 2500 with long "
     "contexts drawn more often (softmax-long); 5893 with 30% absent keys (softmax-long-c); 7700 with the RoPE base "
     "raised from 10000 to 500000 and half of the questions multi-key (softmax-keys-rope), which taught it to tell "
     "keys apart (multi-key from chance, 0.20-0.27, to 0.83-0.90) and carried that to 16 KB. The same-budget stage "
@@ -30,15 +31,15 @@ ORIGIN = {
     "key 'crimson falcon' (words outside the training lists), answered `unanswerable` in a 1.8 KB essay excerpt "
     "before, is found (tests/test_builtin_models.py). Trained through `flash`, the same function.",
     "sliding_window": "Issue 4's same-budget run under sliding-window attention (eval/reports/same-budget/, "
-    "2026-12-01, seventh session): the softmax model's weights before its same-budget stage (RoPE base 500000) "
+    "2026-12-01): the softmax model's weights before its same-budget stage (RoPE base 500000) "
     "trained 3000 steps of 65536 bytes on one NVIDIA H200 (eval/reports/training/same-budget-3k-sliding_window, "
     "lr 3e-4, seed 17, 512 B-16 KB, half of the questions multi-key, 30% absent keys), the same weights, data and "
     "steps as softmax, linear and hybrid. Window: 1024 bytes. Inside it, it answers like softmax; a needle further "
     "back than the window is out of its sight, and it then says `unanswerable` (the false `unanswerable` column "
-    "past 1 KB). Before: the 1200-step run of the same protocol (sixth session), and before that a model trained "
+    "past 1 KB). Before: the 1200-step run of the same protocol (eval/reports/archive/same-budget-1200/), and before that a model trained "
     "from scratch that never said `unanswerable`.",
-    "linear": "Issue 4's same-budget run under linear attention (eval/reports/same-budget/, 2026-12-01, seventh "
-    "session): the softmax model's weights before its same-budget stage (RoPE base 500000) 'linearized', trained "
+    "linear": "Issue 4's same-budget run under linear attention (eval/reports/same-budget/, 2026-12-01): "
+    "the softmax model's weights before its same-budget stage (RoPE base 500000) 'linearized', trained "
     "3000 steps of 65536 bytes under linear attention with Based's second-order Taylor feature map (1 + "
     "q.k/sqrt(d) + (q.k)^2/2d, 561 features per head) on one NVIDIA H200 (eval/reports/training/same-budget-3k-linear, "
     "lr 3e-4, seed 17, 512 B-16 KB, half of the questions multi-key, 30% absent keys), the same weights, data and "
@@ -49,8 +50,8 @@ ORIGIN = {
     "budget (linear-taylor-ft then linear-taylor-ft2: 1670 steps of 131072 bytes, 256 B-8 KB): single needles "
     "1.00 / 0.93 / 0.80 / 0.67 at 512 B-4 KB against this model's 0.97 / 0.90 / 0.80 / 0.67, but not comparable "
     "with the other built-ins. From scratch no linear run had left chance within the device budget.",
-    "hybrid": "Issue 4's same-budget run under hybrid attention (eval/reports/same-budget/, 2026-12-01, seventh "
-    "session): the softmax model's weights before its same-budget stage (RoPE base 500000) trained 3000 steps of "
+    "hybrid": "Issue 4's same-budget run under hybrid attention (eval/reports/same-budget/, 2026-12-01): "
+    "the softmax model's weights before its same-budget stage (RoPE base 500000) trained 3000 steps of "
     "65536 bytes under hybrid attention (a 1024-byte softmax window plus a Taylor-feature linear summary of "
     "everything older, one normalization over both) on one NVIDIA H200 (eval/reports/training/same-budget-3k-hybrid, "
     "lr 3e-4, seed 17, 512 B-16 KB), the same weights, data and steps as softmax, sliding_window and linear. "
@@ -58,7 +59,7 @@ ORIGIN = {
     "same score on 718 of the 727 examples both ran) and says `unanswerable` when the key is out of the window's "
     "sight: after 3000 steps the linear summary of the far past adds nothing measurable (the finding, not hidden: "
     "with one normalization over window and summary, a polynomial kernel cannot single out one far key against "
-    "exact exp weights of recent ones). Before: the 1200-step run of the same protocol (sixth session), and before "
+    "exact exp weights of recent ones). Before: the 1200-step run of the same protocol (eval/reports/archive/same-budget-1200/), and before "
     "that an alias running softmax's weights untrained under hybrid attention (0.05 at 2 KB).",
     "flash": "The softmax model's weights run through `scaled_dot_product_attention` (the same function; tested equal).",
 }
@@ -94,7 +95,7 @@ def main() -> None:
         weights = BUILTIN_DIR / (alias["weights"] if alias else name)
         config = json.loads((weights / "config.json").read_text())
         model = config["model"]
-        measured = "softmax" if name == "flash" else name
+        measured = weights_of(name)  # flash is measured as softmax: the same weights and function
         size = (weights / "model.safetensors").stat().st_size / 1e6
         lines = [f"# builtin:{name}", "",
                  f"`Generator.load(\"builtin:{name}\")`: attention `{alias['attention'] if alias else model['attention']}`, "
@@ -112,7 +113,7 @@ def main() -> None:
                  f"Fresh examples (seed 100, never trained on), {meta['device']}, torch {meta['torch']}, "
                  f"{meta.get('dates', {}).get(measured, meta['date'])}: `python eval/eval_builtin.py` (full report: eval/reports/builtin/report.md). "
                  "`repeat` is a haystack of repeated filler sentences that no model saw in training."
-                 + (" Measured as `builtin:softmax` (same weights, same function)." if name == "flash" else ""), "",
+                 + (f" Measured as `builtin:{measured}` (same weights, same function)." if measured != name else ""), "",
                  *table(rows, measured), ""]
         (folder / "README.md").write_text("\n".join(lines))
         print(f"wrote {folder / 'README.md'}")

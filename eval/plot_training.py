@@ -1,5 +1,6 @@
 """Training curves of the built-in generators: per-byte target loss against step (smoothed) for every run under
-eval/reports/training/, and the per-length accuracy of each run's evaluations.
+eval/reports/training/ (the shipped models' last runs) and eval/reports/archive/training/ (the runs before them),
+and the per-length accuracy of each run's evaluations.
 
     python eval/plot_training.py            # writes eval/reports/training/curves.png and accuracy.png
 
@@ -18,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-FOLDER = Path(__file__).parent / "reports" / "training"
+FOLDER = Path(__file__).parent / "reports" / "training"  # the figures go here
+ARCHIVE = Path(__file__).parent / "reports" / "archive" / "training"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -47,7 +49,8 @@ def _curves(runs: list[Path], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    runs = sorted(p for p in FOLDER.iterdir() if (p / "train.jsonl").is_file())
+    runs = sorted((p for folder in (FOLDER, ARCHIVE) for p in folder.iterdir() if (p / "train.jsonl").is_file()),
+                  key=lambda p: p.name)  # the order the figures had before the archive (by run name)
     _curves(runs, FOLDER / "curves.png", "built-in generators: training")
     groups: dict[str, tuple[int, list[Path]]] = {"same-budget": (1200, []), "same-budget-3k": (3000, [])}
     for run in runs:

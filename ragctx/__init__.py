@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .chunking import Chunk, ChunkConfig, Chunker
 from .documents import Document, LoadReport, as_documents, load_documents, load_path
 from .embeddings import DEFAULT_MODEL, Embedder
 from .errors import DocumentError, IndexFormatError, RagctxError
 from .index import AddReport, Hit, Index
 from .vectors import VectorConfig
+from .version import __version__
 
 # the generator and the QA pipeline load torch-heavy modules: imported on first use (`import ragctx` stays fast)
 _LAZY = {"Generator": "ragctx.generator", "QA": "ragctx.qa", "Answer": "ragctx.qa", "Citation": "ragctx.qa",

@@ -302,7 +302,7 @@ class Index:
 
     # -- persistence -------------------------------------------------------------------------------------
     def manifest(self, files: dict[str, str] | None = None) -> dict[str, Any]:
-        from . import __version__
+        from .version import __version__
 
         return {
             "format": FORMAT_NAME,

@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
 from ragctx import RagctxError
-from ragctx.generator.attention import ATTENTION, get_attention
+from ragctx.generator.attention import (
+    ATTENTION, AttentionBackend, canonical_name, get_attention, kv_cache_state, register, same_weights, unregister,
+    weights_of)
 from ragctx.generator.attention.flash import sdpa
 from ragctx.generator.attention.linear import (
-    feature_map, linear_chunkwise, linear_step, normalize, n_features)
+    ROUTES, feature_map, linear_chunkwise, linear_step, normalize, n_features, record_routes, select_route)
 from ragctx.generator.attention.common import LinearState, group_q, ungroup
 from ragctx.generator.attention.learned import LEARNED, FeatureMaps
 from ragctx.generator.attention.reference import linear_quadratic, linear_recurrent
 from ragctx.generator.attention.softmax import masked_softmax
 from ragctx.generator.config import ModelConfig
 
+
+
+def _example():
+    """examples/my_attention.py, the user-registered backend that the registry's docstring points to."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "my_attention.py"
+    spec = importlib.util.spec_from_file_location("my_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+USER = _example().BACKEND
+my_softmax = USER.fn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def user_backend():
+    """USER is registered while this module's tests run (and only then: other modules see the built-ins)."""
+    register(USER)
+    yield USER
+    unregister(USER.name)
+
+
 VARIANTS = list(ATTENTION)
 # every entry with a feature map also runs under each learned map (random trained-looking parameters)
 LEARNED_CASES = [(name, kind) for name, b in ATTENTION.items() if b.features for kind in LEARNED]
 CASES = [pytest.param((name, None), id=name) for name in VARIANTS] + [
-    pytest.param(case, id=f"{case[0]}-{case[1]}") for case in LEARNED_CASES]
+    pytest.param(case, id=f"{case[0]}-{case[1]}") for case in LEARNED_CASES] + [
+    pytest.param((USER.name, None), id="user-registered")]  # register()ed: the same tests as the built-ins
 SHAPES = [  # (B, Hq, Hkv, T, D, left padding of the second sequence)
     pytest.param((1, 4, 4, 1, 8, 0), id="T1"),
     pytest.param((1, 4, 2, 7, 8, 0), id="gqa-T7"),
@@ -212,6 +241,56 @@ def test_unknown_attention_lists_valid_names():
         get_attention("ring")
 
 
+def test_aliases_select_their_entry_and_configs_keep_the_entry_name():
+    assert get_attention("eager") is ATTENTION["softmax"] and get_attention("sdpa") is ATTENTION["flash"]
+    assert canonical_name("sdpa") == "flash" and canonical_name("linear") == "linear"
+    assert ModelConfig(attention="sdpa").attention == "flash"
+    cfg = ModelConfig.from_name("tiny", layer_attention="eager,linear")
+    assert cfg.attentions == ["softmax", "linear"]
+    with pytest.raises(RagctxError, match="aliases: eager = softmax, sdpa = flash"):
+        get_attention("ring")
+
+
+def test_weight_sharing_is_the_registry_s():
+    assert weights_of("flash") == weights_of("sdpa") == weights_of("softmax") == "softmax"
+    assert weights_of("linear") == "linear"
+    assert same_weights("softmax") == same_weights("eager") == ["flash"] and same_weights("hybrid") == []
+
+
+def test_register_refuses_taken_names_and_bad_entries():
+    with pytest.raises(RagctxError, match="'softmax' is taken by 'softmax'"):
+        register(AttentionBackend("softmax", my_softmax, kv_cache_state, USER.reference), replace=True)
+    with pytest.raises(RagctxError, match="'sdpa' is taken by 'flash'"):
+        register(AttentionBackend("mine", my_softmax, kv_cache_state, USER.reference, aliases=("sdpa",)))
+    with pytest.raises(RagctxError, match="pass replace=True"):
+        register(USER)
+    with pytest.raises(RagctxError, match="shares_weights_with='nope'"):
+        register(AttentionBackend("mine", my_softmax, kv_cache_state, USER.reference, shares_weights_with="nope"))
+    with pytest.raises(RagctxError, match="without commas"):
+        register(AttentionBackend("a,b", my_softmax, kv_cache_state, USER.reference))
+    with pytest.raises(RagctxError, match="built in"):
+        unregister("flash")
+    assert "mine" not in ATTENTION and get_attention("sdpa").name == "flash"
+
+
+def test_a_registered_backend_runs_through_the_model():
+    """A tiny model under the user's backend: the same logits as under softmax, and the same greedy text with its
+    KV cache (prefill + decode) as softmax's."""
+    from ragctx.generator import ByteTokenizer, Generator, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", attention="softmax")).eval()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 23))
+    with torch.no_grad():
+        want = model(ids)
+        gen = Generator(model, ByteTokenizer())
+        text = gen.generate("The registry holds", max_new_tokens=12).text
+        gen.set_attention("my_softmax")
+        assert model.cfg.attention == "my_softmax"
+        torch.testing.assert_close(model(ids), want, atol=1e-5, rtol=1e-5)
+        assert gen.generate("The registry holds", max_new_tokens=12).text == text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention path runs on a GPU")
 @pytest.mark.parametrize("name", ["sliding_window", "hybrid"])
 def test_flex_path_equals_masked_path_on_gpu(name):
@@ -334,3 +413,39 @@ def test_flash_buckets_lengths_and_right_padding_changes_no_causal_output():
     assert len(set(sizes[1023:])) <= 8 * 7  # 8 per octave from 1K to 64K
     q, k, v, _, _ = inputs(2, 4, 2, 300, 16, 0, seed=5)
     torch.testing.assert_close(causal(q, k, v, bucketed=True), causal(q, k, v, bucketed=False), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["elu", "taylor"])
+def test_linear_routes_return_the_output_and_final_state_and_leave_the_state_alone(kind):
+    """The CPU routes as public functions: chunkwise prefill from a state, then one step, equal the quadratic
+    definition over the whole sequence; the state passed in is not changed, the one returned is the sum over keys."""
+    q, k, v, valid, positions = inputs(2, 4, 2, 21, 8, 0, seed=7)
+    q, k, v = q.double(), k.double(), v.double()
+    want = linear_quadratic(q, k, v, valid, kind)
+    zero = LinearState.empty(2, 2, n_features(kind, 8), 8, "cpu", torch.float64)
+    head, mid = ROUTES["chunkwise"](q[:, :, :20], k[:, :, :20], v[:, :, :20], zero, kind=kind, chunk=6)
+    assert not zero.s.any() and not zero.z.any()
+    last, end = ROUTES["step"](q[:, :, 20:], k[:, :, 20:], v[:, :, 20:], mid, kind=kind)
+    torch.testing.assert_close(torch.cat([head, last], 2), want, atol=1e-10, rtol=1e-10)
+    fk = feature_map(k, kind)
+    torch.testing.assert_close(end.z, fk.sum(2))
+    torch.testing.assert_close(end.s, fk.transpose(-1, -2) @ v)
+    assert head.shape == (2, 4, 20, 8) and head.dtype == q.dtype
+
+
+def test_select_route_names_what_ran_and_a_model_reports_it():
+    from ragctx.generator import Transformer
+
+    q, k, v, valid, positions = inputs(1, 4, 2, 9, 8, 0)
+    cfg = config(4, 2, 8)
+    state = get_attention("linear").make_state(cfg, 1, 10, "cpu", torch.float32)
+    assert select_route(q, k, v, None, None, cfg) == "chunkwise"  # CPU prefill (GPU routes need CUDA)
+    assert select_route(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, state, cfg) == "step"
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", attention="linear")).eval()
+    with torch.no_grad(), record_routes() as routes:
+        states = model.new_states(1, 12)
+        model(torch.arange(10)[None], states=states)
+        model(torch.tensor([[3]]), positions=torch.tensor([[10]]), states=states)
+    assert routes == ["chunkwise"] * model.cfg.n_layers + ["step"] * model.cfg.n_layers
+    assert select_route(q, k, v, None, None, cfg) and routes[-1] == "step"  # closed: no longer recorded

@@ -30,6 +30,7 @@ def setup(tmp_path_factory):
     ("qa_over_folder.py", ["loaded 2 document(s)", "route:", "volcano.txt ["]),
     ("switch_attention.py", ["softmax", "flash", "linear", "sliding_window", "hybrid"]),
     ("force_modes.py", ["rag   route=rag", "full  route=full", "auto  route=rag"]),
+    ("my_attention.py", ["my_softmax   '", "softmax      '"]),
 ])
 def test_example_runs(setup, script, expect):
     docs, model = setup

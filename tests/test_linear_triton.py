@@ -101,6 +101,24 @@ def test_supports_only_what_the_kernels_take(kernels):
     assert not kernels.supports(q, q.half(), q)
 
 
+def test_the_triton_route_equals_the_chunkwise_route_from_a_state(kernels):
+    """The public route functions side by side (interpreted on a CPU): (o, final_state) alike, the state passed in
+    unchanged; the Triton route refuses what its kernels do not compute."""
+    from ragctx.generator.attention.linear import ROUTES
+
+    q, k, v = _qkv(1, 4, 2, 50, 16, 16, seed=4)
+    _, start = ROUTES["chunkwise"](q[:, :, :7], k[:, :, :7], v[:, :, :7], None, chunk=16)
+    kept = start.s.clone()
+    out, end = ROUTES["triton"](q[:, :, 7:], k[:, :, 7:], v[:, :, 7:], start)
+    want, want_end = ROUTES["chunkwise"](q[:, :, 7:], k[:, :, 7:], v[:, :, 7:], start, chunk=16)
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(end.s, want_end.s, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(end.z, want_end.z, atol=1e-4, rtol=1e-5)
+    assert torch.equal(start.s, kept)
+    with pytest.raises(ValueError, match="elu map"):
+        ROUTES["triton"](q, k, v, None, kind="taylor")
+
+
 @pytest.mark.skipif(not GPU, reason="the routing serves CUDA tensors; bf16 dots need a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_routes_gpu_prefill_through_the_kernels_with_the_pure_torch_results(kernels, monkeypatch, dtype):
@@ -112,10 +130,13 @@ def test_linear_routes_gpu_prefill_through_the_kernels_with_the_pure_torch_resul
     real = kernels.linear_prefill
     monkeypatch.setattr("ragctx.generator.attention.linear.linear_prefill",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    with torch.no_grad():
+    from ragctx.generator.attention.linear import record_routes
+
+    with torch.no_grad(), record_routes() as routes:
         state = LinearState.empty(2, 2, 64, 64, DEVICE)
         out = fn(q, k, v, positions=pos, valid=None, state=state, cfg=cfg)
         assert calls, "GPU inference prefill with the elu map should run the Triton kernels"
+        assert routes == ["triton"]
         monkeypatch.setenv("RAGCTX_TRITON", "0")
         monkeypatch.setenv("RAGCTX_FLA", "0")
         kernels.triton_kernels.cache_clear()
@@ -124,6 +145,7 @@ def test_linear_routes_gpu_prefill_through_the_kernels_with_the_pure_torch_resul
         fla_kernel.cache_clear()
         torch_state = LinearState.empty(2, 2, 64, 64, DEVICE)
         want = fn(q, k, v, positions=pos, valid=None, state=torch_state, cfg=cfg)
+        assert routes == ["triton", "chunkwise"]
     monkeypatch.delenv("RAGCTX_TRITON")
     monkeypatch.delenv("RAGCTX_FLA")
     kernels.triton_kernels.cache_clear()

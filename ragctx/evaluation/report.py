@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import RagctxError
 from .metrics import bootstrap_ci, loglog_slope
+from .results import Row, read_rows, result_files
 
 __all__ = ["summarize", "write_report", "PLOTS", "QA_PLOTS"]
 
@@ -19,13 +20,10 @@ PLOTS = ("accuracy_vs_length.png", "depth_heatmaps.png", "cost_vs_length.png", "
 QA_PLOTS = ("accuracy_by_cell.png", "tokens_vs_accuracy.png")  # QA files (no length or depth to plot against)
 
 
-def _rows(folder: Path) -> list[dict[str, Any]]:
-    from .runner import result_files
-
-    files = result_files(folder)
-    if not files:
+def _rows(folder: Path) -> list[Row]:
+    if not result_files(folder):
         raise RagctxError(f"{folder}: no results.jsonl here; run `ragctx eval CONFIG` first")
-    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    return read_rows(folder)
 
 
 CELL = ("mode", "attention", "length", "k", "retrieval", "chunk_tokens")  # what a cell of the summary is

@@ -23,7 +23,9 @@ from typing import Any
 from ..errors import RagctxError, is_out_of_memory, release_memory
 from ..tasks import KINDS, NeedleTask, string_match_all
 from .metrics import spans_overlap
+from .results import Row, Trial, read_rows, result_files, results_file, trial_id
 
+# result_files: kept here for callers of the old name (it lives in .results with the rest of the row schema)
 __all__ = ["EvalConfig", "run_eval", "load_config", "trials", "parse_shard", "result_files"]
 
 
@@ -103,11 +105,7 @@ def load_config(path: str | Path) -> EvalConfig:
     return EvalConfig(**{k: v for k, v in data.items() if k in known})
 
 
-def trial_id(params: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def trials(cfg: EvalConfig) -> list[dict[str, Any]]:
+def trials(cfg: EvalConfig) -> list[Trial]:
     """Every trial of the grid, in the order they run (examples outermost, so each is built once)."""
     out = []
     if cfg.qa_file:
@@ -161,18 +159,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def result_files(folder: str | Path) -> list[Path]:
-    """``results.jsonl`` and every shard's ``results.shard-*.jsonl`` in ``folder``."""
-    return sorted(Path(folder).glob("results*.jsonl"))
-
-
-def _example_of(t: dict[str, Any]) -> tuple:
+def _example_of(t: Trial) -> tuple:
     if "qid" in t:
         return (t["qid"],)
     return (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"])
 
 
-def _in_shard(all_trials: list[dict[str, Any]], shard: tuple[int, int]) -> list[dict[str, Any]]:
+def _in_shard(all_trials: list[Trial], shard: tuple[int, int]) -> list[Trial]:
     """The trials of every n-th example (in the grid's order), so each example is built by one shard only."""
     i, n = shard
     order: dict[tuple, int] = {}
@@ -192,9 +185,10 @@ def _dtype(cfg: EvalConfig):
 
 def _generator(cfg: EvalConfig, attention: str, cache: dict):
     from ..generator import Generator
+    from ..generator.attention import weights_of
 
     if cfg.generator == "builtin":
-        key = "softmax" if attention in ("softmax", "flash") else attention
+        key = weights_of(attention)  # flash runs softmax's weights: one model loaded for both
         if key not in cache:
             cache[key] = Generator.open(f"builtin:{key}", device=cfg.device, max_seq_len=cfg.max_seq_len,
                                         dtype=_dtype(cfg), **cfg.options)
@@ -226,8 +220,8 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
     named = first if not first.is_file() or json.loads(first.read_text()).get("name") == cfg.name \
         else out / f"config-{cfg.name}.json"
     named.write_text(json.dumps(asdict(cfg), indent=2))
-    results = out / ("results.jsonl" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl")
-    done = {json.loads(line)["id"] for f in result_files(out) for line in f.read_text().splitlines() if line.strip()}
+    results = results_file(out, shard)
+    done = {row["id"] for row in read_rows(out)}
     todo = [t for t in (trials(cfg) if shard is None else _in_shard(trials(cfg), shard)) if t["id"] not in done]
     questions = {q["qid"]: q for q in _questions(cfg)} if cfg.qa_file else {}
     generators: dict = {}
@@ -253,7 +247,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
                 indexes.clear()  # one example's indexes at a time
                 indexes[idx_key] = _memory_index([Document.from_text("context", ex.context)], t, cfg)
             qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens, retrieval=cfg.retrieval[0])
-            row = {**t}
+            row: Row = {**t}
             try:
                 answer = qa.ask(ex.question, mode=t["mode"], k=t["k"] or 5)
             except RagctxError as e:  # e.g. full context longer than the generator's window

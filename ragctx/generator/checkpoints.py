@@ -191,7 +191,7 @@ def load_linearized(spec: str | Path, *, dtype: torch.dtype | None = None,
     """A linearized model: a name in :data:`LINEARIZED`, a delta file or a ``ragctx linearize`` run folder, loaded
     over the base it names (checked by the SHA-256 of the base's weights). Returns (model, tokenizer, the delta's
     attention). ``options`` (window, ...) apply after the delta's own settings."""
-    from .linearize import _check_base, apply_delta, base_sha256, read_delta
+    from .delta import apply_delta, base_sha256, check_base, read_delta
 
     spec = str(spec)
     if spec in LINEARIZED:
@@ -211,7 +211,7 @@ def load_linearized(spec: str | Path, *, dtype: torch.dtype | None = None,
     if not base_path.exists():
         raise RagctxError(f"{where} was made over {base}, which is not here; pass the delta with its base")
     sha = base_sha256(base_path)  # checked before the base is loaded: a wrong base fails fast
-    _check_base(delta[0], sha, where)
+    check_base(delta[0], sha, where)
     model, tokenizer = load_checkpoint(base_path, attention="flash", dtype=dtype)
     apply_delta(model, delta, sha, where)
     model.cfg.set_options(**(options or {}))

@@ -6,7 +6,7 @@ Tensor layout, used everywhere in ``ragctx.generator``: activations ``[B, T, C]`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import RagctxError
@@ -46,7 +46,8 @@ class ModelConfig:
     # pattern is 6. None: every layer is global. layer_attention, when set, overrides the attention (not the RoPE)
     global_every: int | None = None
     rope_local_base: float | None = None  # RoPE base of local layers; None = rope_base
-    attention: str = "softmax"  # registry name of the attention implementation (ragctx.generator.attention)
+    attention: str = "softmax"  # registry name of the attention implementation (ragctx.generator.attention; an
+    # alias such as "sdpa" is stored as its entry's name)
     window: int = 512  # sliding_window and hybrid: keys each query sees with softmax (itself included)
     feature_map: str = "elu"  # linear: kernel feature map ("elu" = elu+1, "taylor" = Based's 2nd-order Taylor)
     hybrid_feature_map: str = "taylor"  # hybrid: feature map for keys beyond the window (approximates exp)
@@ -72,6 +73,9 @@ class ModelConfig:
             self.rope_scaling = check_scaling(self.rope_scaling, self.head_dim)
         if self.layer_attention is not None:
             self.layer_attention = expand_layers(self.layer_attention, self.n_layers)
+        from .attention import canonical_name
+
+        self.attention = canonical_name(self.attention)  # an alias (eager, sdpa) is stored as the entry's name
         for key, allowed in (("activation", ACTIVATIONS), ("norm_layout", ("pre", "sandwich"))):
             if getattr(self, key) not in allowed:
                 raise RagctxError(f"{key}={getattr(self, key)!r} is unknown; choose one of {', '.join(allowed)}")
@@ -153,8 +157,7 @@ def expand_layers(pattern: str | list[str], n_layers: int) -> list[str]:
     if not names or len(names) > n_layers or not all(isinstance(n, str) and n for n in names):
         raise RagctxError(f"layer_attention={pattern!r}: give 1 to {n_layers} comma-separated attention names "
                           "(the pattern repeats over the layers)")
-    for name in set(names):
-        get_attention(name)
+    names = [get_attention(name).name for name in names]  # checked; aliases stored as the entry's name
     return [names[i % len(names)] for i in range(n_layers)]
 
 PRESETS: dict[str, dict[str, Any]] = {

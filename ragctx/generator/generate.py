@@ -86,7 +86,7 @@ class Generator:
         checkpoint was trained with softmax attention: under ``linear`` or ``hybrid`` its feature maps are untrained
         and its text degrades (SmolLM2: perplexity 29.6 -> 3,292), which this warns about."""
         self.model.set_attention(name)
-        if name in ("linear", "hybrid") and self.tokenizer.kind == "hf" and not self.model.has_feature_maps:
+        if get_attention(name).features and self.tokenizer.kind == "hf" and not self.model.has_feature_maps:
             warnings.warn(f"{self.name or 'this checkpoint'} was trained with softmax attention; under '{name}' "
                           "without attention transfer (linearization) it writes poor text", stacklevel=2)
         return self
@@ -185,8 +185,7 @@ class Generator:
         except (TypeError, ValueError) as e:
             raise RagctxError(f"{path}: the model config is invalid ({e})") from None
         if attention:
-            get_attention(attention)
-            cfg.attention = attention
+            cfg.attention = get_attention(attention).name
         from safetensors.torch import load_file
 
         weights = folder / "model.safetensors"

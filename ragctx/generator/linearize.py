@@ -26,7 +26,6 @@ a generator seeded by (seed, stage, step): a run resumed from its checkpoint (wr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -40,19 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import RagctxError
-from .attention import get_attention
+from .attention import ATTENTION, get_attention
+from .delta import DELTA_FILE, LORA_TARGETS, apply_delta, base_sha256, load_maps, merge_lora, read_delta, write_delta
 from .model import Transformer, rope
 
 __all__ = ["LinearizeConfig", "Linearized", "linearize", "apply_delta", "read_delta", "base_sha256", "training_texts",
            "heldout_texts", "perplexity", "transfer_loss", "LoRALinear", "HELD_OUT_ESSAYS", "DELTA_FILE"]
 
-DELTA_FORMAT = "ragctx-delta"
-DELTA_VERSION = 1
-DELTA_FILE = "delta.safetensors"
 # essays kept out of the training text rows, for perplexity. Needle rows draw their haystacks from every essay: stage 1
 # imitates attention over them, stage 2 puts no loss on them (only on the answers)
 HELD_OUT_ESSAYS = ("apple.txt", "founders.txt", "love.txt", "rss.txt", "superangels.txt", "useful.txt", "weird.txt")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
@@ -79,8 +75,9 @@ class LinearizeConfig:
     maps_from: str | None = None  # a delta (file or run folder) whose trained maps stage 1 starts from
 
     def __post_init__(self) -> None:
-        if self.attention not in ("linear", "hybrid"):
-            raise RagctxError(f"linearize --attention {self.attention!r}: choose linear or hybrid")
+        learnable = [n for n, b in ATTENTION.items() if b.features]  # entries with a feature map to learn
+        if self.attention not in learnable:
+            raise RagctxError(f"linearize --attention {self.attention!r}: choose {' or '.join(learnable)}")
         for name in ("seq_len", "batch", "window", "hedgehog_dim", "lora_rank", "checkpoint_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RagctxError(f"LinearizeConfig.{name}={getattr(self, name)!r}: pass a positive integer")
@@ -234,14 +231,8 @@ def _remove_lora(model: Transformer, adapters: dict[str, LoRALinear]) -> None:
     """Puts the plain linear layers back, with the adapters merged into their weights."""
     for key, wrapped in adapters.items():
         i, name = int(key.split(".")[1]), key.rsplit(".", 1)[1]
-        _merge(wrapped.base, wrapped.lora_a.detach(), wrapped.lora_b.detach(), wrapped.scale)
+        merge_lora(wrapped.base, wrapped.lora_a.detach(), wrapped.lora_b.detach(), wrapped.scale)
         setattr(model.layers[i].self_attn, name, wrapped.base)
-
-
-def _merge(linear: nn.Linear, a: Tensor, b: Tensor, scale: float) -> None:
-    with torch.no_grad():
-        w = linear.weight
-        linear.weight.copy_((w.float() + scale * (b.float() @ a.float())).to(w.dtype))
 
 
 # -- losses ----------------------------------------------------------------------------------------------
@@ -311,20 +302,6 @@ class Linearized:
 
 
 # -- the run ---------------------------------------------------------------------------------------------
-def base_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint's weights: the GGUF file, or a Hugging Face folder's *.safetensors in name order."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) or sorted(path.glob("*.gguf"))
-    if not files:
-        raise RagctxError(f"{path}: no weights (.gguf or .safetensors) to hash")
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
-
-
 def _resolve_base(spec: str) -> Path:
     from .checkpoints import PACKAGED, packaged_path
 
@@ -355,7 +332,7 @@ def linearize(base: str, cfg: LinearizeConfig, out: str | Path, *, device: str |
     model = gen.model
     for p in model.parameters():
         p.requires_grad_(False)
-    kind_field = "hybrid_feature_map" if cfg.attention == "hybrid" else "feature_map"
+    kind_field = get_attention(cfg.attention).features
     model.cfg.set_options(window=cfg.window, **{kind_field: "hedgehog"})
     model.set_attention(cfg.attention)
     if cfg.layer_attention:
@@ -371,7 +348,7 @@ def linearize(base: str, cfg: LinearizeConfig, out: str | Path, *, device: str |
         a.lora_a.data, a.lora_b.data = a.lora_a.data.float().to(device), a.lora_b.data.float().to(device)
     sha = base_sha256(base_path)
     if cfg.maps_from:
-        _load_maps(model, read_delta(cfg.maps_from), sha, cfg.maps_from)
+        load_maps(model, read_delta(cfg.maps_from), sha, cfg.maps_from)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"base": spec, "base_sha256": sha, **cfg.settings()}
     batches = Batches(gen, cfg)
@@ -399,7 +376,7 @@ def linearize(base: str, cfg: LinearizeConfig, out: str | Path, *, device: str |
     with torch.no_grad():  # the delta stores bf16: the model in memory keeps exactly what a load gives back
         for p in _trainables(model, adapters).values():
             p.copy_(p.to(torch.bfloat16).float())
-    path = _write_delta(out / DELTA_FILE, model, adapters, settings, cfg)
+    path = write_delta(out / DELTA_FILE, model, adapters, settings, cfg)
     _remove_lora(model, adapters)
     for layer in model.layers:
         layer.self_attn.maps.to(dtype)
@@ -532,112 +509,6 @@ def _load_optimizer(out: Path, opt, params) -> None:
             opt.state[p] = {"step": saved[f"opt/{name}/step"][0].clone(),
                             "exp_avg": saved[f"opt/{name}/exp_avg"].to(p.device),
                             "exp_avg_sq": saved[f"opt/{name}/exp_avg_sq"].to(p.device)}
-
-
-# -- the delta -------------------------------------------------------------------------------------------
-def _write_delta(path: Path, model: Transformer, adapters: dict[str, LoRALinear], settings, cfg) -> Path:
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for i, layer in enumerate(model.layers):
-        for n, p in layer.self_attn.maps.named_parameters():
-            tensors[f"layers.{i}.self_attn.maps.{n}"] = p.detach().to(torch.bfloat16).cpu().contiguous()
-    for key, a in adapters.items():
-        tensors[f"{key}.lora_a"] = a.lora_a.detach().to(torch.bfloat16).cpu().contiguous()
-        tensors[f"{key}.lora_b"] = a.lora_b.detach().to(torch.bfloat16).cpu().contiguous()
-    c = model.cfg
-    meta = {"format": DELTA_FORMAT, "format_version": DELTA_VERSION, "base": settings["base"],
-            "base_sha256": settings["base_sha256"],
-            "attention": {"attention": c.attention, "layer_attention": c.layer_attention, "window": c.window,
-                          "feature_map": c.feature_map, "hybrid_feature_map": c.hybrid_feature_map,
-                          "hedgehog_dim": c.hedgehog_dim},
-            "shape": {"n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim},
-            "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": list(LORA_TARGETS)} if adapters else None,
-            "training": {k: v for k, v in settings.items() if k not in ("base", "base_sha256")}}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"ragctx": json.dumps(meta)})
-    tmp.replace(path)
-    return path
-
-
-def read_delta(spec: str | Path) -> tuple[dict, dict[str, Tensor]]:
-    """(metadata, tensors) of a delta: a .safetensors file or a run folder holding ``delta.safetensors``."""
-    from safetensors import safe_open
-
-    path = Path(spec)
-    if path.is_dir():
-        path = path / DELTA_FILE
-    if not path.is_file():
-        raise RagctxError(f"{spec}: no linearization delta there (expected {DELTA_FILE}); run ragctx linearize")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("ragctx")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors' own errors: truncated or foreign bytes
-        raise RagctxError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
-    try:
-        meta = json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != DELTA_FORMAT:
-        raise RagctxError(f"{path} is not a ragctx linearization delta (no '{DELTA_FORMAT}' metadata)")
-    if meta.get("format_version") != DELTA_VERSION:
-        raise RagctxError(f"{path}: delta format {meta.get('format_version')}, this ragctx reads {DELTA_VERSION}")
-    return meta, tensors
-
-
-def _check_base(meta: dict, sha: str, where) -> None:
-    if meta.get("base_sha256") != sha:
-        raise RagctxError(f"{where} was trained over base '{meta.get('base')}' (sha256 {str(meta.get('base_sha256'))[:12]}…); "
-                          f"this base's weights hash to {sha[:12]}…: load it over the checkpoint it was made from")
-
-
-def _load_maps(model: Transformer, delta: tuple[dict, dict[str, Tensor]], sha: str, where) -> None:
-    meta, tensors = delta
-    _check_base(meta, sha, where)
-    _check_shape(model, meta, where)
-    with torch.no_grad():
-        for i, layer in enumerate(model.layers):
-            for n, p in layer.self_attn.maps.named_parameters():
-                key = f"layers.{i}.self_attn.maps.{n}"
-                if key not in tensors or tensors[key].shape != p.shape:
-                    raise RagctxError(f"{where}: {key} is missing or has another shape; the delta does not fit")
-                p.copy_(tensors[key].to(p.dtype))
-
-
-def _check_shape(model: Transformer, meta: dict, where) -> None:
-    c = model.cfg
-    want = {"n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim}
-    if meta.get("shape") != want:
-        raise RagctxError(f"{where}: the delta is for a model shaped {meta.get('shape')}, this one is {want}")
-    dim = (meta.get("attention") or {}).get("hedgehog_dim")
-    if not isinstance(dim, int) or dim < 1:
-        raise RagctxError(f"{where}: the delta's hedgehog_dim is missing; make it again with ragctx linearize")
-
-
-def apply_delta(model: Transformer, delta: tuple[dict, dict[str, Tensor]], sha: str, where) -> None:
-    """Loads a delta over ``model`` (the base it was trained on, checked by ``sha``): feature maps added and
-    loaded, LoRA merged into q, k, v, o, and the attention settings set."""
-    meta, tensors = delta
-    _check_base(meta, sha, where)
-    _check_shape(model, meta, where)
-    a = meta["attention"]
-    model.add_feature_maps(a["hedgehog_dim"])
-    model.to(next(model.parameters()).dtype)
-    _load_maps(model, delta, sha, where)
-    lora = meta.get("lora")
-    if lora:
-        scale = float(lora["alpha"]) / int(lora["rank"])
-        for i, layer in enumerate(model.layers):
-            for name in lora["targets"]:
-                key = f"layers.{i}.self_attn.{name}"
-                if f"{key}.lora_a" not in tensors or f"{key}.lora_b" not in tensors:
-                    raise RagctxError(f"{where}: {key}'s LoRA factors are missing; the delta is incomplete")
-                _merge(getattr(layer.self_attn, name), tensors[f"{key}.lora_a"], tensors[f"{key}.lora_b"], scale)
-    model.cfg.set_options(window=a["window"], feature_map=a["feature_map"], hybrid_feature_map=a["hybrid_feature_map"])
-    model.set_attention(a["attention"])
-    if a.get("layer_attention"):
-        model.set_layer_attention(a["layer_attention"])
 
 
 def _device_name(device: str) -> str:

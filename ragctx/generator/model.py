@@ -169,8 +169,7 @@ class Transformer(nn.Module):
 
     def set_attention(self, name: str) -> None:
         """Every layer runs ``name`` (a per-layer pattern is cleared)."""
-        get_attention(name)
-        self.cfg.attention, self.cfg.layer_attention = name, None
+        self.cfg.attention, self.cfg.layer_attention = get_attention(name).name, None
 
     def set_layer_attention(self, pattern: str | list[str] | None) -> None:
         """One attention per layer (see :func:`~ragctx.generator.config.expand_layers`); None: all run

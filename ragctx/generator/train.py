@@ -29,6 +29,7 @@ from ..errors import RagctxError
 from ..prefetch import prefetch
 from ..tasks import KINDS, NeedleTask, string_match_all
 from ..tasks.needles import MIN_LENGTH, kinds_for
+from .attention import canonical_name, same_weights, weights_of
 from .config import ModelConfig
 from .generate import Generator
 from .model import Transformer
@@ -180,8 +181,9 @@ def _load_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimize
 
 def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     """Trains one model; returns its Generator and the per-step log (also written under ``out``)."""
-    if cfg.attention == "flash":
-        raise RagctxError("train 'softmax': flash is the same function and shares its weights")
+    if weights_of(cfg.attention) != canonical_name(cfg.attention):
+        raise RagctxError(f"train '{weights_of(cfg.attention)}': {cfg.attention} is the same function and shares its "
+                          "weights")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -193,8 +195,8 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     model = Transformer(mcfg).to(device)
     if cfg.init:
         _load_weights(model, Path(cfg.init))
-    if cfg.attention == "softmax":
-        model.set_attention("flash")  # the same function, fused: trains the softmax weights in O(N) memory
+    if same_weights(cfg.attention):  # softmax: flash is the same function, fused: trains its weights in O(N) memory
+        model.set_attention(same_weights(cfg.attention)[0])
     gen = Generator(model, tok)
     task = NeedleTask(cfg.haystack, seed=cfg.seed)
     eval_task = NeedleTask(cfg.haystack, seed=cfg.seed + 1)  # evaluation examples never seen in training

@@ -19,11 +19,17 @@ Three forms of one function, tested equal for outputs and gradients:
 - :func:`linear_step`: decode, one token against the recurrent state (S, z): O(1) per token.
 - ``reference.linear_quadratic``: the masked O(T^2) twin.
 Running states are summed in fp32 (fp64 for fp64 input) whatever the input dtype.
+
+The registry entry runs one of four **routes**, each a public function of q, k, v and a state returning
+``(o, final_state)`` (shapes above :data:`ROUTES`): ``chunkwise`` (pure torch), ``step`` (decode), ``triton``
+(ragctx's kernels) and ``fla`` (fla-core). :func:`select_route` picks one per call and names it;
+``with record_routes() as routes:`` collects those names, so a benchmark reports the route it timed.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -36,7 +42,8 @@ from .learned import LEARNED
 from .linear_triton import linear_prefill, supports, triton_kernels
 
 __all__ = ["feature_map", "phi", "features", "n_features", "augmented_width", "augment", "linear_chunkwise",
-           "linear_step", "linear_attention", "FEATURE_MAPS"]
+           "linear_step", "linear_fla", "linear_attention", "FEATURE_MAPS", "ROUTES", "select_route", "record_routes",
+           "linear_chunkwise_route", "linear_step_route", "linear_triton_route", "linear_fla_route"]
 
 FEATURE_MAPS = ("elu", "taylor", *LEARNED)
 
@@ -221,28 +228,86 @@ def features(q: Tensor, k: Tensor, valid: Tensor | None, kind: str, maps=None) -
     return fq, fk
 
 
-def linear_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
-    out, new = _attend(q, k, v, valid, state, cfg, maps)
-    if state is not None:
-        state.update(new)  # in place: the state's buffers keep their addresses
-    return out.to(q.dtype)
+# -- the routes: one function each, (o, final_state) ---------------------------------------------------------
+# Every route takes q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] (RoPE applied), ``state`` the LinearState
+# before the first token (s [B, Hkv, F, Dv], z [B, Hkv, F], fp32; None: empty), ``valid`` [B, T] bool or None (no
+# padding), the feature map ``kind``, the layer's learned ``maps`` (or None) and the pure-torch chunk length, and
+# returns (o [B, Hq, T, Dv] in q's dtype, the LinearState after the last token, fp32). It leaves ``state`` as it
+# is: linear_attention writes the new one into the decoding buffers.
+def linear_chunkwise_route(q, k, v, state, *, valid=None, kind="elu", maps=None, chunk=64) -> tuple[Tensor, LinearState]:
+    """Pure torch, any T, CPU or GPU, with autograd: :func:`linear_chunkwise` on the features."""
+    fq, fk = features(q, k, valid, kind, maps)
+    num, den, new = linear_chunkwise(fq, fk, v, state, chunk)
+    return ungroup(normalize(num, den)).to(q.dtype), new
 
 
-def _attend(q, k, v, valid, state, cfg, maps) -> tuple[Tensor, LinearState]:
-    """(output [B, Hq, T, Dv], the state after the last token) by the route that applies. Inference prefill on a
-    GPU: ragctx's own fused Triton kernels (elu map, no padding), else fla-core's; under autograd the pure-torch form
-    (it trained the Taylor-map model 2.4x faster than fla's kernels with 576 padded features, forward + backward:
-    eval/reports/attention, 2026-12-01)."""
+def linear_step_route(q, k, v, state, *, valid=None, kind="elu", maps=None, chunk=64) -> tuple[Tensor, LinearState]:
+    """Decode: T = 1 against ``state`` (required), the recurrent update in the state's dtype. ``chunk`` unused."""
+    fq, fk = features(q, k, valid, kind, maps)
+    num, den, new = linear_step(fq, fk, v, state)
+    return ungroup(normalize(num, den)).to(q.dtype), new
+
+
+def linear_triton_route(q, k, v, state, *, valid=None, kind="elu", maps=None, chunk=64) -> tuple[Tensor, LinearState]:
+    """ragctx's fused Triton kernels (:func:`.linear_triton.linear_prefill`): inference, ``elu`` map, no padding, the
+    shapes :func:`.linear_triton.supports` takes; its own chunk of 64 rows (``chunk`` is the pure-torch form's)."""
+    if kind != "elu" or valid is not None or maps is not None:
+        raise ValueError("the Triton route takes the elu map without padding or learned maps")
+    return linear_prefill(q, k, v, state)
+
+
+def linear_fla_route(q, k, v, state, *, valid=None, kind="elu", maps=None, chunk=64) -> tuple[Tensor, LinearState]:
+    """fla-core's chunk kernel on the features (:func:`linear_fla`; inference). Needs fla-core and a GPU."""
+    kernel = fla_kernel()
+    if kernel is None:
+        raise RagctxError("the fla route needs fla-core (pip install fla-core) and RAGCTX_FLA not 0")
+    fq, fk = features(q, k, valid, kind, maps)
+    out, new = linear_fla(fq, fk, v, state, kernel)
+    return out.to(q.dtype), new
+
+
+ROUTES = {"triton": linear_triton_route, "fla": linear_fla_route, "step": linear_step_route,
+          "chunkwise": linear_chunkwise_route}  # name -> route, in the order select_route tries them
+_RECORDS: list[list[str]] = []  # open record_routes() lists
+
+
+def select_route(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, state: LinearState | None, cfg) -> str:
+    """The name in :data:`ROUTES` of the route that applies, recorded in every open :func:`record_routes` list.
+    Inference prefill on a GPU: ragctx's own fused Triton kernels (elu map, no padding, supported shapes), else
+    fla-core's when installed; under autograd the pure-torch form (it trained the Taylor-map model 2.4x faster than
+    fla's kernels with 576 padded features, forward + backward: eval/reports/attention); one token with a state:
+    the recurrent step; anything else: pure-torch chunkwise."""
     prefill = q.is_cuda and q.shape[2] > 1 and not torch.is_grad_enabled()
     if (prefill and cfg.feature_map == "elu" and valid is None and triton_kernels() is not None
             and supports(q, k, v)):
-        return linear_prefill(q, k, v, state)  # its own chunk of 64 rows (cfg.chunk_size is the pure-torch form's)
-    fq, fk = features(q, k, valid, cfg.feature_map, maps)
-    kernel = fla_kernel() if prefill else None
-    if kernel is not None:
-        return linear_fla(fq, fk, v, state, kernel)
-    if state is not None and q.shape[2] == 1:
-        num, den, new = linear_step(fq, fk, v, state)
+        name = "triton"
+    elif prefill and fla_kernel() is not None:
+        name = "fla"
+    elif state is not None and q.shape[2] == 1:
+        name = "step"
     else:
-        num, den, new = linear_chunkwise(fq, fk, v, state, cfg.chunk_size)
-    return ungroup(normalize(num, den)), new
+        name = "chunkwise"
+    for record in _RECORDS:
+        record.append(name)
+    return name
+
+
+@contextmanager
+def record_routes():
+    """``with record_routes() as routes: model(ids)``: ``routes`` lists the linear route each call took (one entry
+    per linear layer call), so a benchmark can report what it timed."""
+    record: list[str] = []
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
+
+
+def linear_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Tensor:
+    """The registry entry: the route :func:`select_route` picks; a decoding state takes the new values in place."""
+    route = select_route(q, k, v, valid, state, cfg)
+    out, new = ROUTES[route](q, k, v, state, valid=valid, kind=cfg.feature_map, maps=maps, chunk=cfg.chunk_size)
+    if state is not None:
+        state.update(new)  # in place: the state's buffers keep their addresses
+    return out
