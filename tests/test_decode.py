@@ -168,3 +168,35 @@ def test_the_packaged_model_batched_equals_one_prompt_at_a_time():
     batch = gen.generate_batch(prompts, max_new_tokens=6)
     assert [g.text for g in batch] == [gen.generate(p, max_new_tokens=6).text for p in prompts]
     assert "Paris" in batch[0].text
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["llama", "qwen2-bias"])
+def test_fused_projections_give_the_same_numbers_and_stay_the_parameters(bias):
+    """fuse_projections (what compile=True turns on): q/k/v and gate/up in one matmul each give the unfused
+    logits; the parameters are views of the fused matrices (an in-place change, as LoRA merging does, reaches the
+    fused path), the state dict is unchanged, and unfusing gives each projection its own storage again."""
+    from ragctx.generator.delta import merge_lora
+
+    model = tiny_model("flash", seed=4, attention_bias=bias)
+    ids = torch.tensor([list(b"The magic number is 42.")])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    want = model(ids)
+    model.fuse_projections()
+    attn = model.layers[0].self_attn
+    assert attn.fused_sizes and model.layers[0].mlp.fused_sizes
+    assert attn.q_proj.weight.data_ptr() == attn.fused_weight.data_ptr()
+    torch.testing.assert_close(model(ids), want, rtol=1e-5, atol=1e-5)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, attn.k_proj.in_features, generator=g), torch.randn(attn.k_proj.out_features, 4, generator=g)
+    merge_lora(attn.k_proj, a, b, 0.5)  # in place, through the view
+    merged = model(ids)
+    assert not torch.allclose(merged, want, atol=1e-3)
+    model.fuse_projections(on=False)
+    assert attn.fused_sizes is None and "fused_weight" not in dict(attn.named_buffers())
+    assert attn.q_proj.weight.data_ptr() != attn.k_proj.weight.data_ptr()
+    torch.testing.assert_close(model(ids), merged, rtol=1e-5, atol=1e-5)  # unfused: the merged numbers kept
+    with torch.inference_mode():  # fusing under inference mode still leaves plain (trainable) tensors
+        model.fuse_projections()
+    assert not attn.fused_weight.is_inference()

@@ -70,6 +70,8 @@ class Generator:
         self.name = ""  # the packaged model's name or the path it was loaded from
         self.qa_defaults: dict = {}  # QA settings measured for this model (packaged models carry theirs)
         self.compile = compile
+        if compile:
+            model.fuse_projections()  # fewer matmuls per compiled step (the same numbers)
         self._step = compile_step(self.device, compile) if compile else decode_one_token
         self._pool = StatePool()  # the last generation's states, reused in place by the next one of that shape
 

@@ -57,6 +57,44 @@ def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
+def _fuse(owner: nn.Module, names: tuple[str, ...]) -> None:
+    """Makes the weights (and biases) of ``owner``'s linear layers ``names`` row slices of one matrix, kept as the
+    non-persistent buffer ``fused_weight`` (``fused_bias``): one matmul then does the work of several. The
+    parameters stay, as views of that matrix, so state dicts, in-place loading and LoRA merging see and change the
+    same numbers."""
+    mods = [getattr(owner, n) for n in names]
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the caller is in
+        _fuse_into(owner, mods)
+
+
+def _fuse_into(owner: nn.Module, mods: list) -> None:
+    for attr, fused in (("weight", "fused_weight"), ("bias", "fused_bias")):
+        parts = [getattr(m, attr) for m in mods]
+        if parts[0] is None:
+            continue
+        whole = torch.cat([t.detach() for t in parts])
+        for m, view in zip(mods, whole.split([t.shape[0] for t in parts])):
+            getattr(m, attr).data = view
+        owner.register_buffer(fused, whole, persistent=False)
+    owner.fused_sizes = [m.out_features for m in mods]
+
+
+def _unfuse(owner: nn.Module, names: tuple[str, ...]) -> None:
+    """Gives each linear layer of ``names`` its own weight again (see :func:`_fuse`)."""
+    for n in names:
+        m = getattr(owner, n)
+        m.weight.data = m.weight.detach().clone()
+        if m.bias is not None:
+            m.bias.data = m.bias.detach().clone()
+    for b in ("fused_weight", "fused_bias"):
+        owner._buffers.pop(b, None)
+    owner.fused_sizes = None
+
+
+def _fused_linear(owner: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
+    return F.linear(x, owner.fused_weight, getattr(owner, "fused_bias", None)).split(owner.fused_sizes, dim=-1)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -69,14 +107,18 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             self.q_norm, self.k_norm = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
         self.maps: FeatureMaps | None = None  # learned feature maps of a linearized model
+        self.fused_sizes: list[int] | None = None  # q, k, v in one matmul (Transformer.fuse_projections)
 
     def project(self, x: Tensor, rot) -> tuple[Tensor, Tensor, Tensor]:
         """q [B, Hq, T, D], k, v [B, Hkv, T, D] of input x [B, T, C], RoPE applied."""
         b, t, _ = x.shape
         d = self.cfg.head_dim
-        q = self.q_proj(x).view(b, t, -1, d).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
+        if self.fused_sizes:
+            q, k, v = (y.reshape(b, t, -1, d).transpose(1, 2) for y in _fused_linear(self, x))
+        else:
+            q = self.q_proj(x).view(b, t, -1, d).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rot is not None:
@@ -100,8 +142,12 @@ class FeedForward(nn.Module):
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
         self.act = _ACTIVATIONS[cfg.activation]
+        self.fused_sizes: list[int] | None = None  # gate and up in one matmul (Transformer.fuse_projections)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused_sizes:
+            gate, up = _fused_linear(self, x)
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -166,6 +212,22 @@ class Transformer(nn.Module):
         ``to_empty``, which makes new parameters)."""
         if self.cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    def fuse_projections(self, on: bool = True) -> Transformer:
+        """Decoding layout: each layer's q, k, v projections become one matmul, and the feed-forward's gate and up
+        another (their weights row slices of one matrix; the parameters stay, as views of it). A decode step on a
+        GPU is bound by kernel launches, so three matmuls fewer per layer is time saved; the numbers are the same.
+        ``on=False`` separates them again: do that before wrapping the projections (LoRA training) or moving the
+        model to another device or dtype (which would copy the views apart). :class:`Generator` fuses when it
+        compiles its decode step."""
+        for layer in self.layers:
+            for owner, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")),
+                                 (layer.mlp, ("gate_proj", "up_proj"))):
+                if on and not owner.fused_sizes:
+                    _fuse(owner, names)
+                elif not on and owner.fused_sizes:
+                    _unfuse(owner, names)
+        return self
 
     def set_attention(self, name: str) -> None:
         """Every layer runs ``name`` (a per-layer pattern is cleared)."""
