@@ -18,6 +18,7 @@ Needs torch, transformers and ragctx (with gguf); nothing else.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compiled", nargs="*", default=None, metavar="ATTENTION",
                    help="attentions also timed with compile=True (default: every --attentions entry; none: --compiled "
                         "with no value)")
+    p.add_argument("--unfused", nargs="*", default=[], metavar="ATTENTION",
+                   help="attentions also timed compiled with q/k/v and gate/up as separate matmuls (a copy of the "
+                        "model, unfused), to measure what fuse_projections gives")
     p.add_argument("--hf", nargs="*", default=["dynamic", "static"], choices=["dynamic", "static"],
                    help="transformers engines to time (none: --hf with no value)")
     p.add_argument("--hf-lengths", type=int, nargs="*", default=None,
@@ -74,18 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     eager = args.attentions if args.eager is None else args.eager
     to_compile = args.attentions if args.compiled is None else args.compiled
     compiled = {a: Generator(gens[a].model, gens[a].tokenizer, compile=True) for a in to_compile}
+    unfused = {}
+    for a in args.unfused:
+        unfused[a] = Generator(copy.deepcopy(gens[a].model), gens[a].tokenizer, compile=True)
+        unfused[a].model.fuse_projections(on=False)
     engines = []  # (engine, mode, fn(ids) -> (prefill s, decode s))
     for a in args.attentions:
         def run(ids, a=a, g=None):
             if not _is_delta(a):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
-                    gens[a].set_attention(a)  # the base model is shared: set its attention before each run
+                    (g or gens[a]).set_attention(a)  # the base model is shared: set its attention before each run
             return time_ragctx(g or gens[a], ids, args.new, device)
         if a in eager:
             engines.append((f"ragctx {a}", "eager", run))
         if a in compiled:
             engines.append((f"ragctx {a}", "compiled", lambda ids, run=run, a=a: run(ids, g=compiled[a])))
+        if a in unfused:
+            engines.append((f"ragctx {a}", "compiled, unfused", lambda ids, run=run, a=a: run(ids, g=unfused[a])))
     hf_lengths = set(lengths if args.hf_lengths is None else args.hf_lengths)
     if args.hf and args.model != "base100m":
         from transformers import AutoModelForCausalLM
