@@ -28,7 +28,7 @@ from typing import Any
 from .errors import RagctxError, is_out_of_memory, release_memory
 from .index import Index
 
-__all__ = ["QA", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate", "CHAT_TEMPLATE",
+__all__ = ["QA", "ask_many", "Generate", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate", "CHAT_TEMPLATE",
            "MODES"]
 
 MODES = ("rag", "full", "auto")
@@ -290,6 +290,84 @@ def _peak_memory(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
 
 
+@dataclass
+class Generate:
+    """What a question's steps ask of the generator (answered by a driver: one question streams, many batch)."""
+
+    ids: list[int]
+    max_new_tokens: int
+    stop: list[str]
+    probes: list[list[int]]
+
+
+def ask_many(jobs: Sequence[tuple[QA, str, dict[str, Any]]], *, batch_size: int = 8) -> list[Answer | Exception]:
+    """Answers many questions, possibly of different :class:`QA` objects (other indexes) that share one generator:
+    each job is ``(qa, question, ask_kwargs)``. Every question runs its own steps (retrieval, routes, ``auto``'s
+    fallback) up to its next generation; the generations waiting at one time are decoded together, up to
+    ``batch_size`` at once, sorted by length so that a batch pads little. An ``auto`` question that falls back
+    waits for the next round. Returns, in the jobs' order, each question's :class:`Answer`, or the
+    :class:`~ragctx.errors.RagctxError` (or out-of-memory error) that ended it, as :meth:`QA.ask` would have raised
+    it. Prefill and decode times are their batch's (``timings["batch"]``)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise RagctxError(f"batch_size={batch_size!r}: pass a positive number of prompts")
+    if not jobs:
+        return []
+    gens = {id(qa.generator) for qa, _, _ in jobs}
+    if len(gens) > 1:
+        raise RagctxError("ask_many: every job's QA must share one generator (batches decode on one model)")
+    gen = jobs[0][0].generator
+    runs = [qa._run(q, **kw) for qa, q, kw in jobs]
+    results: list[Any] = [None] * len(jobs)
+    waiting: dict[int, Generate] = {}
+
+    def advance(i: int, reply=None, error: BaseException | None = None) -> None:
+        """Runs job i to its next request or its end; ``error``: its generation's, thrown into its steps."""
+        while True:
+            try:
+                event = runs[i].throw(error) if error is not None else runs[i].send(reply)
+            except StopIteration:
+                return
+            except (RagctxError, RuntimeError, MemoryError) as e:
+                if isinstance(e, RagctxError) or is_out_of_memory(e):
+                    results[i] = e
+                    return
+                raise
+            reply, error = None, None
+            if isinstance(event, Generate):
+                waiting[i] = event
+                return
+            if isinstance(event, Answer):
+                results[i] = event
+
+    for i in range(len(jobs)):
+        advance(i, None)
+    while waiting:
+        ready = sorted(waiting, key=lambda i: len(waiting[i].ids))
+        for start in range(0, len(ready), batch_size):
+            rows = ready[start : start + batch_size]
+            asks = [waiting.pop(i) for i in rows]
+            groups: dict[tuple, list[int]] = {}  # rows that can share a batch: the same limits, stops and probes
+            for i, a in zip(rows, asks):
+                key = (a.max_new_tokens, tuple(a.stop), tuple(map(tuple, a.probes)))
+                groups.setdefault(key, []).append(i)
+            requests = dict(zip(rows, asks))
+            for same in groups.values():
+                first = requests[same[0]]
+                try:
+                    done = gen.generate_batch([requests[i].ids for i in same], max_new_tokens=first.max_new_tokens,
+                                              stop=first.stop, probes=first.probes)
+                except (RagctxError, RuntimeError, MemoryError) as e:
+                    if not isinstance(e, RagctxError) and not is_out_of_memory(e):
+                        raise
+                    release_memory()
+                    for i in same:  # each question's steps decide (auto keeps its RAG answer), as ask() does
+                        advance(i, error=e)
+                    continue
+                for i, generation in zip(same, done):
+                    advance(i, generation)
+    return results
+
+
 class QA:
     """Answers questions from an :class:`~ragctx.index.Index` with a :class:`~ragctx.generator.Generator`.
 
@@ -367,7 +445,7 @@ class QA:
         """Like :meth:`ask`, but iterate to receive the answer's text as it is generated (an ``auto`` run streams
         its RAG attempt, then, if it falls back, the full-context one, with ``fallback_marker`` between);
         ``.answer`` is set at the end."""
-        return AnswerStream(self._run(question, **kwargs), fallback_marker)
+        return AnswerStream(self._drive(self._run(question, **kwargs)), fallback_marker)
 
     def read(self, question: str, passages: Sequence[str | Citation]) -> Answer:
         """Answers ``question`` from the given passages only (no retrieval; route ``"given"``): texts, or
@@ -379,15 +457,50 @@ class QA:
         pieces = [p if isinstance(p, Citation) else Citation(f"passage-{i:06d}", 0, len(p), p)  # ids keep the order
                   for i, p in enumerate(passages)]
         ids, cited = self._prompt(question, pieces)
-        stream = self._generate("given", ids, cited, 0.0)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                attempt = done.value
-                break
+
+        def given():
+            attempt = yield from self._generate("given", ids, cited, 0.0)
+            yield attempt
+
+        *_, attempt = self._drive(given())
         return Answer(attempt.text, "given", attempt.citations, attempt.input_tokens, attempt.timings,
                       attempt.peak_memory_bytes, [attempt], None, attempt.refused)
+
+    def ask_batch(self, questions: Sequence[str], *, batch_size: int = 8, **kwargs: Any) -> list[Answer]:
+        """Answers several questions, decoding up to ``batch_size`` prompts at once
+        (:meth:`Generator.generate_batch <ragctx.generator.Generator.generate_batch>`): the same answers as
+        :meth:`ask` one at a time (greedy; up to rounding in near ties), in less time on a GPU. ``kwargs`` as for
+        :meth:`ask`, the same for every question. Each answer's prefill and decode times are its batch's
+        (``timings["batch"]`` says how many prompts shared them). See :func:`ask_many` for questions over
+        different indexes."""
+        if isinstance(questions, str):
+            raise RagctxError("ask_batch takes a list of questions; use ask() for one")
+        return ask_many([(self, q, kwargs) for q in questions], batch_size=batch_size)
+
+    def _drive(self, run: Iterator[Any]) -> Iterator[Any]:
+        """Runs one question's steps (:meth:`_run`), answering each :class:`Generate` request with a streamed
+        generation (its text pieces passed on as they come) and passing every other event on. An error of the
+        generation is thrown back into the steps, where ``auto`` handles a full context that ran out of memory."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                event = run.throw(error) if error is not None else run.send(reply)
+            except StopIteration:
+                return
+            reply, error = None, None
+            if not isinstance(event, Generate):
+                yield event
+                continue
+            try:
+                for piece in self.generator.run(event.ids, max_new_tokens=event.max_new_tokens, stop=event.stop,
+                                                probes=event.probes):
+                    if isinstance(piece, str):
+                        yield piece
+                    else:
+                        reply = piece
+            except (RagctxError, RuntimeError, MemoryError) as e:
+                error = e
 
     # -- routes ------------------------------------------------------------------------------------------
     @staticmethod
@@ -437,6 +550,8 @@ class QA:
         route = final.route if len(attempts) == 1 else "->".join(
             a.route + (f"(k={a.k})" if a.route == "rag" and i else "") for i, a in enumerate(attempts))
         timings = {key: sum(a.timings.get(key, 0.0) for a in attempts) for key in ("retrieve_s", "prefill_s", "decode_s")}
+        if any("batch" in a.timings for a in attempts):
+            timings["batch"] = max(a.timings.get("batch", 1) for a in attempts)
         yield Answer(final.text, route, final.citations, sum(a.input_tokens for a in attempts), timings,
                      max(a.peak_memory_bytes for a in attempts), attempts, reason, final.refused)
 
@@ -539,14 +654,10 @@ class QA:
         else:
             _reset_peak_rss()
         probes = self._refusal_probes() if self.measure_refusal else []
-        stream = gen.run(ids, max_new_tokens=self.max_new_tokens, stop=list(self.template.stop), probes=probes)
-        result = None
-        for piece in stream:
-            if isinstance(piece, str):
-                yield piece
-            else:
-                result = piece
+        result = yield Generate(ids, self.max_new_tokens, list(self.template.stop), probes)  # the driver answers
         timings = {"retrieve_s": retrieve_s, "prefill_s": result.prefill_s, "decode_s": result.decode_s}
+        if "batch" in result.timings:  # decoded with other prompts (ask_many): the times are the batch's
+            timings["batch"] = result.timings["batch"]
         text = result.text.strip()
         said = self.template.refused(text)
         p = float(sum(math.exp(lp) for lp in result.probe_logprobs)) if probes else None

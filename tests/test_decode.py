@@ -121,8 +121,21 @@ def test_states_are_reused_in_place_and_interleaved_streams_do_not_share_them():
     assert got == want
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_batched_probes_equal_one_prompt_at_a_time(name):
+    """log P(probe | prompt) scored for every row of a left-padded batch equals each prompt's own score, and the
+    batch's tokens are still those of one prompt at a time (the probes' steps are rolled back)."""
+    gen = Generator(tiny_model(name, seed=5), ByteTokenizer())
+    probes = [list(b" num"), list(b"x")]
+    single = [gen.generate(p, max_new_tokens=6, probes=probes) for p in PROMPTS]
+    batch = gen.generate_batch(PROMPTS, max_new_tokens=6, probes=probes)
+    for one, row in zip(single, batch):
+        assert row.probe_logprobs == pytest.approx(one.probe_logprobs, abs=2e-3)
+        assert row.tokens == one.tokens
+    assert len({round(g.probe_logprobs[0], 3) for g in single}) > 1  # the rows' scores differ: a real check
+
+
 @pytest.mark.parametrize("call,match", [
-    (lambda g: g.generate_batch(["a"], probes=[[1]]), "does not measure probes"),
     (lambda g: g.generate_batch("a"), "list of prompts"),
     (lambda g: g.generate_batch(["a"], batch_size=0), "batch_size=0"),
     (lambda g: g.generate_batch(["a", []]), "prompt 1: empty prompt"),

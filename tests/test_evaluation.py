@@ -347,3 +347,17 @@ def test_findings_name_ties_count_slope_points_and_flag_small_n():
     assert "two points each: rough slopes): `full/softmax` 2.00" in text and "three longest" not in text
     assert "`rag/linear` grows as length^1.00 over 5 lengths" in text
     assert "3 of 5 cells rest on fewer than 30 trials (fewest: 9)" in text
+
+
+def test_a_batched_grid_gives_the_rows_of_one_trial_at_a_time(tmp_path, generator_folder):
+    """batch > 1 decodes several needle trials together (ask_many): the same predictions, routes, scores and
+    input tokens as one trial at a time, for every mode (auto's fallbacks included) and attention."""
+    one = run_eval(grid(tmp_path / "one", generator_folder), progress=False)
+    many = run_eval(grid(tmp_path / "many", generator_folder, batch=5), progress=False)
+    keys = ("prediction", "route", "accuracy", "retrieval_recall", "input_tokens", "status")
+    rows = [{r["id"]: r for r in map(json.loads, (o / "results.jsonl").read_text().splitlines())} for o in (one, many)]
+    assert rows[0].keys() == rows[1].keys() and len(rows[0]) == 24
+    assert all({k: a[k] for k in keys} == {k: rows[1][i][k] for k in keys} for i, a in rows[0].items())
+    assert sum("batch" in r for r in rows[1].values()) > 0 and not any("batch" in r for r in rows[0].values())
+    with pytest.raises(RagctxError, match="batch 0"):
+        grid(tmp_path, generator_folder, batch=0)

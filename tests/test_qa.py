@@ -11,7 +11,7 @@ import torch
 from ragctx import ChunkConfig, Document, Index, RagctxError
 from ragctx.cli import main
 from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
-from ragctx.qa import QA
+from ragctx.qa import QA, ask_many
 
 DOCS = {
     "a-volcano.txt": "Mount Zirkel erupted in 1842. The ash covered the valley for a week. Farmers moved north. "
@@ -194,3 +194,66 @@ def test_cpu_peak_memory_is_the_generations_own(index, gen):
     process_peak = _peak_memory(torch.device("cpu"))
     answer = QA(index, gen, max_new_tokens=4).ask("When did Mount Zirkel erupt?", mode="rag", k=1)
     assert 0 < answer.peak_memory_bytes < process_peak - 200 * 2**20
+
+
+QUESTIONS = ["When did Mount Zirkel erupt?", "Which loaf does the bakery sell?", "Where did the probe go?",
+             "Zirkel eruption year"]
+
+
+def _same(a, b) -> None:
+    assert (a.text, a.route, a.input_tokens, a.fallback_reason) == (b.text, b.route, b.input_tokens, b.fallback_reason)
+    assert [(c.doc_id, c.start, c.end) for c in a.citations] == [(c.doc_id, c.start, c.end) for c in b.citations]
+
+
+@pytest.mark.parametrize("mode", ["rag", "full", "auto"])
+def test_ask_batch_gives_the_answers_of_ask_one_at_a_time(index, gen, mode):
+    """Batched decoding (several questions' prompts at once, left-padded) changes nothing but the timings: the
+    same texts, routes, citations and input tokens, auto's fallback included (a threshold no score reaches)."""
+    for qa in (QA(index, gen, max_new_tokens=6), QA(index, gen, max_new_tokens=6, score_threshold=1.01,
+                                                      retrieval="dense")):
+        one = [qa.ask(q, mode=mode, k=2) for q in QUESTIONS]
+        many = qa.ask_batch(QUESTIONS, mode=mode, k=2, batch_size=3)
+        for a, b in zip(many, one):
+            _same(a, b)
+        assert all(a.timings["prefill_s"] > 0 for a in many)
+    assert any(a.route == "rag->full" for a in many) if mode == "auto" else True
+
+
+def test_ask_many_over_two_indexes_and_a_failing_job(index, gen, embedder):
+    """Jobs of different QA objects (another index) share batches; a job that fails (full context over the budget)
+    gets its RagctxError in its place and the others still answer; the inputs are checked."""
+    other = Index.build([Document.from_text("d-lake.txt", "Lake Orla freezes in December. Skaters come at dawn.")],
+                        embedder=embedder, chunking=ChunkConfig(max_tokens=16, overlap=4), device="cpu")
+    qa1, qa2 = QA(index, gen, max_new_tokens=5), QA(other, gen, max_new_tokens=5)
+    jobs = [(qa1, QUESTIONS[0], {"mode": "rag", "k": 2}), (qa2, "When does the lake freeze?", {"mode": "full"}),
+            (qa1, QUESTIONS[1], {"mode": "full", "budget": 120}), (qa2, "Who comes at dawn?", {"mode": "auto", "k": 1})]
+    got = ask_many(jobs, batch_size=4)
+    assert isinstance(got[2], RagctxError) and "full context" in str(got[2])
+    for (qa, q, kw), a in zip(jobs, got):
+        if not isinstance(a, Exception):
+            _same(a, qa.ask(q, **kw))
+    assert ask_many([]) == []
+    with pytest.raises(RagctxError, match="batch_size=0"):
+        ask_many(jobs, batch_size=0)
+    another = Generator(Transformer(ModelConfig.from_name("tiny", max_seq_len=1024)), ByteTokenizer())
+    with pytest.raises(RagctxError, match="share one generator"):
+        ask_many([jobs[0], (QA(index, another), "q?", {})])
+    with pytest.raises(RagctxError, match="list of questions"):
+        qa1.ask_batch("one question")
+
+
+def test_ask_batch_keeps_the_rag_answers_when_the_full_batch_runs_out_of_memory(index, gen, monkeypatch):
+    real = gen.generate_batch
+
+    def generate_batch(prompts, **kw):  # long inputs fail on the device, as in the single-question test above
+        if any(len(p) > 300 for p in prompts):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 128.00 GiB")
+        return real(prompts, **kw)
+
+    monkeypatch.setattr(gen, "generate_batch", generate_batch)
+    qa = QA(index, gen, max_new_tokens=4, score_threshold=1.01, retrieval="dense")  # always falls back
+    answers = qa.ask_batch(QUESTIONS[:2], k=1)
+    assert [a.route for a in answers] == ["rag", "rag"]
+    assert all("ran out of memory" in a.fallback_reason for a in answers)
+    full = qa.ask_batch(QUESTIONS[:2], mode="full")  # asked for the full context alone: the error is the answer
+    assert all(isinstance(a, torch.OutOfMemoryError) for a in full)

@@ -18,6 +18,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import RagctxError, is_out_of_memory, release_memory
@@ -61,6 +62,8 @@ class EvalConfig:
     focus: int | str | None = "auto"  # QA files: QA(focus=...): passages read from the retrieved chunks (None: chunks)
     bos: bool | None = None  # prepend BOS to plain-text prompts (None: as the generator's tokenizer does)
     options: dict[str, Any] = field(default_factory=dict)  # generator options: window, feature_map, chunk_size, ...
+    batch: int = 1  # needle trials decoded together (ask_many); > 1 shares prefill/decode times and peak memory
+    #                 within a batch (rows say "batch"), so cost plots want 1; QA-file trials run one at a time
 
     def __post_init__(self) -> None:
         if self.qa_file:
@@ -86,6 +89,8 @@ class EvalConfig:
                 raise RagctxError(f"eval config: kind '{kind}' is unknown; choose from {', '.join(KINDS)}")
         if self.dtype not in (None, "bfloat16", "float16", "float32"):
             raise RagctxError(f"eval config: dtype '{self.dtype}' is unknown; choose bfloat16, float16 or float32")
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
+            raise RagctxError(f"eval config: batch {self.batch!r}: pass a positive number of trials (1: one at a time)")
         if not (self.modes and self.attentions and self.lengths and self.depths and self.seeds):
             raise RagctxError("eval config: modes, attentions, lengths, depths and seeds need at least one value each")
 
@@ -211,7 +216,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
     from tqdm.auto import tqdm
 
     from ..documents import Document
-    from ..qa import QA
+    from ..qa import QA, ask_many
     from .report import write_report
 
     out = Path(cfg.out)
@@ -228,49 +233,91 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
     examples: dict = {}
     indexes: dict = {}
     with open(results, "a") as sink, tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress) as bar:
-        for t in todo:
-            gen = _generator(cfg, t["attention"], generators)
-            if cfg.qa_file:
+        if cfg.qa_file:
+            for t in todo:
+                gen = _generator(cfg, t["attention"], generators)
                 sink.write(json.dumps(_qa_trial(t, questions[t["qid"]], gen, cfg, indexes, out)) + "\n")
                 sink.flush()
                 bar.update(1)
-                continue
-            ex_key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
-            if ex_key not in examples:
-                count = (lambda s, tok=gen.tokenizer: len(tok.encode(s, bos=False)))
-                task = NeedleTask(cfg.haystack, seed=t["seed"], count=count)
-                examples[ex_key] = task.example(0, length=t["length"], kind=t["kind"], depth=t["depth"],
-                                                unanswerable=t["unanswerable"])
-            ex = examples[ex_key]
-            idx_key = (ex_key, t["chunk_tokens"], t["overlap"])
-            if idx_key not in indexes:
-                indexes.clear()  # one example's indexes at a time
-                indexes[idx_key] = _memory_index([Document.from_text("context", ex.context)], t, cfg)
-            qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens, retrieval=cfg.retrieval[0])
-            row: Row = {**t}
-            try:
-                answer = qa.ask(ex.question, mode=t["mode"], k=t["k"] or 5)
-            except RagctxError as e:  # e.g. full context longer than the generator's window
-                row.update(status="error", error=str(e))
-            except (RuntimeError, MemoryError) as e:
-                if not is_out_of_memory(e):
-                    raise
-                row.update(status="oom", error=str(e).splitlines()[0][:200])
-                release_memory()
-            else:
-                rag = next((a for a in answer.attempts if a.route == "rag"), None)
-                row.update(
-                    status="ok", prediction=answer.text, answers=ex.answers, route=answer.route,
-                    accuracy=string_match_all(answer.text, ex.answers),
-                    retrieval_recall=(spans_overlap([(c.start, c.end) for c in rag.citations], ex.needle_spans)
-                                      if rag is not None and ex.answerable else None),
-                    input_tokens=answer.input_tokens, peak_memory_bytes=answer.peak_memory_bytes, **answer.timings)
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            bar.update(1)
+        else:
+            for group in _batches(todo, cfg.batch):
+                gen = _generator(cfg, group[0]["attention"], generators)
+                indexes.clear()  # the indexes of one batch's examples at a time
+                jobs, cases = [], []
+                for t in group:
+                    ex = _needle_example(t, gen, cfg, examples)
+                    ex_key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
+                    idx_key = (ex_key, t["chunk_tokens"], t["overlap"])
+                    if idx_key not in indexes:
+                        indexes[idx_key] = _memory_index([Document.from_text("context", ex.context)], t, cfg)
+                    qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens, retrieval=cfg.retrieval[0])
+                    jobs.append((qa, ex.question, {"mode": t["mode"], "k": t["k"] or 5}))
+                    cases.append((t, ex))
+                if cfg.batch == 1:  # one at a time: each trial's own timings and peak memory
+                    answers = [_ask_one(qa, q, kw) for qa, q, kw in jobs]
+                else:
+                    answers = ask_many(jobs, batch_size=cfg.batch)
+                for (t, ex), answer in zip(cases, answers):
+                    sink.write(json.dumps(_needle_row(t, ex, answer)) + "\n")
+                sink.flush()
+                bar.update(len(group))
     if shard is None:
         write_report(out)
     return out
+
+
+def _batches(todo: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive trials of one attention (one generator), ``size`` at most per batch."""
+    group: list[dict[str, Any]] = []
+    for t in todo:
+        if group and (len(group) == size or t["attention"] != group[0]["attention"]):
+            yield group
+            group = []
+        group.append(t)
+    if group:
+        yield group
+
+
+def _needle_example(t: dict[str, Any], gen, cfg: EvalConfig, examples: dict):
+    """The needle example of trial ``t`` in ``gen``'s tokens, made once per cell and seed."""
+    key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
+    if key not in examples:
+        count = (lambda s, tok=gen.tokenizer: len(tok.encode(s, bos=False)))
+        task = NeedleTask(cfg.haystack, seed=t["seed"], count=count)
+        examples[key] = task.example(0, length=t["length"], kind=t["kind"], depth=t["depth"],
+                                     unanswerable=t["unanswerable"])
+    return examples[key]
+
+
+def _ask_one(qa, question: str, kwargs: dict):
+    """qa.ask, with a RagctxError or an out-of-memory error returned as the trial's outcome (as ask_many does)."""
+    try:
+        return qa.ask(question, **kwargs)
+    except RagctxError as e:  # e.g. full context longer than the generator's window
+        return e
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        release_memory()
+        return e
+
+
+def _needle_row(t: dict[str, Any], ex, answer) -> Row:
+    """The results row of needle trial ``t``: its Answer scored against the example, or the error that ended it."""
+    row: Row = {**t}
+    if isinstance(answer, RagctxError):
+        row.update(status="error", error=str(answer))
+    elif isinstance(answer, Exception):
+        row.update(status="oom", error=str(answer).splitlines()[0][:200])
+    else:
+        rag = next((a for a in answer.attempts if a.route == "rag"), None)
+        row.update(
+            status="ok", prediction=answer.text, answers=ex.answers, route=answer.route,
+            accuracy=string_match_all(answer.text, ex.answers),
+            retrieval_recall=(spans_overlap([(c.start, c.end) for c in rag.citations], ex.needle_spans)
+                              if rag is not None and ex.answerable else None),
+            input_tokens=answer.input_tokens, peak_memory_bytes=answer.peak_memory_bytes, **answer.timings)
+    return row
 
 
 def _memory_index(documents: list, t: dict[str, Any], cfg: EvalConfig):

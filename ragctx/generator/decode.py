@@ -6,9 +6,9 @@ from the host. That lets the step be compiled once (:func:`compile_step`: on CUD
 i.e. CUDA graphs). Sampling runs on the device (:func:`sample_tokens`); the host reads the tokens back every
 ``check_every`` steps, to stream text and find eos and stop strings (:class:`Completion`).
 
-Batched generation (``Generator.generate_batch``) is not used by the evaluation harness yet: each trial there goes
-through ``QA.ask`` (retrieval, the rag/full routes and their fallback, refusal probes, per-trial timings and peak
-memory), so batching trials means a batched QA step first; ``generate_batch`` has no probes.
+Batched generation (``Generator.generate_batch``, refusal probes scored per row) serves ``QA.ask_batch`` and
+``ragctx.qa.ask_many``: each question runs its own steps up to its next generation, and the generations waiting at
+one time are decoded together. The evaluation runner uses it for needle trials when its config sets ``batch``.
 
 Tested in tests/test_decode.py: the fixed-buffer path and the compiled step give the eager tokens, batched
 generation equals one prompt at a time, for every registry entry.

@@ -282,10 +282,8 @@ class Generator:
         """One :class:`Generation` per prompt, decoding ``batch_size`` prompts at a time (None: all at once),
         left-padded to the longest of each batch. Greedy results equal :meth:`generate`'s one prompt at a time (up
         to rounding in near ties); sampled rows draw from one generator, so a seed gives other tokens than it does
-        one prompt at a time. Arguments as for :meth:`stream`, except ``probes``. ``prefill_s`` and ``decode_s``
-        are the whole batch's (``timings["batch"]`` says how many prompts shared them)."""
-        if "probes" in kwargs:
-            raise RagctxError("generate_batch does not measure probes; call generate() per prompt for probe_logprobs")
+        one prompt at a time. Arguments as for :meth:`stream` (``probes`` are scored for every row). ``prefill_s``
+        and ``decode_s`` are the whole batch's (``timings["batch"]`` says how many prompts shared them)."""
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)):
             raise RagctxError(f"generate_batch takes a list of prompts (text or token ids), not {type(prompts).__name__}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -337,7 +335,7 @@ class Generator:
         logits = self.model(ids, positions=positions, valid=valid, states=states, last_only=True)[:, -1]  # [B, V]
         sync()
         prefill = time.perf_counter() - t0
-        scored = [self._probe(logits[0], states, n, p) for p in probes]
+        scored = self._probe_rows(logits, states, positions[:, -1:] + 1, probes)  # [B][probe]
         rows = [Completion(self.tokenizer, stops, eos) for _ in range(b)]
         out = torch.empty(b, max_new_tokens, dtype=torch.long, device=dev)  # every step's tokens, read in chunks
         pos = positions[:, -1:] + 1  # [B, 1]: each row's next position (the last column is real in every row)
@@ -373,26 +371,30 @@ class Generator:
                        "decode_ms_per_token": 1e3 * decode / max(1, max(len(r.tokens) for r in rows))}
             if b > 1:
                 timings["batch"] = b
-            results.append(Generation(row.text, row.tokens, len(p), row.reason, prefill, decode, timings,
-                                      scored if b == 1 else []))
+            results.append(Generation(row.text, row.tokens, len(p), row.reason, prefill, decode, timings, scored[i]))
         yield results
 
-    def _probe(self, logits: torch.Tensor, states: list, start: int, tokens: list[int]) -> float:
-        """log P(tokens | prompt): the first token from the prefill's logits, the rest by decode steps on the
-        prompt's states, which are put back afterwards (:func:`~ragctx.generator.decode.snapshot`: a KV cache's
-        cursor and validity, the other states whole: O(window) or O(1))."""
-        if not tokens:
-            return 0.0
-        total = float(torch.log_softmax(logits.float(), -1)[tokens[0]])
-        if len(tokens) > 1:
-            saved = snapshot(states)
-            dev = self.device
-            for i, (tok, nxt) in enumerate(zip(tokens, tokens[1:])):
-                pos = torch.tensor([[start + i]], device=dev)
-                step = decode_one_token(self.model, torch.tensor([[tok]], device=dev), pos, states)[0]
-                total += float(torch.log_softmax(step.float(), -1)[nxt])
-            restore(states, saved)
-        return total
+    def _probe_rows(self, logits: torch.Tensor, states: list, pos: torch.Tensor,
+                    probes: list[list[int]]) -> list[list[float]]:
+        """log P(probe | prompt) of every probe for every row: the first token from the prefill's logits [B, V], the
+        rest by decode steps of all rows at once from their next positions ``pos`` [B, 1] on the prompts' states,
+        which are put back afterwards (:func:`~ragctx.generator.decode.snapshot`: a KV cache's cursor and validity,
+        the other states whole: O(window) or O(1))."""
+        b = logits.shape[0]
+        scored = [[0.0] * len(probes) for _ in range(b)]
+        for j, tokens in enumerate(probes):
+            if not tokens:
+                continue
+            total = torch.log_softmax(logits.float(), -1)[:, tokens[0]]  # [B]
+            if len(tokens) > 1:
+                saved = snapshot(states)
+                for i, (tok, nxt) in enumerate(zip(tokens, tokens[1:])):
+                    step = decode_one_token(self.model, torch.full((b, 1), tok, device=logits.device), pos + i, states)
+                    total = total + torch.log_softmax(step.float(), -1)[:, nxt]
+                restore(states, saved)
+            for row, value in enumerate(total.tolist()):
+                scored[row][j] = value
+        return scored
 
 
 def _read_json(path: Path) -> dict:
