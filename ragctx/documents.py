@@ -277,14 +277,17 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: str | None = None,
-              html: str = "text") -> LoadReport:
+              html: str = "text", progress: bool = False) -> LoadReport:
     """Load one file, or every file under a folder (recursively, hidden entries skipped).
 
     Document ids are paths relative to ``path`` when it is a folder (POSIX separators), the file name when it is
     a file, and the given ``id`` for .jsonl lines. Duplicate ids are skipped after the first. ``encoding`` forces
     the text files' encoding (default: detected); ``html`` is "text" (visible text) or "main" (main content only,
-    needs trafilatura). See the module docstring for the types read.
+    needs trafilatura); ``progress`` draws a bar over the files on stderr. See the module docstring for the types
+    read.
     """
+    from tqdm.auto import tqdm
+
     if html not in ("text", "main"):
         raise RagctxError(f"html={html!r}: choose 'text' (visible text) or 'main' (main content, trafilatura)")
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
@@ -296,7 +299,8 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: s
     files = [root] if root.is_file() else list(_walk(root))
     report = LoadReport()
     seen: set[str] = set()
-    for file in files:
+    for file in tqdm(files, desc=f"loading {len(files):,} file{'s' if len(files) != 1 else ''}", unit="file",
+                     disable=not progress):
         rel = file.name if root.is_file() else file.relative_to(root).as_posix()
         try:
             suffix = file.suffix.lower()

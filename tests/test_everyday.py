@@ -188,3 +188,35 @@ def test_top_level_face_is_lazy_and_typed():
     import ragctx
 
     assert (__import__("pathlib").Path(ragctx.__file__).parent / "py.typed").is_file()
+
+
+def test_build_shows_each_stage_before_embedding_begins(tmp_path, embedder, capsys, monkeypatch):
+    from ragctx.chunking import Chunker
+    from ragctx.data import essays_dir
+
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(p.read_text().strip() for p in sorted(essays_dir().glob("*.txt"))[:2]))
+    monkeypatch.setattr(Chunker, "BLOCK", 2048)  # blocks as a large file has them, on a small one
+    seen_at_encode: list[str] = []
+
+    class Recording:  # the test's embedder, noting what stderr showed when embedding began
+        name, dim = embedder.name, embedder.dim
+
+        def encode(self, texts, **kw):
+            seen_at_encode.append(capsys.readouterr().err)
+            return embedder.encode(texts, **kw)
+
+    monkeypatch.setattr("ragctx.index.shared_embedder", lambda *a, **k: Recording())
+    assert main(["index", "build", str(big), "--out", str(tmp_path / "idx"), "--progress"]) == 0
+    before = seen_at_encode[0]
+    after = capsys.readouterr().err
+    stages = [before.index(s) for s in ("loading 1 file", "loaded 1 document(s)", "chunking 1 document(s)",
+                                        "loading the embedder")]
+    assert stages == sorted(stages)  # in this order, all before the first chunk is embedded
+    chunking = [line for line in before.replace("\r", "\n").splitlines() if line.startswith("chunking")]
+    assert chunking[-1].startswith("chunking 1 document(s): 100%") and "embedding" not in before
+    n = len(Index.load(tmp_path / "idx"))
+    assert f"embedding {n:,} chunks: 100%" in after and f"saving {n:,} chunks" in after
+    # not a terminal (capsys) and no --progress: no bars, as before
+    assert main(["index", "build", str(big), "--out", str(tmp_path / "idx2")]) == 0
+    assert (seen_at_encode[1] + capsys.readouterr().err).splitlines() == ["loaded 1 document(s), skipped 0"]
