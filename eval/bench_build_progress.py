@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.bench_retrieval import environment, save_json, table  # noqa: E402
 
 COLUMNS = ["repo", "run", "first_output_s", "loaded_s", "chunking_s", "embedding_s", "embedding_moved_s",
-           "max_silence_s", "eta"]
+           "max_silence_s", "eta", "load_avg_1min"]
 STAGES = {"loaded_s": re.compile(r"loaded \d+ document"), "chunking_s": re.compile(r"chunking"),
           "embedding_s": re.compile(r"embedding")}
 MOVED = re.compile(r"embedding[^|]*\|[^|]*\|\s*([\d,]+)/([\d,]+)\s*\[[^<]*<([^,\]]+)")
@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         size = make_file(src, args.mb)
         for run in range(args.repeat):
             for repo in repos:
-                row = {"repo": str(repo), "run": run, **run_once(repo, src, Path(tmp) / f"idx-{run}", args.timeout)}
+                load = os.getloadavg()[0]  # the machine is shared: say how busy it was
+                row = {"repo": str(repo), "run": run, **run_once(repo, src, Path(tmp) / f"idx-{run}", args.timeout),
+                       "load_avg_1min": round(load, 2)}
                 print(table([row], COLUMNS), flush=True)
                 if row["embedding_moved_s"] is None:
                     print("  stopped before the embedding bar moved; last output:", repr(row["tail"][-300:]))
