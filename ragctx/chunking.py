@@ -14,7 +14,9 @@ adversarial text:
 
 The splitter runs without overlap and with ``keep_separator`` and no stripping, so its pieces concatenate back to
 the document and offsets are running sums, exact even in repetitive text (locating overlapped pieces by search
-is ambiguous there). Overlap is then added by extending each chunk backwards within the token budget.
+is ambiguous there). Overlap is then added by extending each chunk backwards within the token budget. A large
+document goes through the splitter a block at a time, cut only where the splitter itself cuts (the same chunks as one
+call), so that ``split(doc, progress=...)`` reports progress within it.
 """
 
 from __future__ import annotations
