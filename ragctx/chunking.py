@@ -14,11 +14,16 @@ adversarial text:
 
 The splitter runs without overlap and with ``keep_separator`` and no stripping, so its pieces concatenate back to
 the document and offsets are running sums, exact even in repetitive text (locating overlapped pieces by search
-is ambiguous there). Overlap is then added by extending each chunk backwards within the token budget.
+is ambiguous there). Overlap is then added by extending each chunk backwards within the token budget. A large
+document goes through the splitter a block at a time, cut only where the splitter itself cuts (the same chunks as one
+call), so that ``split(doc, progress=...)`` reports progress within it.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -100,49 +105,106 @@ class Chunker:
             chunk_overlap=0,  # ragctx adds the overlap itself, so that offsets stay exact (see split)
             length_function=self.count,
         )
+        self._memo: dict[str, int] | None = None  # token counts the splitter may look up (see _blocks)
 
     def count(self, text: str) -> int:
         """Tokens in ``text`` (special-token strings count as ordinary text)."""
+        if self._memo is not None:  # inside one block's split: its pieces were counted when the block was cut
+            n = self._memo.get(text)
+            if n is not None:
+                return n
         return len(self._enc.encode_ordinary(text))
 
-    def split(self, doc: Document) -> list[Chunk]:
-        """The chunks of one document, in order (none for a whitespace-only text)."""
+    def split(self, doc: Document, progress: Callable[[int], object] | None = None) -> list[Chunk]:
+        """The chunks of one document, in order (none for a whitespace-only text). ``progress``, if given, is
+        called with each number of characters done, as the work goes (they sum to ``len(doc.text)``)."""
         text = doc.text
-        base = self._base_spans(text)
         out: list[Chunk] = []
-        prev_start = -1
-        for base_start, end in base:
-            start = base_start
-            if out and self.config.overlap:
-                start = self._extend_back(text, base_start, end, lower=prev_start + 1)
-            s, e = _strip(text, start, end)
-            n = self.count(text[s:e])
-            if n > self.config.max_tokens:  # stripping the overlap's edge added a token: keep the base span
-                s, e, n = base_start, end, self.count(text[base_start:end])
-            out.append(Chunk(doc.id, len(out), s, e, text[s:e], n))
-            prev_start = s
+        prev_start = done = 0
+        for block_end, base in self._base_spans(text):
+            for base_start, end in base:
+                start = base_start
+                if out and self.config.overlap:
+                    start = self._extend_back(text, base_start, end, lower=prev_start + 1)
+                s, e = _strip(text, start, end)
+                n = self.count(text[s:e])
+                if n > self.config.max_tokens:  # stripping the overlap's edge added a token: keep the base span
+                    s, e, n = base_start, end, self.count(text[base_start:end])
+                out.append(Chunk(doc.id, len(out), s, e, text[s:e], n))
+                prev_start = s
+            if progress is not None and block_end > done:
+                progress(block_end - done)
+                done = block_end
         return out
 
     def split_all(self, docs: list[Document]) -> list[Chunk]:
         return [chunk for doc in docs for chunk in self.split(doc)]
 
-    def _base_spans(self, text: str) -> list[tuple[int, int]]:
+    def _base_spans(self, text: str) -> Iterator[tuple[int, list[tuple[int, int]]]]:
         """Contiguous spans from the splitter (run without overlap, its pieces concatenate back to the text, so
-        offsets are running sums), each cut to at most ``max_tokens - overlap`` tokens and stripped."""
+        offsets are running sums), each cut to at most ``max_tokens - overlap`` tokens and stripped; yielded as
+        ``(end of block, spans)`` one block at a time (:meth:`_blocks`), the same spans as one call over the text."""
         budget = self.config.max_tokens - self.config.overlap
-        spans, pos = [], 0
-        for piece in self._splitter.split_text(text):
-            if text.startswith(piece, pos):
-                start, pos = pos, pos + len(piece)
-            else:  # a splitter that changed the text: fall back to searching forward
-                found = text.find(piece, pos)
-                if found < 0:
-                    raise AssertionError("text splitter returned a piece that is not in the document")
-                start, pos = found, found + len(piece)
-            spans += self._fit_stripped(text, start, pos, budget)
-        if pos < len(text) and text[pos:].strip():  # never drop text the splitter left out
-            spans += self._fit_stripped(text, pos, len(text), budget)
-        return spans
+        pos = 0
+        memo: dict[str, int] = {}
+        for block_start, block_end in self._blocks(text, memo):
+            self._memo = memo
+            try:
+                pieces = self._splitter.split_text(text[block_start:block_end])
+            finally:
+                self._memo = None
+                memo.clear()
+            spans: list[tuple[int, int]] = []
+            for piece in pieces:
+                if text.startswith(piece, pos):
+                    start, pos = pos, pos + len(piece)
+                else:  # a splitter that changed the text: fall back to searching forward
+                    found = text.find(piece, pos)
+                    if found < 0:
+                        raise AssertionError("text splitter returned a piece that is not in the document")
+                    start, pos = found, found + len(piece)
+                spans += self._fit_stripped(text, start, pos, budget)
+            if block_end == len(text) and pos < len(text) and text[pos:].strip():  # never drop text it left out
+                spans += self._fit_stripped(text, pos, len(text), budget)
+            yield block_end, spans
+
+    # characters the splitter is given at a time (at least): a large document is cut into blocks, so that progress
+    # moves and memory stays flat, where the splitter cuts anyway (see _blocks); the chunks stay the same
+    BLOCK = 1 << 16
+
+    def _blocks(self, text: str, memo: dict[str, int]) -> Iterator[tuple[int, int]]:
+        """Consecutive ``(start, end)`` blocks covering ``text`` that the splitter cuts as it cuts the whole text.
+
+        langchain's recursive splitter, run without overlap, splits the text at the first of its separators that
+        occurs, splits each piece of ``chunk_size`` tokens or more on its own, and packs the shorter pieces in order,
+        opening a new chunk when the next piece does not fit. No chunk crosses the start of a piece that is long or
+        that opens a chunk, so blocks end there once they hold ``BLOCK`` characters (not after a lone short piece:
+        given alone, the splitter could cut it by a later separator). A piece longer than ``BLOCK`` is one block.
+        The pieces' token counts go into ``memo`` for the splitter, so that cutting costs no second count.
+        tests/test_chunking.py checks the blocks against one call over the whole text."""
+        size = self.config.max_tokens - self.config.overlap  # the splitter's chunk_size
+        sep = next((p for p in self.SEPARATORS if not p or re.search(p, text)), "")
+        if not sep or len(text) <= self.BLOCK:  # characters: every piece is short and packed, nowhere to cut
+            yield 0, len(text)
+            return
+        block = start = total = 0  # block start, piece start, tokens in the chunk being packed
+        lone_short = False  # the block so far is one short piece (split alone, it could be split otherwise)
+        for end in itertools.chain((m.start() for m in re.finditer(sep, text)), [len(text)]):
+            if end <= start:  # an empty piece: the text starts with a separator
+                continue
+            piece = text[start:end]
+            n = memo[piece] = self.count(piece)
+            long = n >= size
+            opens = long or not total or total + n > size
+            if opens and start - block >= self.BLOCK and not lone_short:
+                yield block, start
+                memo.clear()
+                memo[piece] = n
+                block = start
+            lone_short = block == start and not long
+            total = 0 if long else n if opens else total + n
+            start = end
+        yield block, len(text)
 
     def _fit_stripped(self, text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
         """Non-empty stripped spans of at most ``limit`` tokens covering ``text[start:end]`` up to whitespace.

@@ -28,12 +28,18 @@ def _load_docs(spec: str, strict: bool, args: argparse.Namespace | None = None):
     from .documents import SUPPORTED_SUFFIXES, load_path
 
     report = load_path(resolve_docs(spec), strict=strict, encoding=getattr(args, "encoding", None),
-                       html=getattr(args, "html", None) or "text")
+                       html=getattr(args, "html", None) or "text", progress=_progress(args))
     print(report.summary(), file=sys.stderr)
     if not report.documents:
         raise RagctxError(f"{spec}: no usable documents (supported: {' '.join(SUPPORTED_SUFFIXES)} and text files "
                           "without an extension)")
     return report.documents
+
+
+def _progress(args: argparse.Namespace | None) -> bool:
+    """Progress bars on stderr: as ``--progress`` / ``--no-progress`` say, else when stderr is a terminal."""
+    chosen = getattr(args, "progress", None)
+    return sys.stderr.isatty() if chosen is None else chosen
 
 
 def _print_hits(hits, as_json: bool) -> None:
@@ -63,7 +69,9 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         docs = _load_docs(args.docs, args.strict, args)
         check_space(out, docs)
         index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
-        report = index.add(docs, progress=True)
+        report = index.add(docs, progress=_progress(args))
+        if _progress(args):
+            print(f"saving {len(index):,} chunks to {out}", file=sys.stderr)
         path = index.save(out)
     print(f"{report.summary()}; index saved to {path} ({len(index)} chunks)")
     return 0
@@ -77,7 +85,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     with Index.editing(args.index, wait=not args.no_wait, device=args.device) as index:
         docs = _load_docs(args.docs, args.strict, args)
         check_space(Path(args.index), docs)
-        report = index.sync(docs, progress=True) if args.prune else index.add(docs, progress=True)
+        report = (index.sync if args.prune else index.add)(docs, progress=_progress(args))
     print(f"{report.summary()}; {len(index)} chunks in {args.index}")
     return 0
 
@@ -266,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--html", default="text", choices=["text", "main"],
                         help="HTML: all visible text without navigation (text) or the main content only (main, "
                              "needs trafilatura)")
+        sp.add_argument("--progress", default=None, action=argparse.BooleanOptionalAction,
+                        help="progress bars on stderr for loading, chunking and embedding (default: when stderr is "
+                             "a terminal)")
 
     def no_wait(sp):
         sp.add_argument("--no-wait", action="store_true",

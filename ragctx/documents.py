@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,14 +277,17 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: str | None = None,
-              html: str = "text") -> LoadReport:
+              html: str = "text", progress: bool = False) -> LoadReport:
     """Load one file, or every file under a folder (recursively, hidden entries skipped).
 
     Document ids are paths relative to ``path`` when it is a folder (POSIX separators), the file name when it is
     a file, and the given ``id`` for .jsonl lines. Duplicate ids are skipped after the first. ``encoding`` forces
     the text files' encoding (default: detected); ``html`` is "text" (visible text) or "main" (main content only,
-    needs trafilatura). See the module docstring for the types read.
+    needs trafilatura); ``progress`` draws a bar over the files on stderr. See the module docstring for the types
+    read.
     """
+    from tqdm.auto import tqdm
+
     if html not in ("text", "main"):
         raise RagctxError(f"html={html!r}: choose 'text' (visible text) or 'main' (main content, trafilatura)")
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
@@ -295,7 +299,8 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: s
     files = [root] if root.is_file() else list(_walk(root))
     report = LoadReport()
     seen: set[str] = set()
-    for file in files:
+    for file in tqdm(files, desc=f"loading {len(files):,} file{'s' if len(files) != 1 else ''}", unit="file",
+                     disable=not progress):
         rel = file.name if root.is_file() else file.relative_to(root).as_posix()
         try:
             suffix = file.suffix.lower()
@@ -334,7 +339,9 @@ def load_documents(path: str | os.PathLike[str], *, strict: bool = False, encodi
 def _foreign(item: Any) -> tuple[str | None, str, dict[str, Any]] | None:
     """(id or None, text, metadata) of a LangChain ``Document`` (``page_content``) or a LlamaIndex ``Document`` /
     ``TextNode`` (``get_content()``, ``id_``), recognized by their attributes (neither library is imported); None
-    for anything else."""
+    for anything else. A LlamaIndex id that is a random UUID (what LlamaIndex gives a node unless told otherwise,
+    a new one at each load) counts as no id when the metadata names a source, so that loading the same folder
+    again gives the same ids."""
     if hasattr(item, "page_content") and isinstance(getattr(item, "page_content"), str):
         meta = dict(getattr(item, "metadata", None) or {})
         return getattr(item, "id", None) or meta.get("id"), item.page_content, meta
@@ -344,15 +351,32 @@ def _foreign(item: Any) -> tuple[str | None, str, dict[str, Any]] | None:
             text = item.get_content(metadata_mode="none")
         except TypeError:
             text = item.get_content()
-        return str(item.id_) if item.id_ else None, text, meta
+        doc_id = str(item.id_) if item.id_ else None
+        if doc_id and _random_uuid(doc_id) and _source(meta):
+            doc_id = None
+        return doc_id, text, meta
     return None
+
+
+def _random_uuid(text: str) -> bool:
+    try:
+        return uuid.UUID(text).version == 4
+    except ValueError:
+        return False
+
+
+def _source(meta: dict[str, Any]) -> str | None:
+    """Where a foreign document came from, by the keys LangChain's and LlamaIndex's loaders set."""
+    return meta.get("source") or meta.get("file_path")
 
 
 def as_documents(items: Iterable[Any]) -> list[Document]:
     """ragctx Documents from ragctx, LangChain or LlamaIndex documents (mixed is fine). A LangChain document's id is
-    its ``id``, else its metadata's ``id``, else its ``source`` (with ``#page=N`` when the metadata has a page), else
-    the text's hash; ids that repeat get ``#2``, ``#3``, ... in order. Their metadata is kept (values that are not
-    JSON are turned into strings). Anything else is a RagctxError naming its type."""
+    its ``id``, else its metadata's ``id``; a LlamaIndex document's or node's is its ``id_`` unless that is a random
+    UUID and the metadata names a source. Without an id, it is the ``source`` (LlamaIndex: ``file_path``) with
+    ``#page=N`` when the metadata has a page (``page_label``), else the text's hash; ids that repeat get ``#2``,
+    ``#3``, ... in order. Their metadata is kept (values that are not JSON are turned into strings). Anything else is
+    a RagctxError naming its type."""
     out: list[Document] = []
     used: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -369,7 +393,7 @@ def as_documents(items: Iterable[Any]) -> list[Document]:
         if not isinstance(text, str):
             raise RagctxError(f"documents[{i}]: its text is a {type(text).__name__}, not a string")
         if not doc_id:
-            source = meta.get("source") or meta.get("file_path")
+            source = _source(meta)
             page = meta.get("page", meta.get("page_label"))
             doc_id = (f"{source}#page={page}" if source and page is not None else source) or \
                 f"sha256:{text_sha256(text)[:16]}"
@@ -378,5 +402,5 @@ def as_documents(items: Iterable[Any]) -> list[Document]:
         used[doc_id] = n
         final = doc_id if n == 1 else f"{doc_id}#{n}"
         clean = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in meta.items()}
-        out.append(Document.from_text(final, text, **clean))
+        out.append(Document(id=final, text=text, metadata={**clean, "sha256": text_sha256(text)}))
     return out

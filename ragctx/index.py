@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,13 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _stage(message: str) -> None:
+    """One line on stderr naming a stage that has no bar (printed beside any bar tqdm is drawing)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 class Index:
@@ -163,9 +171,10 @@ class Index:
 
     # -- changes -----------------------------------------------------------------------------------------
     def add(self, documents: Iterable[Document], *, progress: bool | None = None) -> AddReport:
-        """Adds new documents, re-indexes changed ones (by text hash) and skips unchanged ones."""
+        """Adds new documents, re-indexes changed ones (by text hash) and skips unchanged ones. ``progress``: bars
+        on stderr for each stage (chunking, embedding); None shows them for large inputs only, False never."""
         report = AddReport()
-        todo: list[tuple[Document, list[Chunk]]] = []
+        new: list[Document] = []
         replaced: list[str] = []
         seen: set[str] = set()
         documents = _as_documents(documents)
@@ -180,15 +189,19 @@ class Index:
             (report.updated if old is not None else report.added).append(doc.id)
             if old is not None:
                 replaced.append(doc.id)
-            todo.append((doc, self.chunker.split(doc)))
+            new.append(doc)
+        todo = self._chunk(new, progress)
         texts = [c.text for _, chunks in todo for c in chunks]
+        show = progress if progress is not None else len(texts) >= 256
+        if texts and show and self._embedder is None:
+            _stage(f"loading the embedder {self.model}")
         if texts:  # an IVF index that these chunks cannot train is refused before the embedding, not after it
             self.vectors.check_trainable(len(texts))
         if replaced:
             self._remove_documents(replaced)
         if not texts:
             return report
-        vecs = self.embedder.encode(texts, progress=progress if progress is not None else len(texts) >= 256)
+        vecs = self.embedder.encode(texts, progress=show, desc=f"embedding {len(texts):,} chunks")
         ids, row = [], 0
         for doc, chunks in todo:
             ids.append(self.store.add_document(doc, chunks, vecs[row : row + len(chunks)]))
@@ -201,6 +214,17 @@ class Index:
         report.chunks = len(texts)
         self._bm25 = None
         return report
+
+    def _chunk(self, docs: list[Document], progress: bool | None) -> list[tuple[Document, list[Chunk]]]:
+        """Each document with its chunks, under a bar in characters (shown from 1M characters when ``progress`` is
+        None) that moves within a large document too."""
+        from tqdm.auto import tqdm
+
+        chars = sum(len(d.text) for d in docs)
+        show = progress if progress is not None else chars >= 1_000_000
+        with tqdm(total=chars, desc=f"chunking {len(docs):,} document(s)", unit="char", unit_scale=True,
+                  disable=not show or not docs) as bar:
+            return [(doc, self.chunker.split(doc, progress=bar.update)) for doc in docs]
 
     def sync(self, documents: Iterable[Document], *, progress: bool | None = None) -> AddReport:
         """Makes the index mirror ``documents``: adds new ones, re-indexes changed ones, and deletes every indexed

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -95,3 +97,42 @@ def test_stripping_whitespace_can_add_a_token_and_is_rechecked():
     assert chunker.count(text) <= 16 < chunker.count(text.strip())
     check_guarantees(text, chunker)
     check_guarantees("x " * 30 + text * 3, CHUNKERS[(24, 6)])
+
+
+# -- a large document is split a block at a time (progress moves, memory stays flat), into the same chunks --------
+def _blocked(key: tuple[int, int], block: int) -> Chunker:
+    chunker = Chunker(ChunkConfig(max_tokens=key[0], overlap=key[1]))
+    chunker.BLOCK = block
+    return chunker
+
+
+WHOLE = {key: _blocked(key, 1 << 62) for key in CHUNKERS}  # never cut: one splitter call over the text
+BLOCKED = {key: _blocked(key, 8) for key in CHUNKERS}  # cut wherever the splitter allows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(adversarial, st.lists(prose, min_size=2, max_size=6).map("\n\n".join),
+                      prose.map(lambda p: p.replace("\n", " "))),  # one line: the sentence separator comes first
+       key=st.sampled_from(sorted(CHUNKERS)))
+def test_blocks_give_the_chunks_of_one_splitter_call(text, key):
+    doc = Document("d", text)
+    assert BLOCKED[key].split(doc) == WHOLE[key].split(doc)
+
+
+@pytest.mark.parametrize("key", sorted(CHUNKERS), ids=lambda k: f"max{k[0]}-overlap{k[1]}")
+@pytest.mark.parametrize("join", ["\n", "\n\n"], ids=["lines", "paragraphs"])
+def test_blocks_on_essays_and_progress_moves_within_a_document(key, join):
+    from ragctx.data import essays_dir
+
+    # ~28K characters of prose, lines without blank ones between them
+    essays = [re.sub(r"\n{2,}", "\n", p.read_text().strip()) for p in sorted(essays_dir().glob("*.txt"))[:3]]
+    text = join.join(essays)
+    doc = Document("essays", text)
+    calls: list[int] = []
+    chunker = _blocked(key, 2048)
+    assert chunker.split(doc, progress=calls.append) == WHOLE[key].split(doc)
+    assert sum(calls) == len(text) and all(c > 0 for c in calls)
+    if join == "\n":  # short lines, packed: a block ends where a chunk starts, past 2048 characters
+        assert len(calls) > 8 and max(calls) < len(text) / 5  # reported as it goes, not once at the end
+    else:  # each essay is one paragraph, too long to pack: the splitter splits each alone
+        assert len(calls) == len(essays)

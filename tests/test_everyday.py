@@ -1,5 +1,6 @@
 """Everyday use: files as people have them (encodings, no extension, .rst, HTML5 without </head>, navigation),
-LangChain documents and retriever, keeping an index in step with a folder (sync, list), the lazy top-level face."""
+LangChain and LlamaIndex documents and retrievers (against the real libraries), keeping an index in step with a
+folder (sync, list), the lazy top-level face."""
 
 from __future__ import annotations
 
@@ -94,6 +95,65 @@ def test_langchain_retriever_returns_chunks_with_offsets(embedder):
     assert [d.metadata["doc_id"] for d in filtered] == ["other.md"]
 
 
+def test_llamaindex_documents_are_indexed_directly(tmp_path, embedder):
+    li = pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import Document as LlamaDocument, TextNode
+
+    (tmp_path / "pump.txt").write_text("The P-400 pump moves 35 litres a minute.")
+    (tmp_path / "valves.txt").write_text("Valves are checked weekly.")
+    read = li.SimpleDirectoryReader(str(tmp_path)).load_data()  # LlamaIndex's own loader: random UUID ids
+    docs = [*read,
+            LlamaDocument(text="Hoses last two years.", id_="hoses-1", metadata={"id": 3, "text": "a key"}),
+            TextNode(text="Filters are changed monthly.", metadata={"file_path": "notes/filters.md"})]
+    converted = as_documents(docs)
+    by_name = {d.metadata.get("file_name"): d.id for d in converted}
+    assert by_name["pump.txt"] == str(tmp_path / "pump.txt") and by_name["valves.txt"] == str(tmp_path / "valves.txt")
+    assert [d.id for d in converted[2:]] == ["hoses-1", "notes/filters.md"]
+    assert converted[2].metadata["id"] == 3 and converted[2].metadata["text"] == "a key"  # metadata keys kept as such
+    index = Index.build(docs, embedder=embedder)
+    assert index.search("how many litres per minute does the pump move", k=1)[0].doc_id == str(tmp_path / "pump.txt")
+    # a second load gives new UUIDs but the same ids: nothing is indexed twice, and sync mirrors the folder
+    (tmp_path / "valves.txt").unlink()
+    report = index.sync(li.SimpleDirectoryReader(str(tmp_path)).load_data())
+    assert report.unchanged == [str(tmp_path / "pump.txt")] and report.deleted == [str(tmp_path / "valves.txt"),
+                                                                                   "hoses-1", "notes/filters.md"]
+    assert len(index) == 1
+
+
+def test_llamaindex_retriever_in_a_query_engine(embedder):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.query_engine import RetrieverQueryEngine
+    from llama_index.core.response_synthesizers.context_only import ContextOnly
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+    from ragctx.integrations.llamaindex import RagctxRetriever
+
+    text = "Intro. " * 3 + "The P-400 pump moves 35 litres a minute."
+    index = Index.build([Document.from_text("pump.md", text, lang="en"),
+                         Document.from_text("other.md", "Bread is baked at dawn.", lang="fr")], embedder=embedder)
+    retriever = RagctxRetriever(index, k=1, mode="hybrid")
+    (hit,) = retriever.retrieve("pump litres per minute")
+    node, m = hit.node, hit.node.metadata
+    assert isinstance(hit, NodeWithScore) and hit.score == m["score"] == index.search(
+        "pump litres per minute", k=1, mode="hybrid")[0].score
+    assert node.ref_doc_id == m["doc_id"] == "pump.md" and m["lang"] == "en"
+    assert text[node.start_char_idx:node.end_char_idx] == node.text == text[m["start"]:m["end"]]
+    assert node.node_id == f"pump.md#{m['chunk_id']}"
+    filtered = RagctxRetriever(index, k=2, filter={"lang": "fr"}).retrieve(QueryBundle("pump litres per minute"))
+    assert [n.node.ref_doc_id for n in filtered] == ["other.md"]
+    # inside a LlamaIndex query engine: ContextOnly answers with what an LLM would read, so no LLM runs (the
+    # synthesizer insists on having one: MockLLM, never called; the default would be OpenAI)
+    engine = RetrieverQueryEngine(RagctxRetriever(index, k=2), response_synthesizer=ContextOnly(llm=MockLLM()))
+    response = engine.query("Where is bread baked?")
+    assert [n.node.ref_doc_id for n in response.source_nodes] == ["other.md", "pump.md"]
+    assert response.response == "\n\n".join(n.node.get_content(MetadataMode.LLM) for n in response.source_nodes)
+    assert "Bread is baked at dawn." in response.response and "doc_id: other.md" in response.response
+    assert "score:" not in response.response and "start:" not in response.response  # positions are not prompt text
+    with pytest.raises(RagctxError, match="empty query"):
+        retriever.retrieve(" ")
+
+
 def test_sync_mirrors_a_folder_and_list_prints_ids(tmp_path, embedder, capsys, monkeypatch):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -128,3 +188,35 @@ def test_top_level_face_is_lazy_and_typed():
     import ragctx
 
     assert (__import__("pathlib").Path(ragctx.__file__).parent / "py.typed").is_file()
+
+
+def test_build_shows_each_stage_before_embedding_begins(tmp_path, embedder, capsys, monkeypatch):
+    from ragctx.chunking import Chunker
+    from ragctx.data import essays_dir
+
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(p.read_text().strip() for p in sorted(essays_dir().glob("*.txt"))[:2]))
+    monkeypatch.setattr(Chunker, "BLOCK", 2048)  # blocks as a large file has them, on a small one
+    seen_at_encode: list[str] = []
+
+    class Recording:  # the test's embedder, noting what stderr showed when embedding began
+        name, dim = embedder.name, embedder.dim
+
+        def encode(self, texts, **kw):
+            seen_at_encode.append(capsys.readouterr().err)
+            return embedder.encode(texts, **kw)
+
+    monkeypatch.setattr("ragctx.index.shared_embedder", lambda *a, **k: Recording())
+    assert main(["index", "build", str(big), "--out", str(tmp_path / "idx"), "--progress"]) == 0
+    before = seen_at_encode[0]
+    after = capsys.readouterr().err
+    stages = [before.index(s) for s in ("loading 1 file", "loaded 1 document(s)", "chunking 1 document(s)",
+                                        "loading the embedder")]
+    assert stages == sorted(stages)  # in this order, all before the first chunk is embedded
+    chunking = [line for line in before.replace("\r", "\n").splitlines() if line.startswith("chunking")]
+    assert chunking[-1].startswith("chunking 1 document(s): 100%") and "embedding" not in before
+    n = len(Index.load(tmp_path / "idx"))
+    assert f"embedding {n:,} chunks: 100%" in after and f"saving {n:,} chunks" in after
+    # not a terminal (capsys) and no --progress: no bars, as before
+    assert main(["index", "build", str(big), "--out", str(tmp_path / "idx2")]) == 0
+    assert (seen_at_encode[1] + capsys.readouterr().err).splitlines() == ["loaded 1 document(s), skipped 0"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import RagctxError
+from . import chunk_records
 
 try:
     from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -39,8 +40,6 @@ class RagctxRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun
                                 ) -> list[LangChainDocument]:
-        hits = self.index.search(query, k=self.k, filter=self.filter, mode=self.mode)
-        return [LangChainDocument(page_content=h.text, id=f"{h.doc_id}#{h.chunk_id}",
-                                  metadata={**h.metadata, "doc_id": h.doc_id, "start": h.start, "end": h.end,
-                                            "chunk_id": h.chunk_id, "score": h.score})
-                for h in hits]
+        return [LangChainDocument(page_content=text, id=chunk_id, metadata=meta)
+                for chunk_id, text, meta, _ in chunk_records(self.index, query, k=self.k, mode=self.mode,
+                                                             filter=self.filter)]
