@@ -28,8 +28,8 @@ from typing import Any
 from .errors import RagctxError, is_out_of_memory, release_memory
 from .index import Index
 
-__all__ = ["QA", "ask_many", "Generate", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate", "CHAT_TEMPLATE",
-           "MODES"]
+__all__ = ["QA", "ask_many", "Generate", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate",
+           "CHAT_TEMPLATE", "MODES"]
 
 MODES = ("rag", "full", "auto")
 TRUNCATE = (None, "start", "end")
@@ -466,16 +466,24 @@ class QA:
         return Answer(attempt.text, "given", attempt.citations, attempt.input_tokens, attempt.timings,
                       attempt.peak_memory_bytes, [attempt], None, attempt.refused)
 
-    def ask_batch(self, questions: Sequence[str], *, batch_size: int = 8, **kwargs: Any) -> list[Answer]:
+    def ask_batch(self, questions: Sequence[str], *, batch_size: int = 8, errors: str = "raise",
+                  **kwargs: Any) -> list[Answer | Exception]:
         """Answers several questions, decoding up to ``batch_size`` prompts at once
         (:meth:`Generator.generate_batch <ragctx.generator.Generator.generate_batch>`): the same answers as
         :meth:`ask` one at a time (greedy; up to rounding in near ties), in less time on a GPU. ``kwargs`` as for
         :meth:`ask`, the same for every question. Each answer's prefill and decode times are its batch's
-        (``timings["batch"]`` says how many prompts shared them). See :func:`ask_many` for questions over
-        different indexes."""
+        (``timings["batch"]`` says how many prompts shared them). ``errors``: ``"raise"`` raises the first
+        question's error (in the questions' order) once all are done, ``"return"`` puts each error in its
+        question's place. See :func:`ask_many` for questions over different indexes."""
         if isinstance(questions, str):
             raise RagctxError("ask_batch takes a list of questions; use ask() for one")
-        return ask_many([(self, q, kwargs) for q in questions], batch_size=batch_size)
+        if errors not in ("raise", "return"):
+            raise RagctxError(f"errors='{errors}': use 'raise' or 'return'")
+        answers = ask_many([(self, q, kwargs) for q in questions], batch_size=batch_size)
+        failed = next((a for a in answers if isinstance(a, Exception)), None)
+        if failed is not None and errors == "raise":
+            raise failed
+        return answers
 
     def _drive(self, run: Iterator[Any]) -> Iterator[Any]:
         """Runs one question's steps (:meth:`_run`), answering each :class:`Generate` request with a streamed

@@ -255,5 +255,9 @@ def test_ask_batch_keeps_the_rag_answers_when_the_full_batch_runs_out_of_memory(
     answers = qa.ask_batch(QUESTIONS[:2], k=1)
     assert [a.route for a in answers] == ["rag", "rag"]
     assert all("ran out of memory" in a.fallback_reason for a in answers)
-    full = qa.ask_batch(QUESTIONS[:2], mode="full")  # asked for the full context alone: the error is the answer
+    full = qa.ask_batch(QUESTIONS[:2], mode="full", errors="return")  # the full context alone: errors in place
     assert all(isinstance(a, torch.OutOfMemoryError) for a in full)
+    with pytest.raises(torch.OutOfMemoryError):  # by default the first error is raised, as ask() would
+        qa.ask_batch(QUESTIONS[:2], mode="full")
+    with pytest.raises(RagctxError, match="errors='ignore'"):
+        qa.ask_batch(QUESTIONS[:2], errors="ignore")
