@@ -19,7 +19,8 @@ import os
 
 from .errors import RagctxError
 
-__all__ = ["ENV", "configured_threads", "default_threads", "apply_torch_threads", "onnx_session_options"]
+__all__ = ["ENV", "configured_threads", "default_threads", "apply_torch_threads", "runtime_threads",
+           "onnx_session_options"]
 
 ENV = "RAGCTX_THREADS"
 
@@ -56,17 +57,22 @@ def apply_torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def onnx_session_options(threads: int | None = None):
-    """``onnxruntime.SessionOptions`` with ``threads`` intra-op threads (None: ``RAGCTX_THREADS``, else torch's
-    count when torch is loaded, else one per core; torch is not imported for this: the ONNX embedder starts without
-    it) whose idle workers do not spin."""
+def runtime_threads(threads: int | None = None) -> int:
+    """Threads for a CPU runtime other than torch (ONNX Runtime, OpenVINO): ``threads``, else ``RAGCTX_THREADS``,
+    else torch's count when torch is loaded, else :func:`default_threads`; torch is not imported for this (those
+    embedders start without it)."""
     import sys
 
+    torch = sys.modules.get("torch")
+    return threads or configured_threads() or (torch.get_num_threads() if torch is not None else default_threads())
+
+
+def onnx_session_options(threads: int | None = None):
+    """``onnxruntime.SessionOptions`` with :func:`runtime_threads` intra-op threads whose idle workers do not
+    spin."""
     import onnxruntime as ort
 
-    torch = sys.modules.get("torch")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = (threads or configured_threads()
-                                 or (torch.get_num_threads() if torch is not None else default_threads()))
+    opts.intra_op_num_threads = runtime_threads(threads)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
