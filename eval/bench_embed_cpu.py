@@ -87,7 +87,8 @@ def main() -> int:
         rows.append({"backend": name, "precision": getattr(emb, "precision", PRECISION.get(name)),
                      "chunks": len(texts), "chunks_per_s": len(texts) / sum(secs[name]),
                      "x_torch": sum(secs[base_name]) / sum(secs[name]), "x_torch_slice_min": min(ratios),
-                     "x_torch_slice_max": max(ratios), "max_cos_gap_torch": float(1 - cos.min()), "load_s": load_s[name],
+                     "x_torch_slice_max": max(ratios), "max_cos_gap_torch": float(1 - cos.min()),
+                     "load_s": load_s[name],
                      **{k: sum(v) / len(v) for k, v in found.items()}, "n_questions": len(items)})
     for row in rows:  # a fresh process per backend, in turn
         if row["backend"] == "torch-bf16":

@@ -30,8 +30,8 @@ import numpy as np
 from .errors import RagctxError
 from .prefetch import prefetch
 
-__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "DEFAULT_MODEL", "BACKENDS", "model_name", "resolve_model", "shared_embedder",
-           "make_embedder"]
+__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "DEFAULT_MODEL", "BACKENDS", "model_name", "resolve_model",
+           "shared_embedder", "make_embedder", "default_backend"]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "builtin:minilm"}
@@ -300,7 +300,8 @@ class OpenVinoEmbedder(OnnxEmbedder):
         from .threads import runtime_threads
 
         if precision not in self.PRECISIONS:
-            raise RagctxError(f"openvino precision '{precision}' is unknown; choose one of {', '.join(self.PRECISIONS)}")
+            raise RagctxError(f"openvino precision '{precision}' is unknown; choose one of "
+                              f"{', '.join(self.PRECISIONS)}")
         folder = self._load(model, batch_size)
         core = ov.Core()
         native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
