@@ -12,7 +12,8 @@ import pytest
 
 ov = pytest.importorskip("openvino")
 
-from ragctx import ChunkConfig, Index, RagctxError, load_path  # noqa: E402
+from ragctx import ChunkConfig, RagctxError, load_path  # noqa: E402
+from ragctx.chunking import Chunker  # noqa: E402
 from ragctx.embeddings import BACKENDS, OpenVinoEmbedder, make_embedder  # noqa: E402
 
 TEXTS = ["The P-400 pump moves 35 litres a minute.", "  Valves are checked weekly.  ", "naïve café — ünïcödé ✓ 東京",
@@ -69,18 +70,23 @@ def test_openvino_recall_equals_torch_on_labelled_essays(embedder, cache):
 
     essays = {"vcsqueeze.txt", "web20.txt", "gh.txt", "startuplessons.txt"}
     docs = [d for d in load_path(essays_dir()).documents if d.id in essays]
-    chunks = Index.build(docs, embedder=embedder, chunking=ChunkConfig(200, 32), device="cpu").store.document_chunks()
+    chunker = Chunker(ChunkConfig(200, 32))
+    chunks = [c for d in docs for c in chunker.split(d)]
     items = [i for i in load_qa_file(QA_FILE, corpus=True)
              if i["answers"] and {e["doc_id"] for e in i["evidence"]} <= essays]
     assert len(items) >= 15 and len(chunks) >= 80
     texts, questions = [c.text for c in chunks], [i["question"] for i in items]
 
-    def recall_at_5(emb) -> float:
-        top = np.argsort(-(emb.encode(questions) @ emb.encode(texts).T), axis=1)[:, :5]
+    def top5(emb) -> np.ndarray:
+        return np.argsort(-(emb.encode(questions) @ emb.encode(texts).T), axis=1)[:, :5]
+
+    def recall_at_5(top: np.ndarray) -> float:
         return float(np.mean([recall([(chunks[j].doc_id, chunks[j].start, chunks[j].end) for j in row],
                                      [(e["doc_id"], e["start"], e["end"]) for e in item["evidence"]])
                               for item, row in zip(items, top)]))
 
-    torch_r5, ov_r5 = recall_at_5(embedder), recall_at_5(OpenVinoEmbedder(threads=2))
-    assert torch_r5 > 0.5  # the set is answerable: a broken embedder would not pass this
-    assert ov_r5 >= torch_r5 - 1e-9
+    want, got = top5(embedder), top5(OpenVinoEmbedder(threads=2))
+    assert recall_at_5(want) > 0.5  # the set is answerable: a broken embedder would not pass this
+    assert recall_at_5(got) >= recall_at_5(want) - 1e-9
+    same = np.mean([set(a) == set(b) for a, b in zip(want, got)])
+    assert same >= 0.9  # the same five chunks for nearly every question (measured 1.0; onnx-int8: 0.31)
