@@ -24,6 +24,8 @@ Saving always goes through CPU indexes (``faiss.write_index``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +33,8 @@ import numpy as np
 
 from .errors import IndexFormatError, RagctxError
 
-__all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk"]
+__all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk", "parse_devices",
+           "fill_shard", "join_shards"]
 
 EXACT_FILTER_MAX = 4096  # a filter that keeps at most this many chunks is answered by exact search over them
 RESCORE_EXTRA = 16  # fp16 GPU search re-scores its best 2k + this many candidates in fp32 (see torch_topk)
@@ -47,16 +50,15 @@ def _faiss():
     return faiss
 
 
-_GPU_RES = None
+_GPU_RES: dict[int, object] = {}
 
 
-def gpu_resources():
-    """The one ``StandardGpuResources`` shared by every GPU index (None without faiss-gpu)."""
-    global _GPU_RES
+def gpu_resources(device: int = 0):
+    """The one ``StandardGpuResources`` of GPU ``device``, shared by every index there (None without faiss-gpu)."""
     faiss = _faiss()
-    if _GPU_RES is None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        _GPU_RES = faiss.StandardGpuResources()
-    return _GPU_RES
+    if device not in _GPU_RES and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > device:
+        _GPU_RES[device] = faiss.StandardGpuResources()
+    return _GPU_RES.get(device)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,12 @@ class VectorIndex:
     def __init__(self, dim: int, config: VectorConfig | None = None, shards: list | None = None) -> None:
         self.dim = dim
         self.config = config or VectorConfig()
-        self.device = "cpu"
-        self._gpu: list | None = None  # per-shard GPU indexes (faiss-gpu) or None
-        self._torch: tuple | None = None  # (ids tensor, fp16 matrix) for exact search in torch on a GPU
+        self.device = "cpu"  # the first of `devices`: where k-means trains
+        self.devices = ["cpu"]  # where search runs: shard i on devices[i % len(devices)] (see to_devices)
+        self._torch_on_cpu = False  # to_devices: exact search in torch on "cpu" entries too (to_device("cpu"): FAISS)
+        self._gpu: list | None = None  # faiss-gpu: [the shards' GPU clones, joined in one IndexShards] or None
+        self._gpu_parts: list = []  # those clones, one per shard (for set_nprobe)
+        self._torch: list | None = None  # [(ids tensor, matrix)] per device entry: exact search in torch, or None
         self.shards = shards if shards is not None else [self._new_shard() for _ in range(self.config.shards)]
 
     def _new_shard(self):
@@ -146,7 +151,7 @@ class VectorIndex:
         faiss = _faiss()
         self.check_trainable(len(vectors))
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        res = gpu_resources() if self.device.startswith("cuda") else None
+        res = gpu_resources(_device_index(self.device)) if self.device.startswith("cuda") else None
         trained = False
         if res is not None:  # k-means on the GPU: minutes become seconds for thousands of lists
             try:
@@ -164,12 +169,14 @@ class VectorIndex:
             self._tune(s)
 
     def _invalidate(self) -> None:
-        self._gpu = None
-        self._torch = None
-        if self.device != "cpu":
-            self.to_device(self.device)
+        self._gpu, self._gpu_parts, self._torch = None, [], None
+        if self.devices != ["cpu"] or self._torch_on_cpu:
+            self._place(self.devices, self._torch_on_cpu)
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, map_shards=None) -> None:
+        """Adds vectors under their chunk ids (each to shard ``id % shards``), training first if needed.
+        ``map_shards``: a function taking ``[(shard, ids, vectors), ...]`` and returning the filled shards, as
+        :func:`fill_shard` does to each (the Ray build runs it as one task per shard); default: in this process."""
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -177,10 +184,13 @@ class VectorIndex:
         if not self.is_trained:
             self.train(vectors)
         n = len(self.shards)
-        for s, shard in enumerate(self.shards):
-            mask = ids % n == s
-            if mask.any():
-                shard.add_with_ids(vectors[mask], ids[mask])
+        parts = [(shard, ids[ids % n == s], vectors[ids % n == s]) for s, shard in enumerate(self.shards)]
+        if map_shards is not None:
+            self.shards = list(map_shards(parts))
+            for shard in self.shards:  # search knobs as configured, whatever the copies kept
+                self._tune(shard)
+        else:
+            self.shards = [fill_shard(*p) for p in parts]
         self._invalidate()
 
     def remove(self, ids: np.ndarray) -> bool:
@@ -212,34 +222,64 @@ class VectorIndex:
 
     # -- device ------------------------------------------------------------------------------------------
     def to_device(self, device: str) -> VectorIndex:
-        """Prepares search on ``device`` ("cpu" or "cuda[:N]"); see the module docstring."""
-        self.device = device
-        self._gpu = self._torch = None
-        if device == "cpu" or self.ntotal == 0:
+        """Prepares search on ``device``: "cpu" (FAISS) or "cuda[:N]" (see the module docstring)."""
+        return self._place(parse_devices(device), torch_on_cpu=False)
+
+    def to_devices(self, devices: str | Sequence[str]) -> VectorIndex:
+        """Spreads the shards over ``devices`` ("cuda:0", "cuda:1", "cpu"; one string or a list; an entry may
+        repeat, e.g. ["cuda:0", "cuda:0"]: two partitions side by side on one GPU): shard i is searched on
+        ``devices[i % len(devices)]`` and the per-device top-k are merged. ``Flat``: the shards of each entry form one
+        matrix searched in torch there (fp16 with an fp32 re-score on a GPU, fp32 on the CPU). Other factories:
+        with faiss-gpu, each shard is cloned to its GPU and the clones are joined in one ``faiss.IndexShards``
+        searched in parallel; "cpu" entries and a machine without faiss-gpu search with FAISS on the CPU."""
+        return self._place(parse_devices(devices), torch_on_cpu=True)
+
+    def _place(self, devices: list[str], torch_on_cpu: bool) -> VectorIndex:
+        self.devices, self.device, self._torch_on_cpu = devices, devices[0], torch_on_cpu
+        self._gpu, self._gpu_parts, self._torch = None, [], None
+        cuda = [d for d in devices if d.startswith("cuda")]
+        if self.ntotal == 0 or not (cuda or torch_on_cpu):
             return self
+        if cuda:
+            _check_cuda(cuda)
+        if self.config.exact:
+            self._torch = self._torch_parts(devices)
+            return self
+        if cuda and gpu_resources(_device_index(cuda[0])) is not None:
+            self._gpu_parts = [self._clone_to(shard, devices[i % len(devices)]) for i, shard in enumerate(self.shards)]
+            if not any(part is not shard for part, shard in zip(self._gpu_parts, self.shards)):
+                self._gpu_parts = []  # no GPU version of this index type (HNSW): CPU search
+            else:
+                self._gpu = [join_shards(self._gpu_parts, self.dim) if len(self._gpu_parts) > 1 else self._gpu_parts[0]]
+        return self
+
+    def _torch_parts(self, devices: list[str]) -> list:
+        """[(ids, matrix)] per device entry, each holding the shards that entry serves (empty entries left out)."""
         import torch
 
-        if not torch.cuda.is_available():
-            raise RagctxError(f"device '{device}' was asked for but torch sees no CUDA GPU; use device='cpu'")
-        if self.config.exact:
-            ids, vecs = self._reconstruct_all()
-            self._torch = (
-                torch.from_numpy(ids).to(device),
-                torch.from_numpy(vecs).to(device=device, dtype=torch.float16),
-            )
-            return self
-        res = gpu_resources()
-        if res is not None:
-            faiss = _faiss()
-            for fp16 in (True, False):  # fp16 storage where the index type allows it
-                co = faiss.GpuClonerOptions()
-                co.useFloat16 = fp16
-                try:
-                    self._gpu = [faiss.index_cpu_to_gpu(res, _device_index(device), s, co) for s in self.shards]
-                    break
-                except RuntimeError:  # no fp16 variant, or no GPU version at all (HNSW): CPU search
-                    self._gpu = None
-        return self
+        parts = []
+        for slot, device in enumerate(devices):
+            ids, vecs = self._reconstruct(self.shards[slot :: len(devices)])
+            if len(ids):
+                dtype = torch.float16 if device.startswith("cuda") else torch.float32
+                parts.append((torch.from_numpy(ids).to(device), torch.from_numpy(vecs).to(device=device, dtype=dtype)))
+        return parts
+
+    def _clone_to(self, shard, device: str):
+        """``shard`` cloned to the GPU ``device`` (fp16 storage where the index type allows), or ``shard`` itself
+        for "cpu" and for index types faiss-gpu lacks (HNSW)."""
+        if not device.startswith("cuda") or shard.ntotal == 0:
+            return shard
+        faiss = _faiss()
+        res = gpu_resources(_device_index(device))
+        for fp16 in (True, False):
+            co = faiss.GpuClonerOptions()
+            co.useFloat16 = fp16
+            try:
+                return faiss.index_cpu_to_gpu(res, _device_index(device), shard, co)
+            except RuntimeError:
+                continue
+        return shard
 
     @property
     def backend(self) -> str:
@@ -251,8 +291,9 @@ class VectorIndex:
         self.config = replace(self.config, nprobe=nprobe)
         for shard in self.shards:
             self._tune(shard)
-        for gpu in self._gpu or []:
-            _faiss().GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
+        for gpu, shard in zip(self._gpu_parts, self.shards):
+            if gpu is not shard:
+                _faiss().GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
 
     def set_ef_search(self, ef_search: int) -> None:
         """HNSW candidate list size at search time, on every shard."""
@@ -260,10 +301,11 @@ class VectorIndex:
         for shard in self.shards:
             self._tune(shard)
 
-    def _reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
+    def _reconstruct(self, shards: list) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) held by ``shards`` of this (exact) index."""
         faiss = _faiss()
         ids, vecs = [], []
-        for shard in self.shards:
+        for shard in shards:
             if shard.ntotal == 0:
                 continue
             ids.append(faiss.vector_to_array(shard.id_map).astype(np.int64))
@@ -318,20 +360,21 @@ class VectorIndex:
     def _search_torch(self, queries, k, allowed):
         import torch
 
-        ids, mat = self._torch
-        q = torch.from_numpy(queries).to(mat.device)
-        mask = None
-        if allowed is not None:
-            mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
-        block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
-        scores_out, ids_out = [], []
-        for s in range(0, q.shape[0], block):
-            top, pos = torch_topk(q[s : s + block], mat, k, mask)
-            scores_out.append(top)
-            ids_out.append(torch.where(torch.isinf(top), -1, ids[pos]))
-        D = torch.cat(scores_out).cpu().numpy()
-        I = torch.cat(ids_out).cpu().numpy()
-        return _pad(D, I, k)
+        results = []
+        for ids, mat in self._torch:  # CUDA kernels are queued on every device before the first result is read
+            q = torch.from_numpy(queries).to(mat.device)
+            mask = None
+            if allowed is not None:
+                mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
+            block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
+            scores_out, ids_out = [], []
+            for s in range(0, q.shape[0], block):
+                top, pos = torch_topk(q[s : s + block], mat, k, mask)
+                scores_out.append(top)
+                ids_out.append(torch.where(torch.isinf(top), -1, ids[pos]))
+            results.append((torch.cat(scores_out), torch.cat(ids_out)))
+        results = [(D.cpu().numpy(), I.cpu().numpy()) for D, I in results]
+        return merge_topk(results, k) if len(results) > 1 else _pad(*results[0], k)
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: Path) -> list[str]:
@@ -367,6 +410,50 @@ class VectorIndex:
 
 def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
+
+
+def parse_devices(devices: str | Sequence[str]) -> list[str]:
+    """``devices`` as a non-empty list of "cpu", "cuda" or "cuda:N" (a comma-separated string is split), or a
+    RagctxError naming the bad entry."""
+    items = devices.split(",") if isinstance(devices, str) else devices
+    if isinstance(items, (bytes, dict)) or not isinstance(items, Sequence) or not items:
+        raise RagctxError(f"devices={devices!r}: pass a device or a list of them, e.g. 'cpu' or ['cuda:0', 'cuda:1']")
+    out = []
+    for d in items:
+        name = d.strip() if isinstance(d, str) else d
+        if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+            raise RagctxError(f"device {d!r} in devices={devices!r}: use 'cpu', 'cuda' or 'cuda:N'")
+        out.append(name)
+    return out
+
+
+def _check_cuda(devices: list[str]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RagctxError(f"device '{devices[0]}' was asked for but torch sees no CUDA GPU; use device='cpu'")
+    n = torch.cuda.device_count()
+    bad = [d for d in devices if _device_index(d) >= n]
+    if bad:
+        raise RagctxError(f"device '{bad[0]}': this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
+
+
+def fill_shard(shard, ids: np.ndarray, vectors: np.ndarray):
+    """Adds ``vectors`` under ``ids`` to the FAISS index ``shard`` and returns it."""
+    if len(ids):
+        shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    return shard
+
+
+def join_shards(indexes: list, dim: int):
+    """One ``faiss.IndexShards`` over ``indexes`` (disjoint ids, kept as they are), searched in parallel threads and
+    merged by score: the multi-GPU form of an index's shards."""
+    faiss = _faiss()
+    joined = faiss.IndexShards(dim, True, False)  # threaded, ids not renumbered
+    joined.metric_type = faiss.METRIC_INNER_PRODUCT
+    for index in indexes:
+        joined.add_shard(index)  # faiss's wrapper keeps a reference to each: they live as long as the join
+    return joined
 
 
 def torch_topk(q, mat, k: int, mask=None, extra: int = RESCORE_EXTRA):
