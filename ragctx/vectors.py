@@ -19,6 +19,13 @@ Where search runs:
   filter or every chunk was seen). Without faiss-gpu, or for index types faiss-gpu lacks (HNSW), search stays
   on the CPU.
 
+- Several devices (:meth:`VectorIndex.to_devices`, ``Index(devices=[...])``): shard i is searched on
+  ``devices[i % len(devices)]`` and the per-device top-k are merged (:func:`merge_topk`). ``Flat``: the shards of
+  each entry form one torch matrix there, the same torch search as above on each GPU (fp32 on a "cpu" entry);
+  other factories: with faiss-gpu, each shard is cloned to its GPU and the clones are joined in one
+  ``faiss.IndexShards`` (:func:`join_shards`), which searches them in parallel threads. One GPU or the CPU runs the
+  same code with the shards side by side (``["cuda:0", "cuda:0"]``, ``"cpu"``).
+
 Saving always goes through CPU indexes (``faiss.write_index``).
 """
 
