@@ -42,11 +42,15 @@ def make_corpus(root: Path, chunks: int) -> tuple[int, int]:
     from ragctx.chunking import Chunker
     from ragctx.data import essays_dir
 
-    per_copy = len(Chunker(ChunkConfig(200, 32)).split_all(load_path(essays_dir()).documents))
+    docs = load_path(essays_dir()).documents
+    per_copy = len(Chunker(ChunkConfig(200, 32)).split_all(docs))
     copies = max(1, math.ceil(chunks / per_copy))
+    keep = {d.id for d in docs[: max(1, math.ceil(len(docs) * chunks / per_copy))]}  # a small run: some essays
     for i in range(copies):
-        shutil.copytree(essays_dir(), root / f"copy-{i:03d}", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    return copies, per_copy
+        shutil.copytree(essays_dir(), root / f"copy-{i:03d}",
+                        ignore=lambda _, names: [n for n in names if n not in keep])
+    return copies, per_copy if copies > 1 else len(Chunker(ChunkConfig(200, 32)).split_all(
+        [d for d in docs if d.id in keep]))
 
 
 def build(src: Path, out: Path, engine: str, device: str) -> float:

@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
     b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="load, chunk and embed on Ray (pip install \"ragctx[ray]\"): a local cluster on this machine, "
-                        "or the running cluster at ADDRESS (auto, ray://head:10001)")
+                        "or the running cluster at ADDRESS (auto, ray://head:10001); embeds on the cluster's GPUs "
+                        "when it has any (--device is then not used)")
     loading(b)
     no_wait(b)
     device(b)
