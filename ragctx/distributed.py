@@ -126,9 +126,12 @@ def ray_build(index: Index, source: Iterable[Document] | str | os.PathLike[str],
             load_and_chunk, fn_kwargs={"config": index.chunking, "encoding": encoding, "html": html},
             batch_size=None, batch_format="numpy", num_cpus=LOAD_CPUS)
         if not index.vector_config.exact:  # an IVF index that the chunks cannot train is refused before embedding
-            chunked = chunked.materialize()
-            n = sum(int((b["ordinal"] >= 0).sum()) for b in chunked.iter_batches(batch_format="numpy",
-                                                                                   batch_size=None))
+            try:
+                chunked = chunked.materialize()
+                n = sum(int((b["ordinal"] >= 0).sum()) for b in chunked.iter_batches(batch_format="numpy",
+                                                                                       batch_size=None))
+            except ray.exceptions.RayError as e:
+                raise _failure(e, source) from None
             if n:
                 index.vectors.check_trainable(n)
         threads = config.embed_threads or min(cpus, CPU_ACTOR_THREADS)
