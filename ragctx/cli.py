@@ -66,15 +66,39 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     check_target(out)  # before any document is read or embedded
     make_parent(out)
     with writer_lock(out, wait=not args.no_wait):
-        docs = _load_docs(args.docs, args.strict, args)
-        check_space(out, docs)
-        index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
-        report = index.add(docs, progress=_progress(args))
+        if args.ray is not None:
+            index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
+            summary = _ray_build(index, args, out)
+        else:
+            docs = _load_docs(args.docs, args.strict, args)  # files first: their bar shows before torch is imported
+            check_space(out, docs)
+            index = Index(model=args.model, chunking=chunking, vectors=vectors, device=args.device)
+            summary = index.add(docs, progress=_progress(args)).summary()
         if _progress(args):
             print(f"saving {len(index):,} chunks to {out}", file=sys.stderr)
         path = index.save(out)
-    print(f"{report.summary()}; index saved to {path} ({len(index)} chunks)")
+    print(f"{summary}; index saved to {path} ({len(index)} chunks)")
     return 0
+
+
+def _ray_build(index, args: argparse.Namespace, out: Path) -> str:
+    """``index build --ray``: files read, chunked and embedded by a Ray Data pipeline (ragctx.distributed)."""
+    from .data import resolve_docs
+    from .distributed import ray_build
+    from .documents import source_files
+    from .index import check_space
+
+    src = resolve_docs(args.docs)
+    if src.exists():
+        check_space(out, [], text_bytes=sum(f.stat().st_size for f, _ in source_files(src)))
+    skipped = ray_build(index, src, address=None if args.ray == "local" else args.ray, strict=args.strict,
+                        encoding=args.encoding, html=args.html or "text")
+    n = index.store.count_documents()
+    print("\n".join([f"loaded {n} document(s), skipped {len(skipped)}",
+                     *(f"  skipped {path}: {reason}" for path, reason in skipped)]), file=sys.stderr)
+    if not n:
+        raise RagctxError(f"{args.docs}: no usable documents")
+    return f"{n} added, {len(index)} chunks embedded on Ray"
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
@@ -153,7 +177,7 @@ def _parse_filter(items: Sequence[str] | None) -> dict[str, object] | None:
 def cmd_search(args: argparse.Namespace) -> int:
     from .index import Index
 
-    index = Index.load(args.index, device=args.device)
+    index = Index.load(args.index, device=args.device, devices=args.devices)
     hits = index.search(args.query, k=args.k, filter=_parse_filter(args.filter), mode=args.mode)
     _print_hits(hits, args.json)
     return 0
@@ -292,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks (default 32)")
     b.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="embedder: name or folder")
     b.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="load, chunk and embed on Ray (pip install \"ragctx[ray]\"): a local cluster on this machine, "
+                        "or the running cluster at ADDRESS (auto, ray://head:10001); embeds on the cluster's GPUs "
+                        "when it has any (--device is then not used)")
     loading(b)
     no_wait(b)
     device(b)
@@ -341,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="keep chunks whose document matches (doc_id or a metadata key); repeatable")
     s.add_argument("--json", action="store_true", help="print hits as JSON")
+    s.add_argument("--devices", default=None, metavar="LIST",
+                   help="search the shards on these devices, shard i on the i-th (mod the count): cuda:0,cuda:1 or cpu")
     device(s)
     s.set_defaults(func=cmd_search)
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from .errors import DocumentError, RagctxError
 
-__all__ = ["Document", "LoadReport", "load_documents", "load_path", "html_text", "decode_text", "as_documents",
-           "SUPPORTED_SUFFIXES"]
+__all__ = ["Document", "LoadReport", "load_documents", "load_path", "load_file", "source_files", "check_source",
+           "keep_unique", "html_text", "decode_text", "as_documents", "SUPPORTED_SUFFIXES"]
 
 
 @dataclass(frozen=True)
@@ -288,46 +288,74 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: s
     """
     from tqdm.auto import tqdm
 
+    root = check_source(path, html)
+    report = LoadReport()
+    seen: set[str] = set()
+    files = source_files(root)
+    for file, rel in tqdm(files, desc=f"loading {len(files):,} file{'s' if len(files) != 1 else ''}", unit="file",
+                          disable=not progress):
+        docs, skipped = load_file(file, rel, strict=strict, encoding=encoding, html=html)
+        report.skipped += skipped
+        keep_unique(docs, seen, report, strict)
+    return report
+
+
+def check_source(path: str | os.PathLike[str], html: str = "text") -> Path:
+    """``path`` as a Path, or a RagctxError for an empty path or an unknown ``html`` mode."""
     if html not in ("text", "main"):
         raise RagctxError(f"html={html!r}: choose 'text' (visible text) or 'main' (main content, trafilatura)")
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise RagctxError(f"load_path({path!r}): pass the path of a file or folder of documents (an empty path would "
                           "mean the current folder: pass '.' if that is what you want)")
-    root = Path(path)
+    return Path(path)
+
+
+def source_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, document id) of every file :func:`load_path` reads under ``root``, in its order: the file itself, or
+    the folder's files walked in sorted order (hidden entries skipped), ids relative to ``root``."""
     if not root.exists():
         raise RagctxError(f"{root}: no such file or folder; pass the folder that holds your documents")
-    files = [root] if root.is_file() else list(_walk(root))
+    if root.is_file():
+        return [(root, root.name)]
+    return [(file, file.relative_to(root).as_posix()) for file in _walk(root)]
+
+
+def load_file(file: Path, rel: str, *, strict: bool = False, encoding: str | None = None,
+              html: str = "text") -> tuple[list[Document], list[tuple[str, str]]]:
+    """(documents, skipped (path, reason) pairs) of one file, ``rel`` its document id (a .jsonl file gives one
+    document per line). ``strict``: the first problem raises :class:`~ragctx.errors.DocumentError`."""
     report = LoadReport()
-    seen: set[str] = set()
-    for file in tqdm(files, desc=f"loading {len(files):,} file{'s' if len(files) != 1 else ''}", unit="file",
-                     disable=not progress):
-        rel = file.name if root.is_file() else file.relative_to(root).as_posix()
-        try:
-            suffix = file.suffix.lower()
-            if suffix == ".jsonl":
-                docs: Iterable[Document] = _jsonl_documents(file, report, strict)
-            elif suffix in SUPPORTED_SUFFIXES or suffix == "":
-                text, codec = _read(file, suffix, encoding, html)
-                if not text.strip():
-                    raise _Skip("empty (no text)")
-                docs = [Document(rel, text, _file_metadata(file, text, codec))]
-            else:
-                raise _Skip(f"unsupported type '{suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)}, and text "
-                            "files without an extension)")
-            for doc in docs:
-                if doc.id in seen:
-                    where = doc.metadata.get("source", str(file))
-                    if strict:
-                        raise DocumentError(f"{where}: duplicate document id '{doc.id}'")
-                    report.skipped.append((where, f"duplicate document id '{doc.id}'"))
-                    continue
-                seen.add(doc.id)
-                report.documents.append(doc)
-        except _Skip as e:
+    try:
+        suffix = file.suffix.lower()
+        if suffix == ".jsonl":
+            report.documents = list(_jsonl_documents(file, report, strict))
+        elif suffix in SUPPORTED_SUFFIXES or suffix == "":
+            text, codec = _read(file, suffix, encoding, html)
+            if not text.strip():
+                raise _Skip("empty (no text)")
+            report.documents = [Document(rel, text, _file_metadata(file, text, codec))]
+        else:
+            raise _Skip(f"unsupported type '{suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)}, and text "
+                        "files without an extension)")
+    except _Skip as e:
+        if strict:
+            raise DocumentError(f"{file}: {e}") from e
+        report.skipped.append((str(file), str(e)))
+    return report.documents, report.skipped
+
+
+def keep_unique(docs: Iterable[Document], seen: set[str], report: LoadReport, strict: bool) -> None:
+    """Appends to ``report`` the documents whose id is not in ``seen`` yet (and adds it); a repeated id is skipped
+    with its reason, or raises with ``strict``."""
+    for doc in docs:
+        if doc.id in seen:
+            where = doc.metadata.get("source", doc.id)
             if strict:
-                raise DocumentError(f"{file}: {e}") from e
-            report.skipped.append((str(file), str(e)))
-    return report
+                raise DocumentError(f"{where}: duplicate document id '{doc.id}'")
+            report.skipped.append((where, f"duplicate document id '{doc.id}'"))
+            continue
+        seen.add(doc.id)
+        report.documents.append(doc)
 
 
 def load_documents(path: str | os.PathLike[str], *, strict: bool = False, encoding: str | None = None,

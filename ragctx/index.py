@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,10 @@ from .errors import IndexFormatError, RagctxError
 from .lexical import BM25Index, reciprocal_rank_fusion
 from .locks import read_lock, swap_lock, umask, writer_lock
 from .store import ChunkStore
-from .vectors import VectorConfig, VectorIndex
+from .vectors import VectorConfig, VectorIndex, parse_devices
+
+if TYPE_CHECKING:
+    from .distributed import RayConfig
 
 __all__ = ["Index", "Hit", "AddReport", "SEARCH_MODES", "FORMAT_VERSION"]
 
@@ -49,6 +52,7 @@ MANIFEST = "manifest.json"
 STORE_FILE = "chunks.sqlite"
 SEARCH_MODES = ("dense", "bm25", "hybrid")
 HYBRID_DEPTH = 4  # hybrid search fuses the top k * HYBRID_DEPTH of each retriever
+ENGINES = ("local", "ray")  # Index.build: in this process, or a Ray Data pipeline (ragctx.distributed)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Index:
         chunking: how documents are cut (:class:`~ragctx.chunking.ChunkConfig`).
         vectors: FAISS factory, shards, search knobs (:class:`~ragctx.vectors.VectorConfig`).
         device: "cuda", "cpu" or None for the GPU when there is one (embedding and search).
+        devices: where the shards are searched, shard i on ``devices[i % len(devices)]`` (["cuda:0", "cuda:1"],
+            "cpu", ...; see :meth:`VectorIndex.to_devices <ragctx.vectors.VectorIndex.to_devices>`); None: ``device``.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class Index:
         chunking: ChunkConfig | None = None,
         vectors: VectorConfig | None = None,
         device: str | None = None,
+        devices: str | list[str] | None = None,
         _store: ChunkStore | None = None,
         _vectors: VectorIndex | None = None,
         _dim: int | None = None,
@@ -129,17 +136,34 @@ class Index:
         self.vector_config = vectors or VectorConfig()
         self.store = _store or ChunkStore.create()
         self.dim = _dim or (embedder.dim if embedder is not None else None)
+        self.devices = parse_devices(devices) if devices is not None else None
         self._vectors = _vectors
         if self._vectors is not None:
-            self._vectors.to_device(self.device)
+            self._place(self._vectors)
         self._bm25: BM25Index | None = None
 
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, documents: Iterable[Document], *, progress: bool | None = None, **kwargs: Any) -> Index:
-        """A new index over ``documents`` (keyword arguments as for :class:`Index`)."""
+    def build(cls, documents: Iterable[Document] | str | os.PathLike[str], *, progress: bool | None = None,
+              engine: str = "local", ray_address: str | None = None, ray: RayConfig | None = None,
+              **kwargs: Any) -> Index:
+        """A new index over ``documents`` (keyword arguments as for :class:`Index`).
+
+        ``engine``: "local" (this process) or "ray": a Ray Data pipeline loads and chunks in CPU tasks and embeds in
+        actors that each load the embedder once (one GPU each on a GPU cluster), then this process writes the same
+        chunk store and shards as a local build, with the same ids (:mod:`ragctx.distributed`). With "ray",
+        ``documents`` may also be a file or folder path, whose files are then read by Ray tasks;
+        ``ray_address``: a running cluster ("auto", "ray://host:10001"), None for a local one on this machine;
+        ``ray``: its tuning (:class:`~ragctx.distributed.RayConfig`). Needs ``pip install "ragctx[ray]"``."""
+        if engine not in ENGINES:
+            raise RagctxError(f"engine '{engine}' is unknown; use one of {', '.join(ENGINES)}")
         index = cls(**kwargs)
-        index.add(documents, progress=progress)
+        if engine == "ray":
+            from .distributed import ray_build
+
+            ray_build(index, documents, address=ray_address, config=ray, progress=progress)
+        else:
+            index.add(documents, progress=progress)
         return index
 
     @property
@@ -164,7 +188,15 @@ class Index:
         if self._vectors is None:
             self.dim = self.dim or self.embedder.dim
             self._vectors = VectorIndex(self.dim, self.vector_config)
+            if self.devices is not None:
+                self._place(self._vectors)
         return self._vectors
+
+    def _place(self, vectors: VectorIndex) -> None:
+        if self.devices is not None:
+            vectors.to_devices(self.devices)
+        else:
+            vectors.to_device(self.device)
 
     def __len__(self) -> int:
         return self.store.count_chunks()
@@ -202,18 +234,25 @@ class Index:
         if not texts:
             return report
         vecs = self.embedder.encode(texts, progress=show, desc=f"embedding {len(texts):,} chunks")
+        self._insert([(doc.id, doc.sha256, doc.metadata, chunks) for doc, chunks in todo], vecs)
+        report.chunks = len(texts)
+        return report
+
+    def _insert(self, records: list[tuple[str, str, dict[str, Any], list[Chunk]]], vecs: np.ndarray,
+                map_shards=None) -> None:
+        """Stores new documents ((id, text hash, metadata, chunks), in order: their chunks get consecutive ids) with
+        their chunks' vectors (rows in the same order) and adds those to FAISS. ``map_shards``: see
+        :meth:`VectorIndex.add`. The local and the Ray build both end here."""
         ids, row = [], 0
-        for doc, chunks in todo:
-            ids.append(self.store.add_document(doc, chunks, vecs[row : row + len(chunks)]))
+        for doc_id, sha, meta, chunks in records:
+            ids.append(self.store.add_record(doc_id, sha, meta, chunks, vecs[row : row + len(chunks)]))
             row += len(chunks)
         try:
-            self.vectors.add(np.concatenate(ids), vecs)
+            self.vectors.add(np.concatenate(ids), vecs, map_shards=map_shards)
         except RagctxError:
-            self.store.delete_documents([doc.id for doc, _ in todo])  # keep store and vectors in step
+            self.store.delete_documents([r[0] for r in records])  # keep store and vectors in step
             raise
-        report.chunks = len(texts)
         self._bm25 = None
-        return report
 
     def _chunk(self, docs: list[Document], progress: bool | None) -> list[tuple[Document, list[Chunk]]]:
         """Each document with its chunks, under a bar in characters (shown from 1M characters when ``progress`` is
@@ -409,17 +448,19 @@ class Index:
         embedder: Embedder | None = None,
         model: str | None = None,
         device: str | None = None,
+        devices: str | list[str] | None = None,
         verify: bool = True,
     ) -> Index:
         """Opens a saved index, checking its manifest (and, with ``verify``, the files' checksums). Reads one version
-        of the folder: a save running meanwhile swaps it only once this has read it (:mod:`ragctx.locks`)."""
+        of the folder: a save running meanwhile swaps it only once this has read it (:mod:`ragctx.locks`).
+        ``devices``: where its shards are searched (as for :class:`Index`)."""
         path = Path(path)
         _ensure_present(path)
         with read_lock(path):
-            return cls._load(path, embedder=embedder, model=model, device=device, verify=verify)
+            return cls._load(path, embedder=embedder, model=model, device=device, devices=devices, verify=verify)
 
     @classmethod
-    def _load(cls, path: Path, *, embedder, model, device, verify) -> Index:
+    def _load(cls, path: Path, *, embedder, model, device, devices=None, verify) -> Index:
         manifest = _read_manifest(path)
         built_with = manifest["embedder"]["name"]
         asked = embedder.name if embedder is not None else (model_name(model) if model else None)
@@ -449,12 +490,13 @@ class Index:
                 f"{path}: FAISS holds {vectors.ntotal} vectors but the store {store.count_chunks()} chunks; rebuild"
             )
         return cls(embedder, model=built_with, chunking=chunking, vectors=config,
-                   device=device, _store=store, _vectors=vectors, _dim=dim)
+                   device=device, devices=devices, _store=store, _vectors=vectors, _dim=dim)
 
     def info(self) -> dict[str, Any]:
         """Counts and configuration, as in the manifest."""
         m = self.manifest()
-        return {k: m[k] for k in ("embedder", "vectors", "chunking", "tokenizer", "counts")} | {"device": self.device}
+        return {k: m[k] for k in ("embedder", "vectors", "chunking", "tokenizer", "counts")} | {
+            "device": self.device, "devices": self.vectors.devices if self._vectors is not None else self.devices}
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -507,11 +549,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_space(path: Path, documents: list[Document], dim: int = 384) -> None:
-    """Raises, before any embedding, when the folder for ``path`` cannot hold the index these documents make: its
-    chunk texts (~1.3x the text, with overlap), a vector per ~800 characters in the store and in FAISS, and the
-    index already there (a save writes the new folder before it removes the old one)."""
-    text = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in documents)
+def check_space(path: Path, documents: list[Document], dim: int = 384, text_bytes: int = 0) -> None:
+    """Raises, before any embedding, when the folder for ``path`` cannot hold the index these documents (or
+    ``text_bytes`` of text) make: its chunk texts (~1.3x the text, with overlap), a vector per ~800 characters in the
+    store and in FAISS, and the index already there (a save writes the new folder before it removes the old one)."""
+    text = text_bytes + sum(len(d.text.encode("utf-8", "surrogatepass")) for d in documents)
     need = int(text * 1.3 + text / 800 * dim * 4 * 2) + (sum(f.stat().st_size for f in path.iterdir() if f.is_file())
                                                          if path.is_dir() else 0)
     free = shutil.disk_usage(path.parent if path.parent.is_dir() else Path.cwd()).free

@@ -222,6 +222,12 @@ class ChunkStore:
     # -- writes ------------------------------------------------------------------------------------------
     def add_document(self, doc: Document, chunks: list[Chunk], vectors: np.ndarray) -> np.ndarray:
         """Stores a document and its chunks; returns the new chunk ids."""
+        return self.add_record(doc.id, doc.sha256, doc.metadata, chunks, vectors)
+
+    def add_record(self, doc_id: str, sha256: str, metadata: dict[str, Any], chunks: list[Chunk],
+                   vectors: np.ndarray) -> np.ndarray:
+        """Stores a document by its id, text hash and metadata (its text is not stored), and its chunks; returns the
+        new chunk ids, consecutive in ``chunks``' order."""
         self._ensure_writable()
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
@@ -229,14 +235,14 @@ class ChunkStore:
         with self._conn:
             self._conn.execute(
                 "INSERT INTO documents (doc_id, sha256, metadata) VALUES (?, ?, ?)",
-                (doc.id, doc.sha256, json.dumps(doc.metadata, default=str)),
+                (doc_id, sha256, json.dumps(metadata, default=str)),
             )
             ids = []
             for chunk, vec in zip(chunks, vectors):
                 cur = self._conn.execute(
                     "INSERT INTO chunks (doc_id, ordinal, start, end, text, n_tokens, sha256, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (doc.id, chunk.ordinal, chunk.start, chunk.end, chunk.text, chunk.n_tokens,
+                    (doc_id, chunk.ordinal, chunk.start, chunk.end, chunk.text, chunk.n_tokens,
                      hashlib.sha256(chunk.text.encode("utf-8", "surrogatepass")).hexdigest(), vec.tobytes()),
                 )
                 ids.append(cur.lastrowid)

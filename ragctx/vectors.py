@@ -14,19 +14,28 @@ Where search runs:
 - GPU, ``Flat`` (exact): a torch matmul + top-k over an fp16 copy of the vectors, the best candidates re-scored
   in fp32 (:func:`torch_topk`); a filter masks scores before the top-k, so it is still exact pre-filtering. This
   beats faiss-gpu's flat index in our benchmark (eval/reports), so it is used whether or not faiss-gpu is
-  installed. Queries and results cross in pinned host buffers with one sync; one unfiltered query replays a CUDA
-  graph of the whole search.
+  installed. On one GPU, queries and results cross in pinned host buffers with one sync, and one unfiltered query
+  replays a CUDA graph of the whole search.
 - GPU, other factories: with faiss-gpu, each shard is cloned to the GPU (one shared ``StandardGpuResources``,
   fp16 storage where the index type allows); a filter is applied by over-fetching (k grows until k hits pass the
   filter or every chunk was seen). Without faiss-gpu, or for index types faiss-gpu lacks (HNSW), search stays
   on the CPU.
+
+- Several devices (:meth:`VectorIndex.to_devices`, ``Index(devices=[...])``): shard i is searched on
+  ``devices[i % len(devices)]`` and the per-device top-k are merged (:func:`merge_topk`). ``Flat``: the shards of
+  each entry form one torch matrix there, the same torch search as above on each GPU (fp32 on a "cpu" entry);
+  other factories: with faiss-gpu, each shard is cloned to its GPU and the clones are joined in one
+  ``faiss.IndexShards`` (:func:`join_shards`), which searches them in parallel threads. One GPU or the CPU runs the
+  same code with the shards side by side (``["cuda:0", "cuda:0"]``, ``"cpu"``).
 
 Saving always goes through CPU indexes (``faiss.write_index``).
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +43,8 @@ import numpy as np
 
 from .errors import IndexFormatError, RagctxError
 
-__all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk"]
+__all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk", "parse_devices",
+           "fill_shard", "join_shards"]
 
 EXACT_FILTER_MAX = 4096  # a filter that keeps at most this many chunks is answered by exact search over them
 GRAPHS_MAX = 8  # CUDA graphs of single-query search kept per index (one per k asked for)
@@ -51,16 +61,15 @@ def _faiss():
     return faiss
 
 
-_GPU_RES = None
+_GPU_RES: dict[int, object] = {}
 
 
-def gpu_resources():
-    """The one ``StandardGpuResources`` shared by every GPU index (None without faiss-gpu)."""
-    global _GPU_RES
+def gpu_resources(device: int = 0):
+    """The one ``StandardGpuResources`` of GPU ``device``, shared by every index there (None without faiss-gpu)."""
     faiss = _faiss()
-    if _GPU_RES is None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        _GPU_RES = faiss.StandardGpuResources()
-    return _GPU_RES
+    if device not in _GPU_RES and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > device:
+        _GPU_RES[device] = faiss.StandardGpuResources()
+    return _GPU_RES.get(device)
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,13 @@ class VectorIndex:
     def __init__(self, dim: int, config: VectorConfig | None = None, shards: list | None = None) -> None:
         self.dim = dim
         self.config = config or VectorConfig()
-        self.device = "cpu"
-        self._gpu: list | None = None  # per-shard GPU indexes (faiss-gpu) or None
-        self._torch: tuple | None = None  # (ids tensor, fp16 matrix) for exact search in torch on a GPU
-        self._torch_lock = threading.Lock()  # the pinned buffers of _search_torch serve one search at a time
+        self.device = "cpu"  # the first of `devices`: where k-means trains
+        self.devices = ["cpu"]  # where search runs: shard i on devices[i % len(devices)] (see to_devices)
+        self._torch_on_cpu = False  # to_devices: exact search in torch on "cpu" entries too (to_device("cpu"): FAISS)
+        self._gpu: list | None = None  # faiss-gpu: [the shards' GPU clones, joined in one IndexShards] or None
+        self._gpu_parts: list = []  # those clones, one per shard (for set_nprobe)
+        self._torch: list | None = None  # [(ids tensor, matrix)] per device entry: exact search in torch, or None
+        self._torch_lock = threading.Lock()  # the pinned buffers of one GPU's search serve one search at a time
         self._graphs: tuple | None = None  # (GPU matrix, {k: CUDA graph of one query's search}), see _search_torch
         self.shards = shards if shards is not None else [self._new_shard() for _ in range(self.config.shards)]
 
@@ -152,7 +164,7 @@ class VectorIndex:
         faiss = _faiss()
         self.check_trainable(len(vectors))
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        res = gpu_resources() if self.device.startswith("cuda") else None
+        res = gpu_resources(_device_index(self.device)) if self.device.startswith("cuda") else None
         trained = False
         if res is not None:  # k-means on the GPU: minutes become seconds for thousands of lists
             try:
@@ -170,12 +182,14 @@ class VectorIndex:
             self._tune(s)
 
     def _invalidate(self) -> None:
-        self._gpu = None
-        self._torch = None
-        if self.device != "cpu":
-            self.to_device(self.device)
+        self._gpu, self._gpu_parts, self._torch, self._graphs = None, [], None, None
+        if self.devices != ["cpu"] or self._torch_on_cpu:
+            self._place(self.devices, self._torch_on_cpu)
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, map_shards=None) -> None:
+        """Adds vectors under their chunk ids (each to shard ``id % shards``), training first if needed.
+        ``map_shards``: a function taking ``[(shard, ids, vectors), ...]`` and returning the filled shards, as
+        :func:`fill_shard` does to each (the Ray build runs it as one task per shard); default: in this process."""
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -183,10 +197,13 @@ class VectorIndex:
         if not self.is_trained:
             self.train(vectors)
         n = len(self.shards)
-        for s, shard in enumerate(self.shards):
-            mask = ids % n == s
-            if mask.any():
-                shard.add_with_ids(vectors[mask], ids[mask])
+        parts = [(shard, ids[ids % n == s], vectors[ids % n == s]) for s, shard in enumerate(self.shards)]
+        if map_shards is not None:
+            self.shards = list(map_shards(parts))
+            for shard in self.shards:  # search knobs as configured, whatever the copies kept
+                self._tune(shard)
+        else:
+            self.shards = [fill_shard(*p) for p in parts]
         self._invalidate()
 
     def remove(self, ids: np.ndarray) -> bool:
@@ -218,34 +235,64 @@ class VectorIndex:
 
     # -- device ------------------------------------------------------------------------------------------
     def to_device(self, device: str) -> VectorIndex:
-        """Prepares search on ``device`` ("cpu" or "cuda[:N]"); see the module docstring."""
-        self.device = device
-        self._gpu = self._torch = self._graphs = None  # graphs read the old GPU copy: let it go
-        if device == "cpu" or self.ntotal == 0:
+        """Prepares search on ``device``: "cpu" (FAISS) or "cuda[:N]" (see the module docstring)."""
+        return self._place(parse_devices(device), torch_on_cpu=False)
+
+    def to_devices(self, devices: str | Sequence[str]) -> VectorIndex:
+        """Spreads the shards over ``devices`` ("cuda:0", "cuda:1", "cpu"; one string or a list; an entry may
+        repeat, e.g. ["cuda:0", "cuda:0"]: two partitions side by side on one GPU): shard i is searched on
+        ``devices[i % len(devices)]`` and the per-device top-k are merged. ``Flat``: the shards of each entry form one
+        matrix searched in torch there (fp16 with an fp32 re-score on a GPU, fp32 on the CPU). Other factories:
+        with faiss-gpu, each shard is cloned to its GPU and the clones are joined in one ``faiss.IndexShards``
+        searched in parallel; "cpu" entries and a machine without faiss-gpu search with FAISS on the CPU."""
+        return self._place(parse_devices(devices), torch_on_cpu=True)
+
+    def _place(self, devices: list[str], torch_on_cpu: bool) -> VectorIndex:
+        self.devices, self.device, self._torch_on_cpu = devices, devices[0], torch_on_cpu
+        self._gpu, self._gpu_parts, self._torch, self._graphs = None, [], None, None
+        cuda = [d for d in devices if d.startswith("cuda")]
+        if self.ntotal == 0 or not (cuda or torch_on_cpu):
             return self
+        if cuda:
+            _check_cuda(cuda)
+        if self.config.exact:
+            self._torch = self._torch_parts(devices)
+            return self
+        if cuda and gpu_resources(_device_index(cuda[0])) is not None:
+            self._gpu_parts = [self._clone_to(shard, devices[i % len(devices)]) for i, shard in enumerate(self.shards)]
+            if not any(part is not shard for part, shard in zip(self._gpu_parts, self.shards)):
+                self._gpu_parts = []  # no GPU version of this index type (HNSW): CPU search
+            else:
+                self._gpu = [join_shards(self._gpu_parts, self.dim) if len(self._gpu_parts) > 1 else self._gpu_parts[0]]
+        return self
+
+    def _torch_parts(self, devices: list[str]) -> list:
+        """[(ids, matrix)] per device entry, each holding the shards that entry serves (empty entries left out)."""
         import torch
 
-        if not torch.cuda.is_available():
-            raise RagctxError(f"device '{device}' was asked for but torch sees no CUDA GPU; use device='cpu'")
-        if self.config.exact:
-            ids, vecs = self._reconstruct_all()
-            self._torch = (
-                torch.from_numpy(ids).to(device),
-                torch.from_numpy(vecs).to(device=device, dtype=torch.float16),
-            )
-            return self
-        res = gpu_resources()
-        if res is not None:
-            faiss = _faiss()
-            for fp16 in (True, False):  # fp16 storage where the index type allows it
-                co = faiss.GpuClonerOptions()
-                co.useFloat16 = fp16
-                try:
-                    self._gpu = [faiss.index_cpu_to_gpu(res, _device_index(device), s, co) for s in self.shards]
-                    break
-                except RuntimeError:  # no fp16 variant, or no GPU version at all (HNSW): CPU search
-                    self._gpu = None
-        return self
+        parts = []
+        for slot, device in enumerate(devices):
+            ids, vecs = self._reconstruct(self.shards[slot :: len(devices)])
+            if len(ids):
+                dtype = torch.float16 if device.startswith("cuda") else torch.float32
+                parts.append((torch.from_numpy(ids).to(device), torch.from_numpy(vecs).to(device=device, dtype=dtype)))
+        return parts
+
+    def _clone_to(self, shard, device: str):
+        """``shard`` cloned to the GPU ``device`` (fp16 storage where the index type allows), or ``shard`` itself
+        for "cpu" and for index types faiss-gpu lacks (HNSW)."""
+        if not device.startswith("cuda") or shard.ntotal == 0:
+            return shard
+        faiss = _faiss()
+        res = gpu_resources(_device_index(device))
+        for fp16 in (True, False):
+            co = faiss.GpuClonerOptions()
+            co.useFloat16 = fp16
+            try:
+                return faiss.index_cpu_to_gpu(res, _device_index(device), shard, co)
+            except RuntimeError:
+                continue
+        return shard
 
     @property
     def backend(self) -> str:
@@ -257,8 +304,9 @@ class VectorIndex:
         self.config = replace(self.config, nprobe=nprobe)
         for shard in self.shards:
             self._tune(shard)
-        for gpu in self._gpu or []:
-            _faiss().GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
+        for gpu, shard in zip(self._gpu_parts, self.shards):
+            if gpu is not shard:
+                _faiss().GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
 
     def set_ef_search(self, ef_search: int) -> None:
         """HNSW candidate list size at search time, on every shard."""
@@ -266,10 +314,11 @@ class VectorIndex:
         for shard in self.shards:
             self._tune(shard)
 
-    def _reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
+    def _reconstruct(self, shards: list) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) held by ``shards`` of this (exact) index."""
         faiss = _faiss()
         ids, vecs = [], []
-        for shard in self.shards:
+        for shard in shards:
             if shard.ntotal == 0:
                 continue
             ids.append(faiss.vector_to_array(shard.id_map).astype(np.int64))
@@ -322,15 +371,27 @@ class VectorIndex:
         return _overfetch(shard, queries, k, np.asarray(allowed, dtype=np.int64))
 
     def _search_torch(self, queries, k, allowed):
-        """Exact search on the GPU: the queries go up in one copy from a pinned host buffer, the (scores, ids) come
-        back in one copy each into pinned buffers, and the host waits once, on the stream, at the end."""
-        with self._torch_lock:
-            return self._search_torch_locked(queries, k, allowed)
-
-    def _search_torch_locked(self, queries, k, allowed):
+        """Exact search in torch on every device entry, the per-device top-k merged. On one GPU: the queries go up
+        in one copy from a pinned host buffer, the (scores, ids) come back in one copy each into pinned buffers, the
+        host waits once, and one unfiltered query replays a CUDA graph of the whole search."""
         import torch
 
-        ids, mat = self._torch
+        if len(self._torch) == 1 and self._torch[0][1].is_cuda:
+            with self._torch_lock:
+                return self._search_one_gpu(queries, k, allowed)
+        results = []
+        for part in self._torch:  # CUDA kernels are queued on every device before the first result is read
+            ids, mat = part
+            q = torch.from_numpy(queries).to(mat.device)
+            results.append(self._topk_on_device(part, q, k, _mask(ids, allowed)))
+        results = [(D.cpu().numpy(), I.cpu().numpy()) for D, I in results]
+        return merge_topk(results, k) if len(results) > 1 else _pad(*results[0], k)
+
+    def _search_one_gpu(self, queries, k, allowed):
+        import torch
+
+        part = self._torch[0]
+        ids, mat = part
         q = _pinned(self, "_pin_q", queries.shape, torch.float32)
         q.numpy()[...] = queries
         graph = self._single_query_graph(k) if len(queries) == 1 and allowed is None else None
@@ -339,10 +400,7 @@ class VectorIndex:
             graph[0].replay()
             top, hits = graph[2]
         else:
-            mask = None
-            if allowed is not None:
-                mask = torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
-            top, hits = self._topk_on_device(q.to(mat.device, non_blocking=True), k, mask)
+            top, hits = self._topk_on_device(part, q.to(mat.device, non_blocking=True), k, _mask(ids, allowed))
         D = _pinned(self, "_pin_d", tuple(top.shape), torch.float32)
         I = _pinned(self, "_pin_i", tuple(hits.shape), torch.int64)
         D.copy_(top, non_blocking=True)
@@ -350,11 +408,13 @@ class VectorIndex:
         torch.cuda.current_stream(mat.device).synchronize()
         return _pad(D.numpy().copy(), I.numpy().copy(), k)
 
-    def _topk_on_device(self, q, k, mask):
-        """(scores [Q, k], chunk ids [Q, k], -1 where no hit) on the GPU, in blocks of queries."""
+    @staticmethod
+    def _topk_on_device(part: tuple, q, k: int, mask):
+        """(scores [Q, k], chunk ids [Q, k], -1 where no hit) of one device entry's (ids, matrix), in blocks of
+        queries."""
         import torch
 
-        ids, mat = self._torch
+        ids, mat = part
         block = max(1, (1 << 29) // max(1, mat.shape[0]))  # bound the [Q, N] score matrix to 512M entries
         parts = [torch_topk(q[s : s + block], mat, k, mask) for s in range(0, q.shape[0], block)]
         top = parts[0][0] if len(parts) == 1 else torch.cat([t for t, _ in parts])
@@ -362,14 +422,14 @@ class VectorIndex:
         return top, torch.where(torch.isinf(top), -1, ids[pos])
 
     def _single_query_graph(self, k: int):
-        """One query's unfiltered search (matmul, top-k, fp32 re-score, ids) as a CUDA graph, captured once per
-        ``k`` for the vectors now on the GPU: a replay is one launch instead of about ten, which is most of a
-        single query's time past the matmul itself. (graph, query input [1, d], (scores, ids) outputs), or None
-        when capture is not possible here (the eager path then serves)."""
+        """One query's unfiltered search (matmul, top-k, fp32 re-score, ids) on the one GPU as a CUDA graph,
+        captured once per ``k`` for the vectors now there: a replay is one launch instead of about ten, which is
+        most of a single query's time past the matmul itself. (graph, query input [1, d], (scores, ids) outputs),
+        or None when capture is not possible here (the eager path then serves)."""
         import torch
 
-        mat = self._torch[1]
-        if getattr(self, "_graphs", None) is None or self._graphs[0] is not mat:
+        mat = self._torch[0][1]
+        if self._graphs is None or self._graphs[0] is not mat:
             self._graphs = (mat, {})  # new vectors on the GPU: earlier graphs read the old ones
         cache = self._graphs[1]
         if k not in cache:
@@ -386,16 +446,17 @@ class VectorIndex:
     def _capture(self, k: int) -> tuple:
         import torch
 
-        mat = self._torch[1]
+        part = self._torch[0]
+        mat = part[1]
         q = torch.zeros(1, mat.shape[1], device=mat.device)
         side = torch.cuda.Stream(mat.device)
         side.wait_stream(torch.cuda.current_stream(mat.device))
         with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
-            self._topk_on_device(q, k, None)
+            self._topk_on_device(part, q, k, None)
         torch.cuda.current_stream(mat.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._topk_on_device(q, k, None)
+            out = self._topk_on_device(part, q, k, None)
         return graph, q, out
 
     # -- persistence -------------------------------------------------------------------------------------
@@ -430,6 +491,15 @@ class VectorIndex:
         return index
 
 
+def _mask(ids, allowed):
+    """[N] bool over a device entry's chunk ids: those in ``allowed`` (None: no filter)."""
+    if allowed is None:
+        return None
+    import torch
+
+    return torch.isin(ids, torch.from_numpy(np.asarray(allowed, dtype=np.int64)).to(ids.device))
+
+
 def _pinned(owner, attr: str, shape: tuple, dtype):
     """A page-locked host tensor of ``shape`` kept on ``owner`` (regrown when too small), for copies to and from
     the GPU that need no staging copy and may run asynchronously."""
@@ -445,6 +515,50 @@ def _pinned(owner, attr: str, shape: tuple, dtype):
 
 def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
+
+
+def parse_devices(devices: str | Sequence[str]) -> list[str]:
+    """``devices`` as a non-empty list of "cpu", "cuda" or "cuda:N" (a comma-separated string is split), or a
+    RagctxError naming the bad entry."""
+    items = devices.split(",") if isinstance(devices, str) else devices
+    if isinstance(items, (bytes, dict)) or not isinstance(items, Sequence) or not items:
+        raise RagctxError(f"devices={devices!r}: pass a device or a list of them, e.g. 'cpu' or ['cuda:0', 'cuda:1']")
+    out = []
+    for d in items:
+        name = d.strip() if isinstance(d, str) else d
+        if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+            raise RagctxError(f"device {d!r} in devices={devices!r}: use 'cpu', 'cuda' or 'cuda:N'")
+        out.append(name)
+    return out
+
+
+def _check_cuda(devices: list[str]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RagctxError(f"device '{devices[0]}' was asked for but torch sees no CUDA GPU; use device='cpu'")
+    n = torch.cuda.device_count()
+    bad = [d for d in devices if _device_index(d) >= n]
+    if bad:
+        raise RagctxError(f"device '{bad[0]}': this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
+
+
+def fill_shard(shard, ids: np.ndarray, vectors: np.ndarray):
+    """Adds ``vectors`` under ``ids`` to the FAISS index ``shard`` and returns it."""
+    if len(ids):
+        shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    return shard
+
+
+def join_shards(indexes: list, dim: int):
+    """One ``faiss.IndexShards`` over ``indexes`` (disjoint ids, kept as they are), searched in parallel threads and
+    merged by score: the multi-GPU form of an index's shards."""
+    faiss = _faiss()
+    joined = faiss.IndexShards(dim, True, False)  # threaded, ids not renumbered
+    joined.metric_type = faiss.METRIC_INNER_PRODUCT
+    for index in indexes:
+        joined.add_shard(index)  # faiss's wrapper keeps a reference to each: they live as long as the join
+    return joined
 
 
 def torch_topk(q, mat, k: int, mask=None, extra: int = RESCORE_EXTRA):
