@@ -37,18 +37,26 @@ def ray_cluster():
 
 
 def same_contents(a: Index, b: Index) -> None:
-    """Equal documents (ids, hashes, metadata), chunks (ids, offsets, text), vectors to 1e-5 and search results."""
+    """Equal documents (ids, hashes, metadata), chunks (ids, offsets, text), vectors to fp tolerance and search
+    results. The tolerance is the embedder's: 1e-5 in fp32; 2e-3 where it computes in bf16 (openvino on a CPU
+    with native bf16), whose rounding depends on which chunks share a batch, and batches differ between the
+    local build and the Ray actors."""
     assert a.documents() == b.documents()
     assert a.store.document_chunks() == b.store.document_chunks()
     ids_a, vecs_a = a.store.vectors(a.dim)
     ids_b, vecs_b = b.store.vectors(b.dim)
-    assert np.array_equal(ids_a, ids_b) and np.abs(vecs_a - vecs_b).max() < 1e-5
+    tol = 2e-3 if getattr(a.embedder, "precision", "f32") == "bf16" else 1e-5
+    assert np.array_equal(ids_a, ids_b) and np.abs(vecs_a - vecs_b).max() < tol
     assert a.vectors.ntotal == b.vectors.ntotal == len(ids_a)
     for q in QUERIES:
         for mode in ("dense", "bm25", "hybrid"):
             ha, hb = a.search(q, k=4, mode=mode), b.search(q, k=4, mode=mode)
-            assert [h.chunk_id for h in ha] == [h.chunk_id for h in hb], (q, mode)
-            assert np.allclose([h.score for h in ha], [h.score for h in hb], atol=1e-5)
+            assert np.allclose([h.score for h in ha], [h.score for h in hb], atol=tol)
+            ties = any(abs(x.score - y.score) < 2 * tol for x, y in zip(ha, ha[1:]))  # bf16 may swap near-ties
+            if not ties:
+                assert [h.chunk_id for h in ha] == [h.chunk_id for h in hb], (q, mode)
+            else:
+                assert {h.chunk_id for h in ha[:-1]} <= {h.chunk_id for h in hb}, (q, mode)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +180,7 @@ def test_worker_killed_mid_build_is_retried_and_the_index_equals_the_local_build
     words = "ash lava crater plume basalt magma vent caldera geyser tephra".split()
     docs = [Document.from_text(f"d{i:02d}.txt", "\n\n".join(
         " ".join(words[(i * 7 + j * 3 + w) % len(words)] + f"{i}{j}" for w in range(40)) for j in range(4)))
-        for i in range(40)]
+        for i in range(120)]  # long enough to be killed in, with the faster CPU embedders too
     result: dict = {}
 
     def build():
@@ -188,11 +196,14 @@ def test_worker_killed_mid_build_is_retried_and_the_index_equals_the_local_build
     while killed is None and time.time() < deadline and thread.is_alive():
         pids = _embed_actor_pids()
         if pids:
-            time.sleep(1.0)  # let it embed a few batches
+            time.sleep(0.5)  # let it embed a few batches
             if not thread.is_alive():
                 break
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
+            try:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            except ProcessLookupError:  # that actor ended meanwhile: look again
+                pass
         time.sleep(0.1)
     thread.join(300)
     assert killed is not None, "the embedding actor was not found running while the build ran"
