@@ -45,6 +45,7 @@ def test_softmax_finds_single_needles_in_rag_sized_inputs():
     assert accuracy >= 0.98
 
 
+@pytest.mark.slow  # 20 s on 2 cores
 def test_softmax_says_unanswerable_when_the_key_is_absent_and_only_then():
     gen = builtin("softmax", "flash")
     absent = examples(30, RAG_SIZES, unanswerable=True, seed=SEED + 1)
@@ -54,7 +55,8 @@ def test_softmax_says_unanswerable_when_the_key_is_absent_and_only_then():
     assert recall >= 0.95 and false <= 0.05
 
 
-@pytest.mark.parametrize("name", ["sliding_window", "hybrid", "linear"])
+@pytest.mark.parametrize("name", ["sliding_window", pytest.param("hybrid", marks=pytest.mark.slow),
+                                  pytest.param("linear", marks=pytest.mark.slow)])  # 42 s, 14 s on 2 cores
 def test_every_model_answers_short_inputs(name):
     exs = examples(30, (512, 1024), seed=SEED + 3)
     gen = builtin(name)

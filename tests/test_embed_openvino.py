@@ -59,7 +59,6 @@ def test_openvino_backend_by_name(cache):
         OpenVinoEmbedder(precision="fp64")
 
 
-@pytest.mark.slow
 def test_openvino_recall_equals_torch_on_labelled_essays(embedder, cache):
     """Dense recall@5 over the essays QA questions whose evidence lies in four essays (~110 chunks of 200 tokens):
     the openvino backend finds what sentence-transformers finds."""

