@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup, window_blocks
+from .hybrid_triton import fused_decode_ready, hybrid_decode
 from .learned import LEARNED
 from .linear import phi, linear_chunkwise, linear_step, normalize, sum_dtype
 from .softmax import masked_softmax
@@ -38,8 +39,15 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
     fast = use_flex(q, valid, state.ring if state is not None else None)
     valid = all_valid(valid, positions)
+    # one fused kernel per layer for a learned map's decode step (hybrid_triton); asked here on every call, so the
+    # eager prefill fills its cache before a compiled decode step is traced
+    fused = (kind in LEARNED and maps is not None and not torch.is_grad_enabled()  # inference only: no backward
+             and fused_decode_ready(q, d, maps.q.weight.shape[-1]))
     if state is not None and t == 1:  # decode: one ring slot written in place, the key it evicts joins the state
-        old_k, old_v, old_valid = state.ring.push(k, v, positions, valid)
+        evicted = state.ring.push(k, v, positions, valid)
+        if fused:
+            return hybrid_decode(q, positions, state, evicted, maps, w)
+        old_k, old_v, old_valid = evicted
         ring = state.ring
         out_w, lse_w = masked_softmax(q, ring.k, ring.v, allowed(positions, ring.pos, ring.valid, w), scale)
         fq, fk = phi(q, old_k, kind, maps)
