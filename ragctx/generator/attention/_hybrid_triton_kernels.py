@@ -62,13 +62,13 @@ def _hybrid_decode(Q, POS, RK, RV, RPOS, RVALID, OK, OV, OVALID, S, Z, WQ, BQ, W
     for g in tl.static_range(G):
         hq = h * G + g
         q = tl.load(Q + b * s_qb + hq * s_qh + d).to(tl.float32)
-        # softmax over the window, in fp32: out_w and its log-sum-exp
+        # softmax over the window, in fp32 (with a learned map only whether it saw a key matters, not its
+        # log-sum-exp: the window's mass is the learned share)
         scores = tl.where(seen, tl.sum(rk * q[None, :], 1) * scale, float("-inf"))
         m = tl.where(any_key, tl.max(scores, 0), 0.0)
         e = tl.where(seen, tl.exp(scores - m), 0.0)
         total = tl.sum(e, 0)
         out_w = tl.sum(e[:, None] * rv, 0) / tl.where(any_key, total, 1.0)
-        lse_w = tl.where(any_key, m + tl.log(tl.where(any_key, total, 1.0)), float("-inf"))
         # the linear part over the keys that left the window: phi(q).s / phi(q).z
         fq_pos, fq_neg = _hedgehog(q, WQ + hq * D * P, BQ + hq * P, P, D, xty)
         num = tl.sum(fq_pos[:, None] * s_pos, 0) + tl.sum(fq_neg[:, None] * s_neg, 0)  # [D]
