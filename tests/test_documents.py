@@ -50,3 +50,15 @@ def test_duplicate_jsonl_ids_are_skipped(tmp_path):
     report = load_path(tmp_path)
     assert [d.text for d in report.documents] == ["one"]
     assert "duplicate" in report.skipped[0][1]
+
+
+def test_a_built_in_corpus_loads_by_name():
+    """load_path takes the names the CLI takes (the README's Python quickstart starts with the packaged essays)."""
+    from ragctx.data import essays_dir
+
+    report = load_path("builtin:essays")
+    by_id = {d.id: d for d in report.documents}
+    assert len(by_id) == len(list(essays_dir().glob("*.txt"))) > 40
+    assert by_id["bias.txt"].text == (essays_dir() / "bias.txt").read_text(encoding="utf-8")
+    with pytest.raises(RagctxError, match="builtin:essays"):
+        load_path("builtin:poems")
