@@ -25,7 +25,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture()
 def kernel(monkeypatch):
     monkeypatch.delenv("RAGCTX_TRITON", raising=False)
-    if hybrid_triton._kernel() is None:
+    if hybrid_triton._kernels() is None:
         pytest.skip("Triton kernel unavailable")
 
 
@@ -83,13 +83,15 @@ def test_fused_decode_equals_the_torch_step(kernel, shape):
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got_state.linear.s, want_state.linear.s, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got_state.linear.z, want_state.linear.z, atol=2e-5, rtol=1e-4)
+    for name in ("k", "v", "pos", "valid", "cursor"):  # the ring took each new key where the torch step puts it
+        assert torch.equal(getattr(got_state.ring, name), getattr(want_state.ring, name)), name
     if t > window:  # keys did leave the window: the linear part was exercised
         assert want_state.linear.z.abs().sum() > 0
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="bf16 products under Triton's interpreter are not exact")
 def test_fused_decode_in_bf16_is_close_to_the_torch_step(kernel):
-    cfg, maps, q, k, v, valid, positions = _setup(2, 9, 3, 64, 64, 64, 200, 100, 7, torch.bfloat16, seed=1)
+    cfg, maps, q, k, v, valid, positions = _setup(2, 9, 3, 64, 64, 64, 200, 7, torch.bfloat16, seed=1)
     want, _ = _generate(cfg, maps, q, k, v, valid, positions, 100, fused=False)
     got, _ = _generate(cfg, maps, q, k, v, valid, positions, 100, fused=True)
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
@@ -98,7 +100,7 @@ def test_fused_decode_in_bf16_is_close_to_the_torch_step(kernel):
 def test_ready_only_for_cuda_tensors_of_supported_shapes():
     cpu = torch.zeros(1, 2, 1, 64)
     assert not hybrid_triton.fused_decode_ready(cpu, 64, 64)  # the torch step serves CPUs
-    if torch.cuda.is_available() and hybrid_triton._kernel() is not None:
+    if torch.cuda.is_available() and hybrid_triton._kernels() is not None:
         gpu = torch.zeros(1, 2, 1, 64, device="cuda", dtype=torch.bfloat16)
         assert hybrid_triton.fused_decode_ready(gpu, 64, 64)
         assert not hybrid_triton.fused_decode_ready(gpu, 64, 5)  # Hedgehog dim not a power of two

@@ -43,11 +43,10 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     # eager prefill fills its cache before a compiled decode step is traced
     fused = (kind in LEARNED and maps is not None and not torch.is_grad_enabled()  # inference only: no backward
              and fused_decode_ready(q, d, maps.q.weight.shape[-1]))
+    if state is not None and t == 1 and fused:  # two kernels do all of the step below (hybrid_triton)
+        return hybrid_decode(q, k, v, positions, valid, state, maps, w)
     if state is not None and t == 1:  # decode: one ring slot written in place, the key it evicts joins the state
-        evicted = state.ring.push(k, v, positions, valid)
-        if fused:
-            return hybrid_decode(q, positions, state, evicted, maps, w)
-        old_k, old_v, old_valid = evicted
+        old_k, old_v, old_valid = state.ring.push(k, v, positions, valid)
         ring = state.ring
         out_w, lse_w = masked_softmax(q, ring.k, ring.v, allowed(positions, ring.pos, ring.valid, w), scale)
         fq, fk = phi(q, old_k, kind, maps)

@@ -1,20 +1,23 @@
-"""One fused Triton kernel for a ``hybrid`` decode step with a learned (Hedgehog) feature map.
+"""A ``hybrid`` decode step with a learned (Hedgehog) feature map in two Triton kernels.
 
-The pure-torch step (:func:`.hybrid.hybrid_attention` with T = 1) runs the window's softmax, two feature maps, the
-state update and the log-space combination as some twenty small operations per layer; even compiled into CUDA
-graphs they are a dozen launches, and on SmolLM2 (30 layers) the step cost 2.9 ms against 1.2 ms for ``flash``
-(eval/reports/decode/). Here, after the ring buffer has taken the new key (``RingBuffer.push``, in torch), one
-program per (batch row, KV head):
+The pure-torch step (:func:`.hybrid.hybrid_attention` with T = 1) pushes the new key into the ring buffer, runs the
+window's softmax, two feature maps, the state update and the log-space combination: some thirty small operations
+per layer, a dozen launches even compiled into CUDA graphs; on SmolLM2 (30 layers) the step cost 2.9 ms against
+1.2 ms for ``flash`` (eval/reports/decode/). Here the whole step is two launches per layer:
 
-1. folds the key the ring evicted into the linear state, in place: s += phi_k(k) v^T, z += phi_k(k);
-2. for each query head of the group: softmax over the ring's visible keys (fp32, with its log-sum-exp), phi_q(q)
-   against the updated state, and the learned-share combination of the two, written once.
+1. ``_hybrid_fold``, one program per (batch row x KV head, feature half): the key the ring is about to evict (its
+   oldest slot) joins the linear state, in place: s += phi_k(k) v^T, z += phi_k(k).
+2. ``_hybrid_attend``, one program per (batch row x query head): softmax over the ring's visible keys with the new
+   key in its slot (fp32), phi_q(q) against the updated state, the learned-share combination, one store; then the
+   ring takes the new key and its cursor moves on.
 
-Same numbers as the torch step (the features rounded to the model's dtype where it rounds them); checked against
-it by tests/test_hybrid_triton.py, under ``TRITON_INTERPRET=1`` on a CPU and natively on a GPU. Only what decoding
-needs: inference, a learned map, power-of-two head and projection dims from 16 to 128. Registered as the custom op
-``ragctx::hybrid_decode`` so that ``torch.compile`` (fullgraph, CUDA graphs) sees one opaque call that mutates the
-state. ``RAGCTX_TRITON=0`` turns it off (the torch step runs).
+A first version did it all in one program per KV head: 1.97 ms per token on an H100, the query heads of a group
+walked one after the other. Same numbers as the torch step (the features rounded to the model's dtype where it
+rounds them; the ring, cursor and state left as it leaves them): tests/test_hybrid_triton.py checks it under
+``TRITON_INTERPRET=1`` on a CPU and natively on a GPU. Only what decoding needs: inference, a learned map,
+power-of-two head and projection dims from 16 to 128. Registered as the custom op ``ragctx::hybrid_decode``, so
+that ``torch.compile`` (fullgraph, CUDA graphs) sees one opaque call that mutates the state. ``RAGCTX_TRITON=0``
+turns it off (the torch step runs).
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ from .common import HybridState, optional_module
 
 __all__ = ["fused_decode_ready", "hybrid_decode"]
 
-WARPS = 8  # the program holds five [64, 64] fp32 tiles (ring k, v, two state halves, a projection)
+WARPS = 4  # a program holds at most four [64, 64] fp32 tiles (ring k and v, a state half, a projection)
 
 _READY: dict[tuple, bool] = {}  # (device type, dtype, head dim, projection dim) -> usable; a plain dict that
 # torch.compile reads as a constant (filled by the eager prefill before a compiled decode step traces it)
 
 
-def _kernel():
+def _kernels():
+    """(fold, attend), or None when Triton is missing or ``RAGCTX_TRITON=0``."""
     module = optional_module("._hybrid_triton_kernels", "RAGCTX_TRITON", __package__)
-    return None if module is None else module._hybrid_decode
+    return None if module is None else (module._hybrid_fold, module._hybrid_attend)
 
 
 def fused_decode_ready(q: Tensor, head_dim: int, proj_dim: int) -> bool:
@@ -45,43 +49,46 @@ def fused_decode_ready(q: Tensor, head_dim: int, proj_dim: int) -> bool:
     if key not in _READY:
         pow2 = lambda n: 16 <= n <= 128 and n & (n - 1) == 0  # noqa: E731
         _READY[key] = bool(q.device.type == "cuda" and pow2(head_dim) and pow2(proj_dim)
-                           and q.dtype in (torch.float32, torch.bfloat16, torch.float16) and _kernel() is not None)
+                           and q.dtype in (torch.float32, torch.bfloat16, torch.float16) and _kernels() is not None)
     return _READY[key]
 
 
-@torch.library.custom_op("ragctx::hybrid_decode", mutates_args=("s", "z"))
-def _hybrid_decode_op(q: Tensor, pos: Tensor, ring_k: Tensor, ring_v: Tensor, ring_pos: Tensor, ring_valid: Tensor,
-                      old_k: Tensor, old_v: Tensor, old_valid: Tensor, s: Tensor, z: Tensor, wq: Tensor, bq: Tensor,
-                      wk: Tensor, bk: Tensor, logit: Tensor, window: int) -> Tensor:
+@torch.library.custom_op("ragctx::hybrid_decode",
+                         mutates_args=("ring_k", "ring_v", "ring_pos", "ring_valid", "cursor", "s", "z"))
+def _hybrid_decode_op(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor, ring_k: Tensor, ring_v: Tensor,
+                      ring_pos: Tensor, ring_valid: Tensor, cursor: Tensor, s: Tensor, z: Tensor, wq: Tensor,
+                      bq: Tensor, wk: Tensor, bk: Tensor, logit: Tensor, window: int) -> Tensor:
+    fold, attend = _kernels()
     b, hq, _, d = q.shape
     hkv, n_slots, p = ring_k.shape[1], ring_k.shape[2], wq.shape[-1]
-    q, ring_k, ring_v, old_k, old_v = (x if x.stride(-1) == 1 else x.contiguous()
-                                       for x in (q, ring_k, ring_v, old_k, old_v))
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out = torch.empty(b, hq, 1, d, device=q.device, dtype=q.dtype)
-    block = 1 << (max(1, n_slots) - 1).bit_length()
-    _kernel()[(b * hkv,)](
-        q, pos.contiguous(), ring_k, ring_v, ring_pos.contiguous(), ring_valid.contiguous(), old_k, old_v,
-        old_valid.contiguous(), s, z, wq.contiguous(), bq.contiguous(), wk.contiguous(), bk.contiguous(),
-        logit.contiguous(), out, q.stride(0), q.stride(1), ring_k.stride(0), ring_k.stride(1), ring_k.stride(2),
-        ring_v.stride(0), ring_v.stride(1), ring_v.stride(2), old_k.stride(0), old_k.stride(1), old_v.stride(0),
-        old_v.stride(1), out.stride(0), out.stride(1), n_slots, window, d**-0.5,
-        HKV=hkv, G=hq // hkv, D=d, P=p, BW=block, num_warps=WARPS)
+    slot = torch.empty(1, device=q.device, dtype=cursor.dtype)  # the slot the new key takes, from fold to attend
+    wq, bq, wk, bk, logit, pos, valid = (x.contiguous() for x in (wq, bq, wk, bk, logit, pos, valid))
+    fold[(b * hkv, 2)](ring_k, ring_v, ring_valid, cursor, s, z, wk, bk, slot, *ring_k.stride()[:3],
+                       *ring_v.stride()[:3], n_slots, HKV=hkv, D=d, P=p, num_warps=WARPS)
+    attend[(b * hq,)](q, k, v, pos, valid, ring_k, ring_v, ring_pos, ring_valid, cursor, s, z, wq, bq, logit, slot,
+                      out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                      *ring_k.stride()[:3], *ring_v.stride()[:3], out.stride(0), out.stride(1), n_slots, window,
+                      d**-0.5, HQ=hq, G=hq // hkv, D=d, P=p, BW=1 << (max(1, n_slots) - 1).bit_length(),
+                      num_warps=WARPS)
     return out
 
 
 @_hybrid_decode_op.register_fake
-def _(q, pos, ring_k, ring_v, ring_pos, ring_valid, old_k, old_v, old_valid, s, z, wq, bq, wk, bk, logit, window):
+def _(q, k, v, pos, valid, ring_k, ring_v, ring_pos, ring_valid, cursor, s, z, wq, bq, wk, bk, logit, window):
     return torch.empty_like(q)
 
 
-def hybrid_decode(q: Tensor, positions: Tensor, state: HybridState, evicted: tuple[Tensor, Tensor, Tensor], maps,
+def hybrid_decode(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, valid: Tensor, state: HybridState, maps,
                   window: int) -> Tensor:
-    """One decode token's hybrid attention with learned maps, after ``state.ring.push`` took its key and value and
-    returned ``evicted`` (the key, value and validity that left the window). q [B, Hq, 1, D], positions [B, 1];
-    updates ``state.linear`` in place; returns [B, Hq, 1, D] in q's dtype. Check :func:`fused_decode_ready` first.
-    The state must be contiguous fp32 ([B, Hkv, 2P, D] and [B, Hkv, 2P]), as ``make_state`` builds it."""
-    old_k, old_v, old_valid = evicted
+    """One decode token's hybrid attention with learned maps: q [B, Hq, 1, D], the new key and value k, v
+    [B, Hkv, 1, D], positions and validity [B, 1]. Writes the new key into ``state.ring`` (its oldest slot, which
+    joins ``state.linear``) in place and returns [B, Hq, 1, D] in q's dtype, as the torch step does. Check
+    :func:`fused_decode_ready` first. The state must be as ``make_state`` builds it (contiguous; fp32 linear state
+    [B, Hkv, 2P, D] and [B, Hkv, 2P])."""
     ring, lin = state.ring, state.linear
-    return _hybrid_decode_op(q, positions, ring.k, ring.v, ring.pos, ring.valid, old_k, old_v, old_valid, lin.s,
+    ring.fresh = False
+    return _hybrid_decode_op(q, k, v, positions, valid, ring.k, ring.v, ring.pos, ring.valid, ring.cursor, lin.s,
                              lin.z, maps.q.weight, maps.q.bias, maps.k.weight, maps.k.bias, maps.window_logit,
                              int(window))
