@@ -39,7 +39,8 @@ def _hybrid_fold(RK, RV, RVALID, CURSOR, S, Z, WK, BK, SLOT, s_rkb, s_rkh, s_rkw
     fk = _hedgehog_half(ok, WK + h * D * P, BK + h * P, half == 1, P, D, RK.dtype.element_ty) * live
     base_s = S + bh.to(tl.int64) * (2 * P * D) + half * (P * D)
     base_z = Z + bh.to(tl.int64) * (2 * P) + half * P
-    tl.store(base_s + p[:, None] * D + d[None, :], tl.load(base_s + p[:, None] * D + d[None, :]) + fk[:, None] * ov[None, :])
+    at = base_s + p[:, None] * D + d[None, :]  # [P, D]
+    tl.store(at, tl.load(at) + fk[:, None] * ov[None, :])
     tl.store(base_z + p, tl.load(base_z + p) + fk)
 
 
