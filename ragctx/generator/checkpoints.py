@@ -155,6 +155,10 @@ def load_state(model: Transformer, state: dict[str, Tensor], where: str | Path, 
     if model.cfg.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     check_state(model_tensors(model), state, where, fix=fix, rename=rename, files=files)
+    return _assign(model, state, dtype)
+
+
+def _assign(model: Transformer, state: dict[str, Tensor], dtype: torch.dtype | None) -> Transformer:
     if dtype is None:
         model.load_state_dict(state, strict=False)
     else:
@@ -315,7 +319,7 @@ def _load_gguf(path: Path, attention: str, dtype: torch.dtype, options: dict[str
     model = empty_model(cfg)
     fix = "the file does not fit its own metadata: convert the checkpoint again (llama.cpp's convert_hf_to_gguf.py)"
     check_state(model_tensors(model), f.shapes(), path, fix=fix, rename=f.file_name)  # before dequantizing
-    return load_state(model, f.state_dict(cfg, dtype), path, fix=fix, dtype=dtype, rename=f.file_name), tokenizer
+    return _assign(model, f.state_dict(cfg, dtype), dtype), tokenizer
 
 
 def _load_hf(folder: Path, attention: str, dtype: torch.dtype, options: dict[str, Any]):
@@ -356,7 +360,7 @@ def load_linearized(spec: str | Path, *, dtype: torch.dtype | None = None,
             raise RagctxError(f"{spec}: its delta ({where.name}) is not in this ragctx installation; make one with "
                               f"ragctx linearize {base} --out DIR and open DIR")
     else:
-        where = Path(spec)
+        where = Path(spec) / DELTA_FILE if Path(spec).is_dir() else Path(spec)
         base = None
     delta = read_delta(where)
     base = base or delta[0].get("base")
