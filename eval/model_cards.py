@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ragctx.generator.attention import weights_of  # noqa: E402
-from ragctx.generator.generate import BUILTIN_DIR  # noqa: E402
+from ragctx.generator.checkpoints import BUILTIN_DIR  # noqa: E402
 
 REPORT = Path(__file__).parent / "reports" / "builtin" / "summary.json"
 

@@ -240,7 +240,7 @@ def test_demo_config_file_matches_the_packaged_grid():
 
 
 def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypatch, capsys, embedder):
-    import ragctx.generator.generate as generate_module
+    import ragctx.generator.checkpoints as checkpoints
     from ragctx.demo import run_demo
 
     docs = tmp_path / "docs"
@@ -253,7 +253,7 @@ def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypa
                   ByteTokenizer()).save(builtin / name)
     (builtin / "flash").mkdir()
     (builtin / "flash" / "alias.json").write_text(json.dumps({"weights": "softmax", "attention": "flash"}))
-    monkeypatch.setattr(generate_module, "BUILTIN_DIR", builtin)
+    monkeypatch.setattr(checkpoints, "BUILTIN_DIR", builtin)
     grid = dict(attentions=["softmax", "flash", "linear"], lengths=[300], depths=[0.5], seeds=[0],
                 unanswerable_seeds=[], haystack="repeat", modes=["rag", "auto"], max_new_tokens=4)
     assert run_demo(tmp_path / "idx", device="cpu", docs=docs, grid=grid) == 0

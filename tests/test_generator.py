@@ -160,14 +160,14 @@ def test_model_without_positional_encoding():
 
 
 def test_builtin_aliases_run_another_builtins_weights_and_are_validated(tmp_path, monkeypatch):
-    import ragctx.generator.generate as generate_module
+    import ragctx.generator.checkpoints as checkpoints
 
     gen = Generator(tiny_model("softmax"), ByteTokenizer())
     gen.save(tmp_path / "softmax")
-    monkeypatch.setattr(generate_module, "BUILTIN_DIR", tmp_path)
+    monkeypatch.setattr(checkpoints, "BUILTIN_DIR", tmp_path)
     (tmp_path / "window").mkdir()
     (tmp_path / "window" / "alias.json").write_text(json.dumps({"weights": "softmax", "attention": "sliding_window"}))
-    assert generate_module.builtin_names() == ["softmax", "window"]
+    assert checkpoints.builtin_names() == ["softmax", "window"]
     alias = Generator.load("builtin:window")
     assert alias.attention == "sliding_window"
     assert Generator.load("builtin:window", attention="flash").attention == "flash"  # the caller's choice wins

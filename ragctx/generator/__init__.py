@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .attention import ATTENTION, get_attention
+from .checkpoints import builtin_names
 from .config import PRESETS, ModelConfig
-from .generate import Generation, Generator, builtin_names
+from .generate import Generation, Generator
 from .model import Transformer
 from .tokenizer import ByteTokenizer, HFTokenizer
 

@@ -1,10 +1,10 @@
 """The Generator: a tokenizer and a :class:`~ragctx.generator.model.Transformer`, with prefill, incremental
 decode (static KV cache, ring buffer or recurrent state, by attention variant, all fixed buffers written in place:
-:mod:`~ragctx.generator.decode`), sampling on the device, streaming, and batched generation."""
+:mod:`~ragctx.generator.decode`), sampling on the device, streaming, and batched generation. Loading and saving
+are :mod:`~ragctx.generator.checkpoints`' (every format, one check); the classmethods here call it."""
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -16,18 +16,11 @@ import torch
 from ..errors import RagctxError
 from ..threads import apply_torch_threads
 from .attention import get_attention
-from .config import ModelConfig
-from .checkpoints import LINEARIZED, PACKAGED, delta_folder, load_checkpoint, load_linearized, packaged_path
+from .checkpoints import Checkpoint, load, load_folder, load_pretrained, save_folder
 from .decode import Completion, StatePool, compile_step, decode_one_token, left_pad, restore, sample_tokens, snapshot
-from .hf import check_state
 from .model import Transformer
-from .tokenizer import ByteTokenizer
 
-__all__ = ["Generator", "Generation", "sample", "builtin_names"]
-
-FORMAT = "ragctx-generator"
-FORMAT_VERSION = 1
-BUILTIN_DIR = Path(__file__).parent / "builtin"
+__all__ = ["Generator", "Generation", "sample"]
 
 
 @dataclass
@@ -97,7 +90,7 @@ class Generator:
     def max_context(self) -> int:
         return self.model.cfg.max_seq_len
 
-    # -- loading -----------------------------------------------------------------------------------------
+    # -- loading (ragctx.generator.checkpoints: every format, one check) --------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, *, attention: str | None = None, device: str | None = None,
                         dtype: torch.dtype | None = None, compile: bool | dict = False, **options) -> Generator:
@@ -110,22 +103,7 @@ class Generator:
         ``attention``: default ``flash`` (a linearized model: the attention it was trained for). ``options`` set
         attention options: ``window`` (sliding_window / hybrid), ``feature_map``, ``hybrid_feature_map``,
         ``chunk_size``, ``max_seq_len``, ``layer_attention``."""
-        if attention is not None:
-            get_attention(attention)
-        name = str(path)
-        packaged = PACKAGED.get(name)
-        if name in LINEARIZED or delta_folder(path) or name.endswith(".safetensors"):
-            model, tok, trained = load_linearized(path, options=options)
-            if attention is not None and attention != trained:
-                model.set_attention(attention)
-        else:
-            if packaged is not None:
-                path = packaged_path(name)
-            model, tok = load_checkpoint(path, attention=attention or "flash", options=options)
-        gen = cls(_place(model, device, dtype), tok, compile=compile)
-        gen.name = name
-        gen.qa_defaults = dict(packaged.qa) if packaged else {}  # measured for the packaged model, not its deltas
-        return gen
+        return cls._of(load_pretrained(path, attention=attention, options=options), device, dtype, compile)
 
     @classmethod
     def open(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
@@ -135,19 +113,7 @@ class Generator:
         with ``flash`` unless ``attention`` says). ``max_seq_len`` overrides the context the model accepts (see
         :meth:`with_context`); ``dtype`` casts the weights (e.g. ``torch.bfloat16`` on a GPU; default: fp32);
         ``options`` as for :meth:`from_pretrained`."""
-        spec = str(spec)
-        if spec.startswith("builtin:"):
-            gen = cls.load(spec, attention=attention, device=device, dtype=dtype)
-        else:
-            path = Path(spec)
-            ours = (path / "config.json").is_file() and _read_json(path / "config.json").get("format") == FORMAT
-            if not ours and spec not in PACKAGED and spec not in LINEARIZED and not path.exists():
-                known = ", ".join(["builtin:NAME", *PACKAGED, *LINEARIZED])
-                raise RagctxError(f"generator '{spec}': no such file or folder; pass one of {known}, a ragctx model "
-                                  "folder, a Hugging Face checkpoint folder or a .gguf file")
-            gen = (cls.load(spec, attention=attention, device=device, dtype=dtype) if ours
-                   else cls.from_pretrained(spec, attention=attention, device=device, dtype=dtype, **options))
-        gen.model.cfg.set_options(**options)  # ragctx folders and built-ins take the options after loading
+        gen = cls._of(load(spec, attention=attention, options=options), device, dtype, False)
         return gen if max_seq_len is None else gen.with_context(max_seq_len)
 
     def with_context(self, max_seq_len: int) -> Generator:
@@ -163,63 +129,24 @@ class Generator:
     def load(cls, spec: str | Path, *, attention: str | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, compile: bool | dict = False) -> Generator:
         """A generator saved by :meth:`save`, by folder or as ``builtin:NAME`` (shipped inside the package, see
-        :func:`builtin_names`; ``builtin:flash`` is the softmax model run with flash attention)."""
-        spec = str(spec)
-        if spec.startswith("builtin:"):
-            folder, alias_attention = _builtin_folder(spec.removeprefix("builtin:"))
-            attention = attention or alias_attention
-        else:
-            folder = Path(spec)
-        path = folder / "config.json"
-        if not path.is_file():
-            raise RagctxError(f"{folder} is not a ragctx generator (no config.json); for a Hugging Face "
-                              "checkpoint use Generator.from_pretrained")
-        meta = _read_json(path)
-        if meta.get("format") != FORMAT:
-            raise RagctxError(f"{path} is not a ragctx generator config; for a Hugging Face checkpoint use "
-                              "Generator.from_pretrained")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise RagctxError(f"{path}: generator format {meta.get('format_version')}, this ragctx reads {FORMAT_VERSION}")
-        if not isinstance(meta.get("model"), dict):
-            raise RagctxError(f"{path}: 'model' (the model config) is missing; restore the folder's config.json")
-        try:
-            cfg = ModelConfig.from_dict(meta["model"])
-        except (TypeError, ValueError) as e:
-            raise RagctxError(f"{path}: the model config is invalid ({e})") from None
-        if attention:
-            cfg.attention = get_attention(attention).name
-        from safetensors.torch import load_file
+        :func:`~ragctx.generator.checkpoints.builtin_names`; ``builtin:flash`` is the softmax model run with flash attention)."""
+        return cls._of(load_folder(spec, attention=attention), device, dtype, compile)
 
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise RagctxError(f"{weights} is missing; the generator folder is incomplete (save it again)")
-        try:
-            state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        except Exception as e:  # safetensors' own error type: truncated, random or foreign bytes
-            raise RagctxError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0][:160]}); "
-                              "save the generator again") from None
-        model = Transformer(cfg)
-        check_state(model, state, folder)
-        model.load_state_dict(state, strict=False)
-        return cls(_place(model, device, dtype), ByteTokenizer(), compile=compile)
+    @classmethod
+    def _of(cls, ck: Checkpoint, device: str | None, dtype: torch.dtype | None, compile: bool | dict) -> Generator:
+        """A generator of what the loader read, placed on ``device`` (default: CUDA when there is one) in ``dtype``."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = ck.model.to(device=device, dtype=dtype) if dtype else ck.model.to(device)
+        gen = cls(model, ck.tokenizer, compile=compile)
+        gen.name, gen.qa_defaults = ck.name, dict(ck.qa_defaults)
+        return gen
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = None, **extra) -> Path:
-        """Writes config.json and model.safetensors (weights cast to ``dtype`` if given, e.g. torch.bfloat16)."""
-        from safetensors.torch import save_file
-
+        """Writes config.json and model.safetensors (weights cast to ``dtype`` if given, e.g. torch.bfloat16), with
+        ``extra`` in config.json: a folder :meth:`load` reads (:func:`~ragctx.generator.checkpoints.save_folder`)."""
         if self.tokenizer.kind != "byte":
             raise RagctxError("save() writes byte-level generators; keep a Hugging Face checkpoint in its own folder")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to(dtype if dtype and v.is_floating_point() else v.dtype).contiguous().cpu()
-                 for k, v in self.model.state_dict().items()}
-        if self.model.cfg.tie_embeddings:
-            state.pop("lm_head.weight", None)
-        save_file(state, str(folder / "model.safetensors"))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model.cfg.to_dict(),
-                "tokenizer": self.tokenizer.kind, **extra}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2))
-        return folder
+        return save_folder(self.model, folder, dtype=dtype, tokenizer=self.tokenizer.kind, **extra)
 
     # -- generation --------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -395,38 +322,3 @@ class Generator:
             for row, value in enumerate(total.tolist()):
                 scored[row][j] = value
         return scored
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RagctxError(f"{path} is not valid JSON ({e})") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _place(model: Transformer, device: str | None, dtype: torch.dtype | None) -> Transformer:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device=device, dtype=dtype) if dtype else model.to(device)
-
-
-def builtin_names() -> list[str]:
-    """The built-in generators installed with the package (each folder's README.md is its model card)."""
-    return sorted(p.name for p in BUILTIN_DIR.glob("*") if (p / "config.json").is_file() or (p / "alias.json").is_file())
-
-
-def _builtin_folder(name: str) -> tuple[Path, str | None]:
-    """The weights folder of ``builtin:NAME`` and the attention it runs with. A folder holding ``alias.json``
-    ({"weights": OTHER, "attention": NAME}) runs another built-in's weights with its own attention: ``flash`` runs
-    ``softmax``'s (the same function)."""
-    folder = BUILTIN_DIR / name
-    if (folder / "alias.json").is_file():
-        alias = json.loads((folder / "alias.json").read_text())
-        if not isinstance(alias, dict) or not (BUILTIN_DIR / str(alias.get("weights")) / "config.json").is_file():
-            raise RagctxError(f"{folder / 'alias.json'}: 'weights' must name an installed built-in; reinstall ragctx")
-        get_attention(alias.get("attention", ""))  # an unknown name lists the valid ones
-        return BUILTIN_DIR / alias["weights"], alias["attention"]
-    if not (folder / "config.json").is_file():
-        raise RagctxError(f"no built-in generator '{name}'; available: {', '.join(builtin_names()) or 'none installed'}")
-    return folder, None
-

@@ -53,6 +53,8 @@ _GEMMA_BLOCK = {**_BLOCK, "ffn_norm.weight": "pre_feedforward_layernorm.weight",
                 "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
 _TOP = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
         "output.weight": "lm_head.weight"}
+_TOP_NAMES, _BLOCK_NAMES, _GEMMA_NAMES = ({v: k for k, v in m.items()} for m in (_TOP, _BLOCK, _GEMMA_BLOCK))
+_INTEGER = {24: torch.int8, 25: torch.int16, 26: torch.int32, 27: torch.int64}  # ggml's I8-I64: not weights
 
 
 def find_gguf(path: Path) -> Path | None:
@@ -162,30 +164,52 @@ class GGUFFile:
         """Tensor ``name`` dequantized to float32, in PyTorch's [rows, columns] order."""
         return dequantize(self.tensors[name], f"{self.path}: tensor {name}")
 
-    def state_dict(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """Every weight under ragctx's (Hugging Face's) names, dequantized to ``dtype``; llama.cpp's Q/K row order
-        undone; tensors the model has no place for are an error."""
-        state: dict[str, torch.Tensor] = {}
-        unknown = []
+    def _ours(self, name: str) -> str | None:
+        """ragctx's (Hugging Face's) name for the file's tensor ``name``; None for one the model has no place for."""
+        if name in _TOP:
+            return _TOP[name]
         block = _GEMMA_BLOCK if self.architecture == "gemma3" else _BLOCK
-        for name in self.tensors:
+        if name.startswith("blk.") and name.count(".") >= 2:
+            _, layer, rest = name.split(".", 2)
+            return f"layers.{layer}.{block[rest]}" if rest in block else None
+        return None
+
+    def file_name(self, ours: str) -> str:
+        """The file's name for ragctx's tensor ``ours`` (the inverse of the renaming), as errors name it."""
+        if ours in _TOP_NAMES:
+            return _TOP_NAMES[ours]
+        block = _GEMMA_NAMES if self.architecture == "gemma3" else _BLOCK_NAMES
+        if ours.startswith("layers.") and ours.count(".") >= 2:
+            _, layer, rest = ours.split(".", 2)
+            if rest in block:
+                return f"blk.{layer}.{block[rest]}"
+        return ours
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """Every weight as a meta tensor (its shape in PyTorch's order and its dtype after dequantization, no
+        data) under ragctx's name, or the file's own name for one the model has no place for: what the loader's
+        check reads before anything is dequantized."""
+        out = {}
+        for name, t in self.tensors.items():
             if name == "rope_freqs.weight":
                 continue
-            ours = _TOP.get(name)
-            if ours is None and name.startswith("blk."):
-                _, layer, rest = name.split(".", 2)
-                ours = f"layers.{layer}.{block[rest]}" if rest in block else None
+            dtype = _INTEGER.get(t.qtype, torch.float32)
+            out[self._ours(name) or name] = torch.empty(tuple(reversed(t.shape)), dtype=dtype, device="meta")
+        return out
+
+    def state_dict(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """Every weight under ragctx's (Hugging Face's) names, dequantized to ``dtype``, llama.cpp's Q/K row order
+        undone. Tensors the model has no place for are left out: the loader checks :meth:`shapes` first."""
+        state: dict[str, torch.Tensor] = {}
+        for name in self.tensors:
+            ours = self._ours(name)
             if ours is None:
-                unknown.append(name)
                 continue
             w = self._array(name)
             if self.architecture in PERMUTED and ours.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight",
                                                                 "k_proj.bias")):
                 w = _unpermute(w, cfg.n_heads if ".q_proj." in ours else cfg.n_kv_heads)
             state[ours] = torch.from_numpy(w).to(dtype)
-        if unknown:
-            raise RagctxError(f"{self.path}: tensors ragctx's {self.architecture} model has no place for: "
-                              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
         return state
 
 

@@ -1,5 +1,6 @@
-"""Loading Hugging Face Llama / Qwen2 / Mistral checkpoints from a local folder (config.json, *.safetensors,
-tokenizer.json) into a ragctx :class:`~ragctx.generator.model.Transformer`. Weights are read with safetensors only.
+"""Hugging Face Llama / Qwen2 / Mistral checkpoints (a local folder: config.json, *.safetensors, tokenizer.json):
+their config as a :class:`ModelConfig` and their tensor names as ragctx's. The loader reads and checks the weights
+(:mod:`.checkpoints`, safetensors only).
 
 Mistral's training window becomes ``cfg.window``: ``attention="sliding_window"`` reproduces it; softmax and flash
 attend to everything, which equals Mistral for inputs no longer than its window.
@@ -11,12 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import RagctxError
 from .config import ModelConfig
 
-__all__ = ["hf_config", "load_hf_weights", "check_state", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["hf_config", "ragctx_name", "SUPPORTED_MODEL_TYPES"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -74,39 +73,7 @@ def _config(c: dict[str, Any], heads: int, rope: dict[str, Any], kind: str, atte
     )
 
 
-def load_hf_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Loads every ``*.safetensors`` file of ``folder`` into ``model`` by name; missing or extra tensors are errors."""
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise RagctxError(f"{folder}: no *.safetensors weights (ragctx never loads pickled .bin files)")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            tensors = load_file(str(f))
-        except Exception as e:  # safetensors' own error type: truncated, random or foreign bytes
-            raise RagctxError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0][:160]}); restore the "
-                              "checkpoint's weights") from None
-        for name, tensor in tensors.items():
-            if name.endswith("rotary_emb.inv_freq"):
-                continue
-            state[name.removeprefix("model.")] = tensor
-    if model.cfg.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    check_state(model, state, folder)
-    model.load_state_dict(state, strict=False)
-
-
-def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
-    """Raises unless ``state`` holds exactly the model's tensors (the output projection may be left out when it is
-    tied to the embeddings), each of the model's shape: a checkpoint that does not fit its config is one error."""
-    own = model.state_dict()
-    expected = {k for k in own if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected - {"lm_head.weight"})
-    if missing or extra:
-        raise RagctxError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {extra[:5]})")
-    bad = [f"{k} {tuple(v.shape)} (config: {tuple(own[k].shape)})" for k, v in state.items()
-           if k in own and v.shape != own[k].shape]
-    if bad:
-        raise RagctxError(f"{where}: weights do not match the config's shapes: {', '.join(bad[:3])}")
+def ragctx_name(name: str) -> str | None:
+    """ragctx's name for a checkpoint's tensor ``name`` (``model.`` dropped: ragctx keeps the rest of Hugging Face's
+    names); None for RoPE's cached ``inv_freq``, which is computed, not loaded."""
+    return None if name.endswith("rotary_emb.inv_freq") else name.removeprefix("model.")

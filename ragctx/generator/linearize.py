@@ -40,7 +40,9 @@ from torch import Tensor, nn
 
 from ..errors import RagctxError
 from .attention import ATTENTION, get_attention
-from .delta import DELTA_FILE, LORA_TARGETS, apply_delta, base_sha256, load_maps, merge_lora, read_delta, write_delta
+from .checkpoints import (PACKAGED, apply_delta, check_state, load_maps, packaged_path, read_delta,
+                          read_safetensors)
+from .delta import DELTA_FILE, LORA_TARGETS, base_sha256, merge_lora, write_delta
 from .model import Transformer, rope
 
 __all__ = ["LinearizeConfig", "Linearized", "linearize", "apply_delta", "read_delta", "base_sha256", "training_texts",
@@ -303,8 +305,6 @@ class Linearized:
 
 # -- the run ---------------------------------------------------------------------------------------------
 def _resolve_base(spec: str) -> Path:
-    from .checkpoints import PACKAGED, packaged_path
-
     if spec in PACKAGED:
         return packaged_path(spec)
     path = Path(spec)
@@ -489,21 +489,18 @@ def _resume(out: Path, settings, model, adapters) -> tuple[int, int]:
         raise RagctxError(f"{meta_path} is damaged; delete {out} to start over") from None
     if meta.get("settings") != json.loads(json.dumps(settings)):
         raise RagctxError(f"{out} holds a linearization run with other settings; pass another --out or delete it")
-    from safetensors.torch import load_file
-
-    saved = load_file(str(out / "checkpoint.safetensors"))
+    path, fix = out / "checkpoint.safetensors", f"delete {out} to start over"
+    saved = read_safetensors(path, fix=fix)[1]
+    own = _trainables(model, adapters)
+    check_state(own, {k: v for k, v in saved.items() if not k.startswith("opt/")}, path, fix=fix)
     with torch.no_grad():
-        for k, p in _trainables(model, adapters).items():
-            if k not in saved:
-                raise RagctxError(f"{out}/checkpoint.safetensors lacks {k}; delete {out} to start over")
+        for k, p in own.items():
             p.copy_(saved[k])
     return int(meta["stage"]), int(meta["step"])
 
 
 def _load_optimizer(out: Path, opt, params) -> None:
-    from safetensors.torch import load_file
-
-    saved = load_file(str(out / "checkpoint.safetensors"))
+    saved = read_safetensors(out / "checkpoint.safetensors", fix=f"delete {out} to start over")[1]
     for name, p in params.items():
         if f"opt/{name}/step" in saved:
             opt.state[p] = {"step": saved[f"opt/{name}/step"][0].clone(),

@@ -30,12 +30,17 @@ from ..prefetch import prefetch
 from ..tasks import KINDS, NeedleTask, string_match_all
 from ..tasks.needles import MIN_LENGTH, kinds_for
 from .attention import canonical_name, same_weights, weights_of
+from .checkpoints import load_weights, read_safetensors
 from .config import ModelConfig
 from .generate import Generator
 from .model import Transformer
 from .tokenizer import ByteTokenizer
 
 __all__ = ["TrainConfig", "train", "evaluate", "answer_needle", "lengths_at"]
+
+# a second stage starts from saved weights (TrainConfig.init) through the loader's check
+_INIT_FIX = ("init takes a folder written by Generator.save for a model of the same preset and overrides (any other "
+             "does not fit this model)")
 
 
 @dataclass
@@ -168,11 +173,10 @@ def _save_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimize
 
 
 def _load_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer) -> int:
-    from safetensors.torch import load_file
-
-    _load_weights(model, folder)
+    fix = f"the checkpoint does not fit this run's model; delete {folder} to start over"
+    load_weights(model, folder, fix=fix)
     params = dict(model.named_parameters())
-    for key, value in load_file(str(folder / "optimizer.safetensors")).items():
+    for key, value in read_safetensors(folder / "optimizer.safetensors", fix=fix)[1].items():
         name, field_name = key.split("::")
         p = params[name]  # AdamW keeps its step count on the CPU, the moments beside the parameter
         opt.state[p][field_name] = value if field_name == "step" else value.to(p.device)
@@ -194,7 +198,7 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
                                  **cfg.model_overrides)
     model = Transformer(mcfg).to(device)
     if cfg.init:
-        _load_weights(model, Path(cfg.init))
+        load_weights(model, cfg.init, fix=_INIT_FIX)
     if same_weights(cfg.attention):  # softmax: flash is the same function, fused: trains its weights in O(N) memory
         model.set_attention(same_weights(cfg.attention)[0])
     gen = Generator(model, tok)
@@ -214,7 +218,7 @@ def train(cfg: TrainConfig, out: str | Path) -> tuple[Generator, list[dict]]:
     first = 1
     if _finished(out, cfg):  # the same command again: a finished run is left as it is (model, logs, evaluation)
         print(f"{out}: already trained ({cfg.steps} steps); nothing to do", flush=True)
-        _load_weights(model, out / "model")
+        load_weights(model, out / "model", fix=f"delete {out} to train again")
         model.eval()
         model.set_attention(cfg.attention)
         return gen, []
@@ -295,19 +299,3 @@ def _finish(gen: Generator, cfg: TrainConfig, out: Path, evals: list[dict], stop
         training["stopped_at"] = stopped_at
     gen.save(out / "model", dtype=torch.bfloat16, training=training)
 
-
-def _load_weights(model: Transformer, folder: Path) -> None:
-    """Loads ``folder/model.safetensors`` (a saved model or a checkpoint) into ``model``: same architecture,
-    checked by the state dict's names and shapes."""
-    from safetensors.torch import load_file
-
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        raise RagctxError(f"init: no model.safetensors in {folder}; pass a folder written by Generator.save")
-    weights = load_file(str(path), device=str(next(model.parameters()).device))
-    own = model.state_dict()
-    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
-    if bad:
-        raise RagctxError(f"init: {folder} does not fit this model ({', '.join(bad[:3])}); use the same preset")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
-    model.tie_weights()
