@@ -82,6 +82,6 @@ class DenseRetriever:
             return rescore_exact(queries, allowed, self.index.store, k)
         if not self.rescore_depth:
             return vectors.search(queries, k, allowed)
-        D, I = vectors.search(queries, k * self.rescore_depth, allowed)
+        _, I = vectors.search(queries, k * self.rescore_depth, allowed)
         rows = [rescore_exact(q[None, :], ids[ids >= 0], self.index.store, k) for q, ids in zip(queries, I)]
         return np.vstack([d for d, _ in rows]), np.vstack([i for _, i in rows])
