@@ -2,8 +2,8 @@
 
 A retriever answers ``retrieve(query, k, allowed)`` with up to ``k`` ``(chunk id, score)`` pairs, best first, every
 id among ``allowed`` when it is given. Its caller (:meth:`ragctx.Index.search`) has already checked the input: the
-query is non-empty, ``0 < k <= len(index)``, and ``allowed`` (the chunk ids a metadata filter keeps) is None or
-non-empty. Scores compare within one retriever only: cosine similarity for ``dense``, BM25 for ``bm25``, reciprocal
+query is non-empty, ``k > 0``, and ``allowed`` (the chunk ids a metadata filter keeps) is None or non-empty. ``k`` may
+exceed the number of chunks (``hybrid`` asks its retrievers for ``k * depth``): then every chunk may come back. Scores compare within one retriever only: cosine similarity for ``dense``, BM25 for ``bm25``, reciprocal
 rank fusion for ``hybrid``.
 
 The built-in retrievers hold the index they search, typed as :class:`SearchIndex` (the parts they read), so that
@@ -72,10 +72,6 @@ class SearchIndex(Protocol):
     @property
     def lexical(self) -> LexicalIndex:
         """BM25 over the chunk texts, as they are now: ``bm25``."""
-        ...
-
-    def __len__(self) -> int:
-        """The number of chunks."""
         ...
 
 

@@ -1,6 +1,6 @@
 """``hybrid``: reciprocal rank fusion of several retrievers, the fusion policy in one place.
 
-Each retriever ranks the top ``k * depth`` chunks (at most the whole index); a chunk's fused score is the sum over
+Each retriever ranks the top ``k * depth`` chunks (all of them in a smaller index); a chunk's fused score is the sum over
 rankings of ``1 / (rrf_k + rank)`` (Cormack et al. 2009), so a chunk that both rank high wins, and scores on different
 scales (cosine, BM25) never meet. The default pair is ``dense`` then ``bm25``.
 """
@@ -39,7 +39,7 @@ class HybridRetriever:
     """``hybrid``: the rankings of ``retrievers`` (default: dense, then BM25) fused by reciprocal rank fusion.
 
     Args:
-        index: what it searches (an :class:`~ragctx.Index`); its size bounds the depth.
+        index: what the default retrievers search (an :class:`~ragctx.Index`).
         retrievers: whose rankings are fused, in this order (the order breaks ties); None: dense, then BM25.
         depth: each retriever ranks the top ``k * depth`` chunks.
         rrf_k: the fusion constant (larger: the first ranks weigh less against later ones).
@@ -60,6 +60,5 @@ class HybridRetriever:
 
     def retrieve(self, query: str, k: int, allowed: np.ndarray | None = None) -> Ranked:
         """Up to ``k`` (chunk id, fused score) pairs, best first, ids among ``allowed`` when given."""
-        depth = min(len(self.index), k * self.depth)
-        rankings = [[chunk_id for chunk_id, _ in r.retrieve(query, depth, allowed)] for r in self.retrievers]
+        rankings = [[chunk_id for chunk_id, _ in r.retrieve(query, k * self.depth, allowed)] for r in self.retrievers]
         return reciprocal_rank_fusion(rankings, k, self.rrf_k)
