@@ -3,8 +3,9 @@
 A retriever answers ``retrieve(query, k, allowed)`` with up to ``k`` ``(chunk id, score)`` pairs, best first, every
 id among ``allowed`` when it is given. Its caller (:meth:`ragctx.Index.search`) has already checked the input: the
 query is non-empty, ``k > 0``, and ``allowed`` (the chunk ids a metadata filter keeps) is None or non-empty. ``k`` may
-exceed the number of chunks (``hybrid`` asks its retrievers for ``k * depth``): then every chunk may come back. Scores compare within one retriever only: cosine similarity for ``dense``, BM25 for ``bm25``, reciprocal
-rank fusion for ``hybrid``.
+exceed the number of chunks (``hybrid`` asks its retrievers for ``k * depth``): then every chunk may come back.
+Scores compare within one retriever only: cosine similarity for ``dense``, BM25 for ``bm25``, reciprocal rank fusion
+for ``hybrid``.
 
 The built-in retrievers hold the index they search, typed as :class:`SearchIndex` (the parts they read), so that
 this package sits below :mod:`ragctx.index` and :class:`~ragctx.Index` satisfies the protocol as it is.
