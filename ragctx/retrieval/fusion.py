@@ -1,8 +1,8 @@
 """``hybrid``: reciprocal rank fusion of several retrievers, the fusion policy in one place.
 
-Each retriever ranks the top ``k * depth`` chunks (all of them in a smaller index); a chunk's fused score is the sum over
-rankings of ``1 / (rrf_k + rank)`` (Cormack et al. 2009), so a chunk that both rank high wins, and scores on different
-scales (cosine, BM25) never meet. The default pair is ``dense`` then ``bm25``.
+Each retriever ranks the top ``k * depth`` chunks (all of them in a smaller index); a chunk's fused score is the sum
+over rankings of ``1 / (rrf_k + rank)`` (Cormack et al. 2009), so a chunk that both rank high wins, and scores on
+different scales (cosine, BM25) never meet. The default pair is ``dense`` then ``bm25``.
 """
 
 from __future__ import annotations
