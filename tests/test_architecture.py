@@ -24,7 +24,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("ragctx.errors", "ragctx.cache", "ragctx.locks", "ragctx.threads", "ragctx.prefetch", "ragctx.data",
               "ragctx.version")),
     ("corpus", ("ragctx.documents", "ragctx.chunking", "ragctx.embeddings", "ragctx.vectors", "ragctx.store",
-                "ragctx.lexical", "ragctx.tasks")),
+                "ragctx.tasks")),
+    # retrievers rank an index's chunks through a protocol of what they read from it (no import of ragctx.index)
+    ("retrieval", ("ragctx.retrieval",)),
     ("index", ("ragctx.index",)),
     ("engines", ("ragctx.distributed",)),  # the Ray engine: it fills an Index
     ("generator", ("ragctx.generator",)),

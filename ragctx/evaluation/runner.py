@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import RagctxError, is_out_of_memory, release_memory
+from ..retrieval import retriever_names
 from ..tasks import KINDS, NeedleTask, string_match_all
 from .metrics import spans_overlap
 from .results import Row, Trial, read_rows, result_files, results_file, trial_id
@@ -80,8 +81,9 @@ class EvalConfig:
         if self.retrieval is None:
             self.retrieval = ["bm25"] if self.qa_file else ["dense"]
         for r in self.retrieval:
-            if r not in ("dense", "bm25", "hybrid"):
-                raise RagctxError(f"eval config: retrieval '{r}' is unknown; choose dense, bm25 or hybrid")
+            if r not in retriever_names():
+                raise RagctxError(f"eval config: retrieval '{r}' is unknown; choose one of "
+                                  f"{', '.join(retriever_names())}")
         if self.full_truncate not in (None, "start", "end"):
             raise RagctxError(f"eval config: full_truncate '{self.full_truncate}': use null, 'start' or 'end'")
         for kind in self.kinds:

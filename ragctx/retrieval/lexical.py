@@ -1,18 +1,20 @@
-"""Lexical retrieval (BM25 through bm25s) and reciprocal rank fusion for hybrid search.
+"""Lexical retrieval: BM25 through bm25s, and ``bm25``, the retriever over it.
 
 The BM25 index is rebuilt from the chunk store when first needed (it takes well under a second per 10K chunks)
-rather than saved, so an index folder holds nothing that could fall out of step with the store.
+rather than saved, so an index folder holds nothing that could fall out of step with the store; the
+:class:`~ragctx.Index` keeps it (``Index.lexical``) and drops it when its chunks change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["BM25Index", "reciprocal_rank_fusion", "RRF_K"]
+if TYPE_CHECKING:
+    from .base import Ranked, SearchIndex
 
-RRF_K = 60  # the constant of Cormack et al. (2009): damps the weight of the very first ranks
+__all__ = ["BM25Index", "BM25Retriever"]
 
 
 class BM25Index:
@@ -45,11 +47,14 @@ class BM25Index:
         return scores[keep], self.ids[pos[keep]]
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int, rrf_k: int = RRF_K) -> list[tuple[int, float]]:
-    """Fuses ranked id lists: score(id) = sum over lists of 1 / (rrf_k + rank), rank from 1. Top ``k``, best first;
-    ties keep the order in which ids first appear."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, chunk_id in enumerate(ranking, 1):
-            scores[int(chunk_id)] = scores.get(int(chunk_id), 0.0) + 1.0 / (rrf_k + rank)
-    return sorted(scores.items(), key=lambda item: -item[1])[:k]
+class BM25Retriever:
+    """``bm25``: the chunks by BM25 score against the query's words (English stop words left out); chunks that share
+    no word with the query are not returned, so there may be fewer than ``k``."""
+
+    def __init__(self, index: SearchIndex) -> None:
+        self.index = index
+
+    def retrieve(self, query: str, k: int, allowed: np.ndarray | None = None) -> Ranked:
+        """Up to ``k`` (chunk id, BM25 score) pairs, best first, ids among ``allowed`` when given."""
+        scores, ids = self.index.lexical.search(query, k, allowed)
+        return list(zip(ids.tolist(), scores.tolist()))
