@@ -344,7 +344,7 @@ class QA:
     def stream(self, question: str, *, fallback_marker: str | None = None, **kwargs: Any) -> AnswerStream:
         """Like :meth:`ask`, but iterate to receive the answer's text as it is generated (an ``auto`` run streams
         its RAG attempt, then, if it falls back, the full-context one, with ``fallback_marker`` between);
-        ``.answer`` is set at the end."""
+        ``.answer`` is set at the end. :meth:`AnswerStream.events` yields typed events instead of text."""
         return AnswerStream(self._drive(self._run(question, **kwargs)), fallback_marker)
 
     def read(self, question: str, passages: Sequence[str | Citation]) -> Answer:
