@@ -290,10 +290,10 @@ class QA:
             supporting passage alone at 0.62 (eval/reports/qa-real/). Default: 2 for a chat model, None else.
     """
 
-    def __init__(self, index: SearchableCorpus, generator: TextGenerator | str | None = None, *, template: PromptTemplate | None = None,
-                 max_new_tokens: int = 48, retrieval: str = "bm25", score_threshold: float | None = None,
-                 refusal_threshold: float | None = None, bos: bool | None = None, focus: int | None | str = "auto",
-                 focus_sentences: int = 2) -> None:
+    def __init__(self, index: SearchableCorpus, generator: TextGenerator | str | None = None, *,
+                 template: PromptTemplate | None = None, max_new_tokens: int = 48, retrieval: str = "bm25",
+                 score_threshold: float | None = None, refusal_threshold: float | None = None, bos: bool | None = None,
+                 focus: int | None | str = "auto", focus_sentences: int = 2) -> None:
         if generator is None or isinstance(generator, str):
             from .generator import Generator
             from .generator.checkpoints import DEFAULT_GENERATOR, PACKAGED, default_generator
@@ -443,10 +443,10 @@ class QA:
                     if scope is None and not self._fits(question, None, budget):
                         # the corpus does not fit: read the whole documents RAG retrieved from, best first
                         scope = self._retrieved_documents(question, attempts[-1], budget)
-                    yield FallbackStarted(reason, "full" if scope is None or documents is not None else "full(documents)")
+                    onto = "full(documents)" if scope is not None and documents is None else "full"
+                    yield FallbackStarted(reason, onto)
                     attempts.append((yield from self._full(question, budget, scope, truncate)))
-                    if scope is not None and documents is None:
-                        attempts[-1].route = "full(documents)"
+                    attempts[-1].route = onto
                 except RagctxError as e:  # nothing fits: keep the RAG answer, say why
                     reason = f"{reason}; full context not tried: {e}"
                 except (RuntimeError, MemoryError) as e:  # it fit the context but not the device: same

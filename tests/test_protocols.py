@@ -108,8 +108,9 @@ def test_index_and_generator_have_the_shapes_qa_depends_on(index, gen):
     assert isinstance(metered(gen), TextGenerator)
     hit = index.search("Zirkel", k=1, mode="bm25")[0]
     chunk = index.document_chunks()[0]
-    assert all(hasattr(hit, m) for m in ScoredSpan.__annotations__) and all(hasattr(hit, m) for m in ("doc_id", "start"))
-    assert all(hasattr(chunk, m) for m in [*ChunkSpan.__annotations__, "doc_id", "start", "end", "text", "ordinal"])
+    span = ["doc_id", "start", "end", "text", "ordinal"]  # Span's fields (the two below add one each)
+    assert all(hasattr(hit, m) for m in [*ScoredSpan.__annotations__, *span])
+    assert all(hasattr(chunk, m) for m in [*ChunkSpan.__annotations__, *span])
     # Index.document_chunks: the store's chunks, ordered by document then position; one id or several
     assert index.document_chunks() == index.store.document_chunks()
     assert index.document_chunks("b-bakery.txt") == index.document_chunks(["b-bakery.txt"]) != []
