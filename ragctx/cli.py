@@ -199,6 +199,7 @@ def _generator_spec(spec: str | None) -> str:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from .evaluation.memory import metered
     from .generator import Generator
     from .index import Index
     from .qa import QA
@@ -208,7 +209,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.layer_attention:
         options["layer_attention"] = args.layer_attention
     gen = Generator.open(_generator_spec(args.generator), attention=args.attention, device=args.device, **options)
-    qa = QA(index, gen, max_new_tokens=args.max_new_tokens, retrieval=args.retrieval, bos=args.bos,
+    # metered: the answer's peak_memory_bytes (--json), which QA leaves to the caller (ragctx.evaluation.memory)
+    qa = QA(index, metered(gen), max_new_tokens=args.max_new_tokens, retrieval=args.retrieval, bos=args.bos,
             refusal_threshold=args.refusal_threshold)
     stream = qa.stream(args.question, mode=args.mode, k=args.k, truncate=args.truncate, documents=args.documents,
                        fallback_marker="\n[{reason}: reading the full context]\n")

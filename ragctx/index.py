@@ -24,7 +24,7 @@ import sqlite3
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,7 +38,7 @@ from .embeddings import DEFAULT_MODEL, Embedder, default_device, model_name, sha
 from .errors import IndexFormatError, RagctxError
 from .locks import read_lock, swap_lock, umask, writer_lock
 from .retrieval import BM25Index, Retriever, make_retriever, retriever_names
-from .store import ChunkStore
+from .store import ChunkStore, StoredChunk
 from .vectors import VectorConfig, VectorIndex, parse_devices
 
 if TYPE_CHECKING:
@@ -281,6 +281,13 @@ class Index:
         counts = self.store.chunk_counts()
         return [{"id": doc_id, "chunks": counts.get(doc_id, 0), "sha256": sha, "metadata": meta}
                 for doc_id, sha, meta in self.store.iter_documents()]
+
+    def document_chunks(self, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
+        """Every chunk of the named documents (all when None), ordered by document id, then position: the whole
+        documents QA's ``full`` mode reads (:class:`~ragctx.protocols.Corpus`). Ids the index lacks are skipped."""
+        if isinstance(doc_ids, str):  # one id, not its characters
+            doc_ids = [doc_ids]
+        return self.store.document_chunks(None if doc_ids is None else list(doc_ids))
 
     def delete(self, doc_ids: Iterable[str] | str) -> list[str]:
         """Removes documents by id (one id or several); returns the ids that were not in the index."""

@@ -13,24 +13,31 @@
 
 Documents are rebuilt from their chunks (chunks cover a document up to whitespace, so the rebuilt text differs
 from the file only in whitespace between chunks).
+
+QA depends on shapes, not classes (:mod:`ragctx.protocols`): the index is a retriever and a corpus
+(:class:`~ragctx.protocols.SearchableCorpus`; an :class:`~ragctx.index.Index` is one), the generator prefills and
+decodes (:class:`~ragctx.protocols.TextGenerator`; a :class:`~ragctx.generator.Generator` is one). A run streams typed
+events: :class:`~ragctx.protocols.TextDelta` as the text comes, :class:`FallbackStarted` where ``auto`` goes on to the
+full context, :class:`Finished` with the :class:`Answer` (:meth:`AnswerStream.events`). QA measures tokens and
+seconds; peak memory is measured by a metered generator (:mod:`ragctx.evaluation.memory`), not by QA.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import resource
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .answer import Answer, AnswerStream, Attempt, Citation, FallbackStarted, Finished, StreamEvent, TextDelta
 from .errors import RagctxError, is_out_of_memory, release_memory
-from .index import Index
+from .protocols import Generated, GenerationResult, SearchableCorpus, TextGenerator, Tokenizer, require
 from .retrieval import retriever_names
 
-__all__ = ["QA", "ask_many", "Generate", "Answer", "AnswerStream", "Attempt", "Citation", "Fallback", "PromptTemplate",
-           "CHAT_TEMPLATE", "MODES"]
+__all__ = ["QA", "ask_many", "Generate", "Answer", "AnswerStream", "Attempt", "Citation", "FallbackStarted",
+           "Finished", "StreamEvent", "TextDelta", "PromptTemplate", "CHAT_TEMPLATE", "MODES"]
 
 MODES = ("rag", "full", "auto")
 TRUNCATE = (None, "start", "end")
@@ -176,121 +183,6 @@ CHAT_TEMPLATE = PromptTemplate(
 )
 
 
-@dataclass(frozen=True)
-class Citation:
-    """A span the generator saw: ``text == document.text[start:end]``."""
-
-    doc_id: str
-    start: int
-    end: int
-    text: str
-    score: float | None = None  # retrieval score (None in full-context mode)
-    ordinals: tuple[int, int] = (0, 0)  # first and last chunk ordinal in this span (consecutive ones join)
-
-
-@dataclass
-class Attempt:
-    """One generation: what went in, what came out, what it cost."""
-
-    route: str  # "rag" or "full"
-    text: str
-    citations: list[Citation]
-    input_tokens: int
-    timings: dict[str, float]  # retrieve_s, prefill_s, decode_s
-    peak_memory_bytes: int
-    k: int | None = None
-    top_score: float | None = None
-    truncated: bool = False
-    retrieved: list[Citation] = field(default_factory=list)  # rag: the chunks retrieved (before focus picked passages)
-    said_unanswerable: bool = False  # the text holds the template's refusal word
-    refusal_probability: float | None = None  # P(the answer is the refusal word | prompt), when measured
-    refused: bool = False  # said it, or its probability reached QA's refusal_threshold
-
-
-@dataclass
-class Answer:
-    """The final answer, the route taken, and every attempt on the way."""
-
-    text: str
-    # "rag", "full", "given" (read()), or "rag->full" (auto fell back to the corpus), "rag->full(documents)" (to the
-    # retrieved documents, the corpus being too long); "rag(k=20)" for an escalated retrieval
-    route: str
-    citations: list[Citation]
-    input_tokens: int  # summed over attempts
-    timings: dict[str, float]  # summed over attempts
-    peak_memory_bytes: int
-    attempts: list[Attempt] = field(default_factory=list)
-    fallback_reason: str | None = None
-    refused: bool = False  # the final attempt refused (see Attempt.refused): the sources do not hold the answer
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """Emitted between an ``auto`` run's RAG attempt and its full-context attempt (:meth:`AnswerStream.events`)."""
-
-    reason: str
-
-
-class AnswerStream:
-    """Iterates over the answer's text as it is generated; ``.answer`` holds the :class:`Answer` afterwards.
-
-    When ``auto`` falls back, the full-context answer follows the RAG attempt's text; ``fallback_marker`` (a format
-    string with ``{reason}``) is yielded between the two if given."""
-
-    def __init__(self, events: Iterator[Any], fallback_marker: str | None = None) -> None:
-        self._events = events
-        self._marker = fallback_marker
-        self.answer: Answer | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        for event in self.events():
-            if isinstance(event, Fallback):
-                if self._marker:
-                    yield self._marker.format(reason=event.reason)
-            else:
-                yield event
-
-    def events(self) -> Iterator[str | Fallback]:
-        """The answer's text pieces as they come and, where ``auto`` falls back, a :class:`Fallback` (its reason)
-        between the two attempts instead of the marker text; ``.answer`` is set at the end. Stopping early stops
-        the generation (it runs as the events are asked for)."""
-        for event in self._events:
-            if isinstance(event, Answer):
-                self.answer = event
-            else:
-                yield event
-
-
-def _reset_peak_rss() -> None:
-    """Linux: start the process's peak-RSS mark (VmHWM) again from the current RSS, so that the peak read after a
-    generation is that generation's. Elsewhere a no-op (the peak is then the process's so far)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_memory(device) -> int:
-    """Peak memory of the last generation: CUDA max allocated, or on a CPU the peak RSS since _reset_peak_rss
-    (Linux; the whole process's peak RSS elsewhere)."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux reports KiB)
-
-
 @dataclass
 class Generate:
     """What a question's steps ask of the generator (answered by a driver: one question streams, many batch)."""
@@ -337,8 +229,8 @@ def ask_many(jobs: Sequence[tuple[QA, str, dict[str, Any]]], *, batch_size: int 
             if isinstance(event, Generate):
                 waiting[i] = event
                 return
-            if isinstance(event, Answer):
-                results[i] = event
+            if isinstance(event, Finished):
+                results[i] = event.answer
 
     for i in range(len(jobs)):
         advance(i, None)
@@ -373,10 +265,13 @@ class QA:
     """Answers questions from an :class:`~ragctx.index.Index` with a :class:`~ragctx.generator.Generator`.
 
     Args:
-        index: where chunks are retrieved from (and full documents rebuilt from).
+        index: where chunks are retrieved from (and full documents rebuilt from): an :class:`~ragctx.index.Index`, or
+            any object of its :class:`~ragctx.protocols.SearchableCorpus` shape (``search``, ``document_chunks``,
+            ``len``).
         generator: the model that answers: a :class:`~ragctx.generator.Generator` (any attention variant, built-in,
-            packaged or ``from_pretrained``) or a name for ``Generator.open``. None: the packaged instruct model
-            (``smollm2``) when installed.
+            packaged or ``from_pretrained``; any :class:`~ragctx.protocols.TextGenerator`, e.g. one metered by
+            :class:`~ragctx.evaluation.memory.MeteredGenerator`) or a name for ``Generator.open``. None: the packaged
+            instruct model (``smollm2``) when installed.
         template: the prompt layout (default: :meth:`PromptTemplate.for_generator`).
         max_new_tokens: answer length limit.
         retrieval: ``"bm25"`` (the default: on the essays set it found the supporting passage in the top 3 for 0.89
@@ -396,10 +291,10 @@ class QA:
             supporting passage alone at 0.62 (eval/reports/qa-real/). Default: 2 for a chat model, None else.
     """
 
-    def __init__(self, index: Index, generator=None, *, template: PromptTemplate | None = None,
-                 max_new_tokens: int = 48, retrieval: str = "bm25", score_threshold: float | None = None,
-                 refusal_threshold: float | None = None, bos: bool | None = None, focus: int | None | str = "auto",
-                 focus_sentences: int = 2) -> None:
+    def __init__(self, index: SearchableCorpus, generator: TextGenerator | str | None = None, *,
+                 template: PromptTemplate | None = None, max_new_tokens: int = 48, retrieval: str = "bm25",
+                 score_threshold: float | None = None, refusal_threshold: float | None = None, bos: bool | None = None,
+                 focus: int | None | str = "auto", focus_sentences: int = 2) -> None:
         if generator is None or isinstance(generator, str):
             from .generator import Generator
             from .generator.checkpoints import DEFAULT_GENERATOR, PACKAGED, default_generator
@@ -409,6 +304,11 @@ class QA:
                 raise RagctxError(f"QA needs a generator and the default one is not installed: "
                                   f"{PACKAGED[DEFAULT_GENERATOR].pip} (or pass one, e.g. Generator.open(...))")
             generator = Generator.open(name)
+        require(index, [SearchableCorpus], "QA's index",
+                "Pass an Index (Index.load(path)) or an object with these members.")
+        require(generator, [TextGenerator], "QA's generator",
+                "Pass a Generator (Generator.open(name)), a name for Generator.open, or None for the default model.")
+        require(generator.tokenizer, [Tokenizer], "QA's generator.tokenizer", "Give the generator a tokenizer.")
         if retrieval not in retriever_names():
             raise RagctxError(f"retrieval '{retrieval}' is unknown; use one of {', '.join(retriever_names())}")
         self.index = index
@@ -445,7 +345,7 @@ class QA:
     def stream(self, question: str, *, fallback_marker: str | None = None, **kwargs: Any) -> AnswerStream:
         """Like :meth:`ask`, but iterate to receive the answer's text as it is generated (an ``auto`` run streams
         its RAG attempt, then, if it falls back, the full-context one, with ``fallback_marker`` between);
-        ``.answer`` is set at the end."""
+        ``.answer`` is set at the end. :meth:`AnswerStream.events` yields typed events instead of text."""
         return AnswerStream(self._drive(self._run(question, **kwargs)), fallback_marker)
 
     def read(self, question: str, passages: Sequence[str | Citation]) -> Answer:
@@ -461,11 +361,11 @@ class QA:
 
         def given():
             attempt = yield from self._generate("given", ids, cited, 0.0)
-            yield attempt
+            yield Finished(Answer(attempt.text, "given", attempt.citations, attempt.input_tokens, attempt.timings,
+                                  attempt.peak_memory_bytes, [attempt], None, attempt.refused))
 
-        *_, attempt = self._drive(given())
-        return Answer(attempt.text, "given", attempt.citations, attempt.input_tokens, attempt.timings,
-                      attempt.peak_memory_bytes, [attempt], None, attempt.refused)
+        *_, finished = self._drive(given())
+        return finished.answer
 
     def ask_batch(self, questions: Sequence[str], *, batch_size: int = 8, errors: str = "raise",
                   **kwargs: Any) -> list[Answer | Exception]:
@@ -486,11 +386,12 @@ class QA:
             raise failed
         return answers
 
-    def _drive(self, run: Iterator[Any]) -> Iterator[Any]:
+    def _drive(self, run: Iterator[Generate | FallbackStarted | Finished]) -> Iterator[StreamEvent]:
         """Runs one question's steps (:meth:`_run`), answering each :class:`Generate` request with a streamed
-        generation (its text pieces passed on as they come) and passing every other event on. An error of the
-        generation is thrown back into the steps, where ``auto`` handles a full context that ran out of memory."""
-        reply: Any = None
+        generation (its :class:`~ragctx.protocols.TextDelta` events passed on as they come) and passing every other
+        event on. An error of the generation is thrown back into the steps, where ``auto`` handles a full context
+        that ran out of memory."""
+        reply: GenerationResult | None = None
         error: BaseException | None = None
         while True:
             try:
@@ -504,10 +405,10 @@ class QA:
             try:
                 for piece in self.generator.run(event.ids, max_new_tokens=event.max_new_tokens, stop=event.stop,
                                                 probes=event.probes):
-                    if isinstance(piece, str):
-                        yield piece
+                    if isinstance(piece, Generated):
+                        reply = piece.generation
                     else:
-                        reply = piece
+                        yield piece
             except (RagctxError, RuntimeError, MemoryError) as e:
                 error = e
 
@@ -543,10 +444,10 @@ class QA:
                     if scope is None and not self._fits(question, None, budget):
                         # the corpus does not fit: read the whole documents RAG retrieved from, best first
                         scope = self._retrieved_documents(question, attempts[-1], budget)
-                    yield Fallback(reason)
+                    onto = "full(documents)" if scope is not None and documents is None else "full"
+                    yield FallbackStarted(reason, onto)
                     attempts.append((yield from self._full(question, budget, scope, truncate)))
-                    if scope is not None and documents is None:
-                        attempts[-1].route = "full(documents)"
+                    attempts[-1].route = onto
                 except RagctxError as e:  # nothing fits: keep the RAG answer, say why
                     reason = f"{reason}; full context not tried: {e}"
                 except (RuntimeError, MemoryError) as e:  # it fit the context but not the device: same
@@ -561,8 +462,9 @@ class QA:
         timings = {key: sum(a.timings.get(key, 0.0) for a in attempts) for key in ("retrieve_s", "prefill_s", "decode_s")}
         if any("batch" in a.timings for a in attempts):
             timings["batch"] = max(a.timings.get("batch", 1) for a in attempts)
-        yield Answer(final.text, route, final.citations, sum(a.input_tokens for a in attempts), timings,
-                     max(a.peak_memory_bytes for a in attempts), attempts, reason, final.refused)
+        peaks = [a.peak_memory_bytes for a in attempts if a.peak_memory_bytes is not None]
+        yield Finished(Answer(final.text, route, final.citations, sum(a.input_tokens for a in attempts), timings,
+                              max(peaks, default=None), attempts, reason, final.refused))
 
     def _why_fall_back(self, attempt: Attempt) -> str | None:
         if attempt.said_unanswerable:
@@ -594,7 +496,7 @@ class QA:
         return attempt
 
     def _full(self, question, budget, documents, truncate):
-        chunks = self.index.store.document_chunks(documents)
+        chunks = self.index.document_chunks(documents)
         if documents and not chunks:
             raise RagctxError(f"none of the documents {list(documents)} is in the index")
         pieces = [Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal)) for c in chunks]
@@ -616,7 +518,7 @@ class QA:
         return attempt
 
     def _fits(self, question: str, documents: Sequence[str] | None, budget: int) -> bool:
-        chunks = self.index.store.document_chunks(documents)
+        chunks = self.index.document_chunks(documents)
         if sum(c.n_tokens for c in chunks) > 2 * budget:  # far too long by the index's own token counts: no need
             return False                                  # to tokenize a whole corpus to know
         pieces = [Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal)) for c in chunks]
@@ -655,13 +557,6 @@ class QA:
         return self._probes
 
     def _generate(self, route, ids, cited, retrieve_s):
-        import torch
-
-        gen = self.generator
-        if gen.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(gen.device)
-        else:
-            _reset_peak_rss()
         probes = self._refusal_probes() if self.measure_refusal else []
         result = yield Generate(ids, self.max_new_tokens, list(self.template.stop), probes)  # the driver answers
         timings = {"retrieve_s": retrieve_s, "prefill_s": result.prefill_s, "decode_s": result.decode_s}
@@ -671,7 +566,7 @@ class QA:
         said = self.template.refused(text)
         p = float(sum(math.exp(lp) for lp in result.probe_logprobs)) if probes else None
         refused = said or (p is not None and self.refusal_threshold is not None and p >= self.refusal_threshold)
-        return Attempt(route, text, cited, len(ids), timings, _peak_memory(gen.device), said_unanswerable=said,
+        return Attempt(route, text, cited, len(ids), timings, result.peak_memory_bytes, said_unanswerable=said,
                        refusal_probability=p, refused=refused)
 
     # -- helpers -----------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise RagctxError(f"ragctx serve needs FastAPI and uvicorn ({e.name} is not installed): "
                       "pip install 'fastapi>=0.110' 'uvicorn>=0.29' (the ragctx[serve] extra)") from None
 
-from .qa import MODES, QA, Answer, Fallback
+from .evaluation.memory import metered
+from .qa import MODES, QA, Answer, FallbackStarted, Finished, TextDelta
 
 __all__ = ["create_app", "serve", "document_text", "SearchRequest", "AskRequest"]
 
@@ -105,7 +106,7 @@ def document_text(index, doc_id: str) -> str | None:
     offsets, so ``text[c.start:c.end] == c.text`` for every chunk and citation; the whitespace between two chunks,
     which no chunk holds, reads as one space, or as line breaks where it is two characters or more (the chunker
     cuts at paragraph breaks first)."""
-    chunks = index.store.document_chunks([doc_id])  # ordered by start
+    chunks = index.document_chunks([doc_id])  # ordered by start
     if not chunks:
         return None
     parts: list[str] = []
@@ -134,7 +135,9 @@ class _Service:
 
     def __init__(self, index, generator, *, index_path: str, mode: str, k: int, retrieval: str,
                  max_new_tokens: int, refusal_threshold: float | None) -> None:
-        self.index, self.generator, self.index_path = index, generator, index_path
+        # generations run one at a time (the lock below), so each one's peak memory can be measured: cost's
+        # peak_memory_bytes (ragctx.evaluation.memory)
+        self.index, self.generator, self.index_path = index, metered(generator), index_path
         self.mode, self.k, self.retrieval, self.max_new_tokens = mode, k, retrieval, max_new_tokens
         self.refusal_threshold = refusal_threshold
         self.docs = {d["id"]: d for d in index.documents()}  # id -> {"id", "chunks", "sha256", "metadata"}
@@ -169,14 +172,16 @@ class _Service:
                 if stop.is_set():  # the client went away while another answer was generated
                     return
                 t0 = time.perf_counter()
-                stream = qa.stream(req.question, **options)
-                for event in stream.events():
+                for event in qa.stream(req.question, **options).events():
                     if stop.is_set():  # the client went away: stop generating
                         return
-                    emit({"event": "fallback", "reason": event.reason} if isinstance(event, Fallback)
-                         else {"event": "token", "text": event})
-                assert stream.answer is not None
-                emit({"event": "answer", "answer": answer_payload(stream.answer, time.perf_counter() - t0)})
+                    match event:
+                        case TextDelta(text):
+                            emit({"event": "token", "text": text})
+                        case FallbackStarted(reason):
+                            emit({"event": "fallback", "reason": reason})
+                        case Finished(answer):
+                            emit({"event": "answer", "answer": answer_payload(answer, time.perf_counter() - t0)})
         except RagctxError as e:
             emit({"event": "error", "detail": str(e), "status": 400})
         except Exception as e:  # noqa: BLE001 - the stream says what went wrong instead of ending mid-line

@@ -76,6 +76,17 @@ def embedder():
     return Embedder(device="cpu")
 
 
+@pytest.fixture(scope="module")
+def tiny_generator():
+    """An untrained tiny byte-level Generator (seeded), one per test module: QA's mechanics without a real model."""
+    import torch
+
+    from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    return Generator(Transformer(ModelConfig.from_name("tiny", max_seq_len=1024)), ByteTokenizer())
+
+
 @pytest.fixture()
 def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "docs")

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent / "ragctx"
 # a module or a package (its submodules included); the longest matching entry places a module; the bare package
 # ``ragctx`` (its ``__init__``, the public facade) is placed only by its exact name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    # protocols: the shapes of the edges between index, generator and QA, which all of them import
     ("base", ("ragctx.errors", "ragctx.cache", "ragctx.locks", "ragctx.threads", "ragctx.prefetch", "ragctx.data",
-              "ragctx.version")),
+              "ragctx.version", "ragctx.protocols")),
     ("corpus", ("ragctx.documents", "ragctx.chunking", "ragctx.embeddings", "ragctx.vectors", "ragctx.store",
                 "ragctx.tasks")),
     # retrievers rank an index's chunks through a protocol of what they read from it (no import of ragctx.index)
@@ -30,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("index", ("ragctx.index",)),
     ("engines", ("ragctx.distributed",)),  # the Ray engine: it fills an Index
     ("generator", ("ragctx.generator",)),
-    ("qa", ("ragctx.qa",)),
+    ("qa", ("ragctx.qa", "ragctx.answer")),
     # trainers sit above the QA pipeline: linearize trains on the pipeline's own chat prompt (CHAT_TEMPLATE)
     ("training", ("ragctx.generator.train", "ragctx.generator.linearize")),
     ("evaluation", ("ragctx.evaluation",)),

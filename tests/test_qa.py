@@ -10,6 +10,7 @@ import torch
 
 from ragctx import ChunkConfig, Document, Index, RagctxError
 from ragctx.cli import main
+from ragctx.evaluation.memory import metered
 from ragctx.generator import ByteTokenizer, Generator, ModelConfig, Transformer
 from ragctx.qa import QA, ask_many
 
@@ -36,7 +37,7 @@ def gen():
 
 
 def test_rag_cites_top_chunks_in_document_order_with_exact_spans(index, gen):
-    qa = QA(index, gen, max_new_tokens=8)
+    qa = QA(index, metered(gen), max_new_tokens=8)  # metered: QA itself measures tokens and seconds, not memory
     answer = qa.ask("When did Mount Zirkel erupt?", mode="rag", k=3)
     assert answer.route == "rag" and len(answer.attempts) == 1
     keys = [(c.doc_id, c.start) for c in answer.citations]
@@ -181,9 +182,9 @@ def test_cpu_peak_memory_is_the_generations_own(index, gen):
 
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("per-generation peak RSS needs Linux's /proc/self/clear_refs")
-    from ragctx.qa import _peak_memory, _reset_peak_rss
+    from ragctx.evaluation.memory import peak_memory, reset_peak_rss
 
-    _reset_peak_rss()  # the process's peak so far may be anything (earlier tests loaded real models)
+    reset_peak_rss()  # the process's peak so far may be anything (earlier tests loaded real models)
     import mmap
 
     big = mmap.mmap(-1, 400 * 2**20)  # lift the process's peak RSS by 400 MB, then give it back to the OS (munmap)
@@ -191,8 +192,8 @@ def test_cpu_peak_memory_is_the_generations_own(index, gen):
         big[at] = 1
     big.close()
 
-    process_peak = _peak_memory(torch.device("cpu"))
-    answer = QA(index, gen, max_new_tokens=4).ask("When did Mount Zirkel erupt?", mode="rag", k=1)
+    process_peak = peak_memory(torch.device("cpu"))
+    answer = QA(index, metered(gen), max_new_tokens=4).ask("When did Mount Zirkel erupt?", mode="rag", k=1)
     assert 0 < answer.peak_memory_bytes < process_peak - 200 * 2**20
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import RagctxError, is_out_of_memory, release_memory
 from ..retrieval import retriever_names
 from ..tasks import KINDS, NeedleTask, string_match_all
+from .memory import metered
 from .metrics import spans_overlap
 from .results import Row, Trial, read_rows, result_files, results_file, trial_id
 
@@ -207,7 +208,7 @@ def _generator(cfg: EvalConfig, attention: str, cache: dict):
         gen = cache["shared"]
     if gen.attention != attention:  # the same name keeps what the generator set up (a linearized mix's layers)
         gen.set_attention(attention)
-    return gen
+    return metered(gen)  # every generation measures its peak memory: the rows' peak_memory_bytes
 
 
 def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RagctxError
+from ..protocols import Generated, TextDelta
 from ..threads import apply_torch_threads
 from .attention import get_attention
 from .checkpoints import Checkpoint, load, load_folder, load_pretrained, save_folder
@@ -35,6 +36,7 @@ class Generation:
     decode_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     probe_logprobs: list[float] = field(default_factory=list)  # log P(probe | prompt) for each probe asked for
+    peak_memory_bytes: int | None = None  # set by a memory meter (ragctx.evaluation.memory), else not measured
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
@@ -158,9 +160,9 @@ class Generator:
     def generate(self, prompt: str | list[int], **kwargs) -> Generation:
         """Generates a completion of ``prompt`` (text or token ids); arguments as for :meth:`stream`."""
         result: Generation | None = None
-        for piece in self.run(prompt, **kwargs):
-            if isinstance(piece, Generation):
-                result = piece
+        for event in self.run(prompt, **kwargs):
+            if isinstance(event, Generated):
+                result = event.generation
         assert result is not None
         return result
 
@@ -176,9 +178,9 @@ class Generator:
         8 on a GPU, where each read waits for the device); a generation that ended runs at most check_every - 1
         steps more, whose tokens are dropped.
         """
-        for piece in self.run(prompt, **kwargs):
-            if isinstance(piece, str):
-                yield piece
+        for event in self.run(prompt, **kwargs):
+            if isinstance(event, TextDelta):
+                yield event.text
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Token ids of ``messages`` rendered by the checkpoint's chat template, ending where the assistant's reply
@@ -196,13 +198,16 @@ class Generator:
 
     def run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
             stop: list[str] | str | None = None, seed: int | None = None, bos: bool | None = None,
-            probes: list[list[int]] | tuple = (), check_every: int | None = None):
-        """Yields the completion's text pieces as they come, then its :class:`Generation` (arguments as for
-        :meth:`stream`). :meth:`generate` and :meth:`stream` are the two halves of this."""
+            probes: list[list[int]] | tuple = (),
+            check_every: int | None = None) -> Iterator[TextDelta | Generated]:
+        """Yields a :class:`~ragctx.protocols.TextDelta` per piece of the completion's text as it comes, then one
+        :class:`~ragctx.protocols.Generated` holding its :class:`Generation` (arguments as for :meth:`stream`):
+        the :class:`~ragctx.protocols.TextGenerator` edge QA streams through. :meth:`generate` and :meth:`stream`
+        are the two halves of this."""
         ids = self._prompt_ids(prompt, bos, max_new_tokens)
         for event in self._generate([ids], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                     stop=stop, seed=seed, probes=[list(p) for p in probes], check_every=check_every):
-            yield event[1] if isinstance(event, tuple) else event[0]
+            yield TextDelta(event[1]) if isinstance(event, tuple) else Generated(event[0])
 
     def generate_batch(self, prompts: list[str | list[int]], *, batch_size: int | None = None,
                        **kwargs) -> list[Generation]:
