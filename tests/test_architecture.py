@@ -25,6 +25,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "ragctx.version")),
     ("corpus", ("ragctx.documents", "ragctx.chunking", "ragctx.embeddings", "ragctx.vectors", "ragctx.store",
                 "ragctx.lexical", "ragctx.tasks")),
+    # the trial/row schema and its metrics: below the trainers, whose in-training evaluation scores its answers into
+    # rows with the runner's own make_row
+    ("scoring", ("ragctx.evaluation.metrics", "ragctx.evaluation.results")),
     ("index", ("ragctx.index",)),
     ("engines", ("ragctx.distributed",)),  # the Ray engine: it fills an Index
     ("generator", ("ragctx.generator",)),
