@@ -105,7 +105,7 @@ class Row(Trial, total=False):
 
     status: str
     error: str
-    date: str  # the day the trial ran (rows written since the runner records it)
+    date: str  # the day its run started (rows written since the runner records it)
     prediction: str
     answers: list[str]
     route: str  # rag, full, auto's route (rag->full, ...), given (gold) or direct
