@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -27,33 +26,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import environment, table  # noqa: E402
+from eval._common import cuda_time, environment, table  # noqa: E402
 from ragctx.errors import is_out_of_memory  # noqa: E402
 from ragctx.generator.attention import get_attention  # noqa: E402
-from ragctx.generator.attention.linear import fla_kernel, feature_map, record_routes  # noqa: E402
-from ragctx.generator.attention.linear_triton import SCAN_UNROLL, linear_prefill, triton_kernels  # noqa: E402
+from ragctx.generator.attention.linear import feature_map, fla_kernel, record_routes  # noqa: E402
+from ragctx.generator.attention.linear_triton import (  # noqa: E402
+    SCAN_UNROLL,
+    linear_prefill,
+    triton_kernels,
+)
 from ragctx.generator.config import ModelConfig  # noqa: E402
 from ragctx.generator.model import Transformer  # noqa: E402
 
 K = 1024
-
-
-def cuda_time(fn, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """(median seconds, peak bytes allocated above the starting point) of fn()."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times), torch.cuda.max_memory_allocated() - base
 
 
 def slope(ns: list[int], ts: list[float], min_n: int) -> float | None:

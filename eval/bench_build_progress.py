@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import environment, save_json, table  # noqa: E402
+from eval._common import environment, save_json, table  # noqa: E402
 
 COLUMNS = ["repo", "run", "first_output_s", "loaded_s", "chunking_s", "embedding_s", "embedding_moved_s",
            "max_silence_s", "eta", "load_avg_1min"]

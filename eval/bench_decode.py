@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_generation import essays_ids, time_ragctx, time_transformers  # noqa: E402
-from eval.bench_retrieval import environment, save_json, table  # noqa: E402
+from eval._common import environment, essays_ids, save_json, table, time_ragctx, time_transformers  # noqa: E402
 
 COLUMNS = ["engine", "mode", "prompt_tokens", "prefill_tok_s", "decode_ms_per_token", "decode_tok_s", "warmup_s"]
 

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_qa_retrieval import QA_FILE, recall  # noqa: E402
-from eval.bench_retrieval import environment, save_json, table  # noqa: E402
+from eval._common import QA_FILE, environment, save_json, table  # noqa: E402
+from ragctx.evaluation.metrics import doc_spans_overlap as recall  # noqa: E402
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino")
 PRECISION = {"torch": "fp32", "torch-bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}  # openvino says its own

@@ -23,51 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import environment, save_json, table  # noqa: E402
-
-
-def essays_ids(tokenizer, n: int) -> list[int]:
-    from ragctx.data import essays_dir
-
-    text = "\n\n".join(p.read_text() for p in sorted(essays_dir().glob("*.txt")))
-    ids = tokenizer.encode(text, bos=False)
-    if not ids:
-        raise SystemExit("the essays encode to no tokens")
-    return (ids * (n // len(ids) + 1))[:n]  # past the essays' length (speed runs at 128K), the text repeats
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_ragctx(gen, ids: list[int], new: int, device: str) -> tuple[float, float]:
-    """(prefill s, decode s) of one greedy generation of ``new`` tokens (no eos stop: the eos set is emptied)."""
-    eos = gen.tokenizer.eos_ids
-    gen.tokenizer.eos_ids = set()
-    try:
-        sync(device)
-        result = gen.generate(ids, max_new_tokens=new)
-    finally:
-        gen.tokenizer.eos_ids = eos
-    return result.prefill_s, result.decode_s
-
-
-def time_transformers(model, ids: list[int], new: int, device: str, **generate_kw) -> tuple[float, float]:
-    """(prefill s, decode s): a 1-token generate times the prefill; the full generate minus it, the decode."""
-    x = torch.tensor([ids], device=device)
-    kw = dict(do_sample=False, pad_token_id=0, **generate_kw)
-    with torch.inference_mode():
-        sync(device)
-        t0 = time.perf_counter()
-        model.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
-        sync(device)
-        t1 = time.perf_counter()
-        model.generate(x, max_new_tokens=new, min_new_tokens=new, **kw)
-        sync(device)
-        t2 = time.perf_counter()
-    prefill = t1 - t0
-    return prefill, (t2 - t1) - prefill
+from eval._common import (  # noqa: E402
+    environment,
+    essays_ids,
+    save_json,
+    table,
+    time_ragctx,
+    time_transformers,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,13 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import environment, table  # noqa: E402
-
-QA_FILE = Path(__file__).resolve().parent / "data" / "essays-qa.jsonl"
-
-
-def recall(spans: list[tuple[str, int, int]], evidence: list[tuple[str, int, int]]) -> float:
-    return sum(any(d == e and s < f and g < t for d, s, t in spans) for e, g, f in evidence) / len(evidence)
+from eval._common import QA_FILE, environment, table  # noqa: E402
+from ragctx.evaluation.metrics import doc_spans_overlap as recall  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import environment, save_json, table, timeit  # noqa: E402
+from eval._common import environment, save_json, table, timeit  # noqa: E402
 
 QUERIES = ["How do you get startup ideas?", "what makes a good programming language", "why cities matter",
            "the best way to raise money", "how to do great work", "what should a founder do first"]

@@ -12,11 +12,7 @@ of repeated runs after warm-up; GPU regions are synchronized. Compare ratios onl
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,67 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def environment() -> dict:
-    import torch
-
-    env = {"date": dt.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import faiss
-
-        env["faiss"] = faiss.__version__
-        env["faiss_gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    except ImportError:
-        env["faiss"] = None
-    return env
-
-
-def timeit(fn, *, repeat: int = 20, warmup: int = 3, sync: bool = False) -> float:
-    """Median wall time of fn() in seconds (synchronizing CUDA around each run when ``sync``)."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    if sync:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def save_json(out: str | Path, stem: str, result: dict, quiet: bool = False) -> Path:
-    """Writes ``result`` as ``<out>/<stem>-<date>.json`` (the date of ``result["env"]``), atomically (a run killed
-    while writing keeps the previous file), and says where unless ``quiet``."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem}-{result['env']['date']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
-    if not quiet:
-        print(f"wrote {path}")
-    return path
-
-
-def table(rows: list[dict], cols: list[str]) -> str:
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+from eval._common import environment, table, timeit  # noqa: E402
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:

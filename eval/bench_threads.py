@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:  # a child process: one setting, JSON on stdout
         print(json.dumps(measure(args.one[0], args.one[1], bool(args.one[2]))))
         return 0
-    from eval.bench_retrieval import environment, table
+    from eval._common import environment, table
 
     rows = []
     env = {k: v for k, v in os.environ.items() if k != "RAGCTX_THREADS"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_retrieval import table  # noqa: E402
+from eval._common import table  # noqa: E402
 from ragctx.evaluation.results import read_rows  # noqa: E402
 from ragctx.qa import PromptTemplate  # noqa: E402
 

@@ -1,13 +1,14 @@
-"""Measures the built-in generators on fresh needle examples: accuracy per length and kind with bootstrap 95%
-confidence intervals, `unanswerable` recall and false-`unanswerable` rate, on the training haystack (essays) and
-on one the models never saw (repeated filler sentences).
+"""Measures the built-in generators on fresh needle examples: the grid eval/configs/builtin-needles.json, run by the
+evaluation runner (mode ``direct``: each model answers the example's own prompt) and reported by its report writer.
 
-    python eval/eval_builtin.py --out eval/reports/builtin                      # the committed report (CPU, ~1 h)
-    python eval/eval_builtin.py --models softmax --lengths 1024 -n 5 --out /tmp/x   # a quick look
+    python eval/eval_builtin.py                                   # the committed report: eval/reports/builtin, ~1 h
+    python eval/eval_builtin.py --smoke --out /tmp/builtin        # a quick look: two models, 512 bytes, a few examples
+    python eval/eval_builtin.py --generator eval/runs/x/model --attentions linear --out /tmp/x   # a candidate model
+    python eval/eval_builtin.py --report-only                     # summary.json, report.md again from the rows
+    python eval/eval_builtin.py --migrate eval/reports/builtin    # rows of this script before 2026-12-07 -> runner rows
 
-Examples come from a seed no training run used (training: 0, 3, 5; its evaluations: seed + 1), so every example
-is new to every model. Writes ``results.jsonl`` (one row per example; reruns skip rows already there),
-``summary.json`` and ``report.md``.
+The same as ``ragctx eval eval/configs/builtin-needles.json``; this script adds the smoke grid, the overrides and
+the migration. Reruns skip the trials already in the folder (the runner's resume key).
 """
 
 from __future__ import annotations
@@ -15,132 +16,80 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ragctx.evaluation.metrics import bootstrap_ci  # noqa: E402
-from ragctx.generator import Generator  # noqa: E402
-from ragctx.generator.attention import same_weights  # noqa: E402
-from ragctx.generator.train import answer_needle  # noqa: E402
-from ragctx.tasks import NeedleTask, string_match_all  # noqa: E402
-from ragctx.tasks.needles import kinds_for  # noqa: E402
+from ragctx.evaluation.report import write_report  # noqa: E402
+from ragctx.evaluation.results import result_files, trial_id  # noqa: E402
+from ragctx.evaluation.runner import load_config, run_eval  # noqa: E402
 
-SEED = 100
-
-
-def plan(models, lengths, n, haystacks, kinds_at, unanswerable_n, long_from):
-    """(model, haystack, length, kind, unanswerable, index) for every example to run."""
-    for model in models:
-        for haystack in haystacks:
-            for length in lengths:
-                kinds = ["single"] + [k for k in kinds_for(length) if k != "single" and length in kinds_at]
-                for kind in kinds:
-                    count = n if length < long_from else max(1, n * 2 // 3)
-                    for i in range(count):
-                        yield model, haystack, length, kind, False, i
-                for i in range(unanswerable_n if length < long_from else max(1, unanswerable_n // 3)):
-                    yield model, haystack, length, "single", True, i
+CONFIG = Path(__file__).resolve().parent / "configs" / "builtin-needles.json"
+SMOKE = {"attentions": ["flash", "sliding_window"], "haystack": ["repeat"],
+         "parts": [{"lengths": [512], "kinds": ["single"], "examples": 2},
+                   {"lengths": [512], "kinds": ["single"], "unanswerable_seeds": [100], "examples": 1}]}
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One line per (model, haystack, length, kind): accuracy with its CI; and per (model, haystack, length):
-    unanswerable recall and false-unanswerable rate."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["haystack"], r["length"], r["kind"] if r["answerable"] else "unanswerable"),
-                          []).append(r)
-    out = []
-    for (model, haystack, length, kind), rs in sorted(groups.items()):
-        mean, lo, hi = bootstrap_ci([r["score"] for r in rs])
-        line = {"model": model, "haystack": haystack, "length": length, "kind": kind, "n": len(rs),
-                "accuracy": mean, "ci_low": lo, "ci_high": hi}
-        if kind != "unanswerable":
-            line["false_unanswerable"] = sum(r["said_unanswerable"] for r in rs) / len(rs)
-        out.append(line)
-    return out
+def migrate(folder: Path, generator: str = "builtin") -> int:
+    """Rewrites the rows this script wrote before it ran on the evaluation runner (``model``, ``index``, ``score``,
+    ``said_unanswerable``, ``target``) as the runner's rows, the trials of builtin-needles.json; a folder of runner
+    rows is left as it is. Also writes ``runs.jsonl`` from the old summary's machine header. Returns the rows
+    rewritten."""
+    path = folder / "results.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not old or "model" not in old[0]:
+        return 0
+    seed = json.loads(CONFIG.read_text())["seeds"][0]
+    rows = []
+    for r in old:
+        trial = {"length": r["length"], "depth": None, "kind": r["kind"], "seed": seed,
+                 "unanswerable": not r["answerable"], "chunk_tokens": None, "overlap": None,
+                 "attention": "flash" if r["model"] == "softmax" else r["model"],  # softmax ran through flash
+                 "mode": "direct", "k": None, "generator": generator, "haystack": r["haystack"], "index": r["index"]}
+        rows.append({"id": trial_id(trial), **trial, "status": "ok", "prediction": r["prediction"],
+                     "answers": r["target"].strip().split(", "), "route": "direct", "accuracy": r["score"],
+                     "refused": r["said_unanswerable"], "retrieval_recall": None, "date": r["date"]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = folder / "summary.json"
+    meta = json.loads(summary.read_text()).get("meta") if summary.is_file() else None
+    if meta:
+        (folder / "runs.jsonl").write_text(json.dumps(
+            {"date": meta["date"], "config": "eval/eval_builtin.py before the runner (rows migrated)",
+             "trials": len(rows), "device": meta["device"], "torch": meta["torch"]}) + "\n")
+    return len(rows)
 
 
-def write_report(summary: list[dict], folder: Path, meta: dict) -> None:
-    lines = ["# Built-in generators on fresh needle examples", "",
-             f"Measured on {meta['device']} (torch {meta['torch']}), `python eval/eval_builtin.py`, on "
-             + "; ".join(f"{m} {d}" for m, d in meta["dates"].items()) + ". "
-             f"Examples from seed {SEED}, new to every model. Accuracy is RULER's string-match-all, with a bootstrap "
-             "95% interval; softmax models run through `flash` (the same function, tested equal) to keep 16K-byte inputs fast on a CPU; for `unanswerable` rows, accuracy is the recall of `unanswerable`; `false unans.` is the "
-             "share of answerable questions answered `unanswerable`.", "",
-             "| model | haystack | length (bytes) | kind | n | accuracy | 95% CI | false unans. |",
-             "| --- | --- | ---: | --- | ---: | ---: | --- | ---: |"]
-    for s in summary:
-        fu = f"{s['false_unanswerable']:.2f}" if "false_unanswerable" in s else ""
-        lines.append(f"| {s['model']} | {s['haystack']} | {s['length']} | {s['kind']} | {s['n']} | "
-                     f"{s['accuracy']:.2f} | {s['ci_low']:.2f}-{s['ci_high']:.2f} | {fu} |")
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--models", nargs="+", default=["softmax", "sliding_window", "hybrid", "linear"],
-                   help="built-in names, or NAME=FOLDER for a trained model that is not shipped yet")
-    p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--haystacks", nargs="+", default=["essays", "repeat"])
-    p.add_argument("-n", type=int, default=30, help="answerable examples per cell (2/3 of it from --long-from)")
-    p.add_argument("--unanswerable", type=int, default=30, help="unanswerable examples per length (1/3 from --long-from)")
-    p.add_argument("--kinds-at", nargs="*", type=int, default=[1024, 4096], help="lengths that also run every kind")
-    p.add_argument("--long-from", type=int, default=8192)
-    p.add_argument("--max-length", nargs="*", default=[], help="MODEL=BYTES: skip longer examples for a slow model")
+    p.add_argument("--out", default=None, help="run folder (default: the config's, eval/reports/builtin)")
+    p.add_argument("--smoke", action="store_true", help="a tiny grid: two models, 512 bytes, three examples each")
+    p.add_argument("--generator", default=None, help="a model folder instead of the built-in ones")
+    p.add_argument("--attentions", nargs="+", default=None, help="the attentions (built-in models) to measure")
     p.add_argument("--device", default=None)
-    p.add_argument("--report-only", action="store_true",
-                   help="rewrite summary.json and report.md from results.jsonl without running anything")
-    args = p.parse_args()
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    results = folder / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    done = {(r["model"], r["haystack"], r["length"], r["kind"], not r["answerable"], r["index"]) for r in rows}
-    caps = {m: int(b) for m, b in (x.split("=") for x in args.max_length)}
-    folders = dict(m.split("=", 1) for m in args.models if "=" in m)  # NAME=FOLDER: a candidate not shipped yet
-    args.models = [m.split("=", 1)[0] for m in args.models]
-    todo = [] if args.report_only else [
-        t for t in plan(args.models, args.lengths, args.n, args.haystacks, set(args.kinds_at), args.unanswerable,
-                        args.long_from) if t not in done and t[2] <= caps.get(t[0], 1 << 30)]
-    gens, tasks = {}, {}
-    started = time.perf_counter()
-    with open(results, "a") as log:
-        for j, (model, haystack, length, kind, unans, i) in enumerate(todo):
-            if model not in gens:
-                gens[model] = Generator.load(folders.get(model, f"builtin:{model}"), device=args.device)
-                faster = same_weights(gens[model].attention)  # softmax runs as flash: the same function, no N x N
-                if faster:
-                    gens[model].set_attention(faster[0])
-            task = tasks.setdefault(haystack, NeedleTask(haystack, seed=SEED))
-            ex = task.example(i, length=length, kind=kind, unanswerable=unans)
-            pred = answer_needle(gens[model], ex)
-            row = {"model": model, "haystack": haystack, "length": length, "kind": kind, "answerable": not unans,
-                   "index": i, "depth": ex.depth, "prediction": pred, "target": ex.target,
-                   "score": string_match_all(pred, ex.answers), "said_unanswerable": "unanswerable" in pred.lower(),
-                   "date": time.strftime("%Y-%m-%d")}
-            rows.append(row)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            if j % 20 == 0:
-                print(f"{j + 1}/{len(todo)} {model} {haystack} {length} {kind} "
-                      f"({time.perf_counter() - started:.0f} s)", flush=True)
-    import torch
-
-    summary = summarize(rows)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
-    # rows accumulate across runs (a model's rows are redone when its weights change): each model's own dates
-    dates = {m: "/".join(sorted({r.get("date", "undated") for r in rows if r["model"] == m}))
-             for m in sorted({r["model"] for r in rows})}
-    meta = {"date": time.strftime("%Y-%m-%d"), "dates": dates, "device": device, "torch": torch.__version__}
-    (folder / "summary.json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
-    write_report(summary, folder, meta)
-    for s in summary:
-        print(f"{s['model']:>14} {s['haystack']:>6} {s['length']:>6} {s['kind']:>12} n={s['n']:>3} "
-              f"{s['accuracy']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
+    p.add_argument("--report-only", action="store_true", help="rewrite summary.json and the report from the rows")
+    p.add_argument("--migrate", metavar="FOLDER", default=None,
+                   help="rewrite a folder of this script's old rows as runner rows, then its report")
+    args = p.parse_args(argv)
+    if args.migrate:
+        folder = Path(args.migrate)
+        print(f"{folder}: {migrate(folder, args.generator or 'builtin')} rows migrated")
+        write_report(folder)
+        return 0
+    cfg = load_config(CONFIG)
+    if args.smoke:
+        cfg = replace(cfg, **SMOKE)
+    cfg = replace(cfg, out=args.out or cfg.out, device=args.device, generator=args.generator or cfg.generator,
+                  attentions=args.attentions or cfg.attentions)
+    if args.report_only:
+        if not result_files(cfg.out):
+            raise SystemExit(f"{cfg.out}: no results yet; run without --report-only first")
+        write_report(cfg.out)
+    else:
+        run_eval(cfg)
+    print((Path(cfg.out) / "report.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

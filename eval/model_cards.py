@@ -1,5 +1,6 @@
 """Writes the model card (README.md) of every built-in generator from its config.json and the measured report
-eval/reports/builtin/summary.json (eval/eval_builtin.py), so that the numbers on a card are the measured ones.
+eval/reports/builtin/summary.json (eval/eval_builtin.py: the runner's direct cells and its run log), so that the
+numbers on a card are the measured ones.
 
     python eval/model_cards.py
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ragctx.evaluation.summary import kind_label  # noqa: E402
 from ragctx.generator.attention import weights_of  # noqa: E402
 from ragctx.generator.checkpoints import BUILTIN_DIR  # noqa: E402
 
@@ -73,22 +75,30 @@ DATA = ("Data: RULER-style needle documents generated on the fly (ragctx.tasks.N
         "Loss on the answer bytes plus 0.1 x next-byte loss on the prompt. Byte-level vocabulary (259 ids).")
 
 
-def table(rows: list[dict], model: str) -> list[str]:
+def table(cells: list[dict], model: str) -> list[str]:
+    """The card's accuracy table: the report's direct cells of the models with ``model``'s weights."""
     out = ["| haystack | length (bytes) | kind | n | accuracy | 95% CI | false `unanswerable` |",
            "| --- | ---: | --- | ---: | ---: | --- | ---: |"]
-    for r in rows:
-        if r["model"] != model:
-            continue
-        fu = f"{r['false_unanswerable']:.2f}" if "false_unanswerable" in r else ""
-        kind = "absent key (recall of `unanswerable`)" if r["kind"] == "unanswerable" else r["kind"]
-        out.append(f"| {r['haystack']} | {r['length']} | {kind} | {r['n']} | {r['accuracy']:.2f} | "
-                   f"{r['ci_low']:.2f}-{r['ci_high']:.2f} | {fu} |")
+    mine = [c for c in cells if c["mode"] == "direct" and weights_of(c["attention"]) == model]
+    for c in sorted(mine, key=lambda c: (c["haystack"], c["length"], kind_label(c))):
+        fu = "" if c["unanswerable"] else f"{c['refused']:.2f}"
+        kind = "absent key (recall of `unanswerable`)" if c["unanswerable"] else c["kind"]
+        lo, hi = c["accuracy_ci95"]
+        out.append(f"| {c['haystack']} | {c['length']} | {kind} | {c['n']} | {c['accuracy']:.2f} | "
+                   f"{lo:.2f}-{hi:.2f} | {fu} |")
     return out
+
+
+def dates(cells: list[dict], model: str) -> str:
+    """The days ``model``'s rows were measured, as the report's cells record them."""
+    days = {d for c in cells if c["mode"] == "direct" and weights_of(c["attention"]) == model
+            for d in c.get("dates", [])}
+    return "/".join(sorted(days)) or "undated"
 
 
 def main() -> None:
     report = json.loads(REPORT.read_text())
-    meta, rows = report["meta"], report["rows"]
+    cells, run = report["cells"], report["runs"][-1]  # the machine of the last run
     for folder in sorted(p for p in BUILTIN_DIR.iterdir() if p.is_dir()):
         name = folder.name
         alias = json.loads((folder / "alias.json").read_text()) if (folder / "alias.json").is_file() else None
@@ -110,11 +120,11 @@ def main() -> None:
                  f"to {max(config['training']['config']['lengths'])} bytes. Exact training config: "
                  "`training` in config.json; recipe: eval/configs/builtin.json.", "",
                  "## Measured accuracy", "",
-                 f"Fresh examples (seed 100, never trained on), {meta['device']}, torch {meta['torch']}, "
-                 f"{meta.get('dates', {}).get(measured, meta['date'])}: `python eval/eval_builtin.py` (full report: eval/reports/builtin/report.md). "
+                 f"Fresh examples (seed 100, never trained on), {run['device']}, torch {run['torch']}, "
+                 f"{dates(cells, measured)}: `python eval/eval_builtin.py` (full report: eval/reports/builtin/report.md). "
                  "`repeat` is a haystack of repeated filler sentences that no model saw in training."
                  + (f" Measured as `builtin:{measured}` (same weights, same function)." if measured != name else ""), "",
-                 *table(rows, measured), ""]
+                 *table(cells, measured), ""]
         (folder / "README.md").write_text("\n".join(lines))
         print(f"wrote {folder / 'README.md'}")
 

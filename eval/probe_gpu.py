@@ -35,8 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.bench_attention import cuda_time  # noqa: E402
-from eval.bench_retrieval import environment, table  # noqa: E402
+from eval._common import cuda_time, environment, table  # noqa: E402
 from ragctx.generator.attention.common import group_q, ungroup  # noqa: E402
 from ragctx.generator.attention.linear import feature_map, linear_chunkwise, normalize  # noqa: E402
 

@@ -28,6 +28,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "ragctx.tasks")),
     # retrievers rank an index's chunks through a protocol of what they read from it (no import of ragctx.index)
     ("retrieval", ("ragctx.retrieval",)),
+    # the trial/row schema and its metrics: below the trainers, whose in-training evaluation scores its answers into
+    # rows with the runner's own make_row
+    ("scoring", ("ragctx.evaluation.metrics", "ragctx.evaluation.results")),
     ("index", ("ragctx.index",)),
     ("engines", ("ragctx.distributed",)),  # the Ray engine: it fills an Index
     ("generator", ("ragctx.generator",)),

@@ -63,8 +63,9 @@ def test_openvino_recall_equals_torch_on_labelled_essays(embedder, cache):
     """Dense recall@5 over the essays QA questions whose evidence lies in four essays (~110 chunks of 200 tokens):
     the openvino backend finds what sentence-transformers finds."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from eval.bench_qa_retrieval import QA_FILE, recall
+    from eval._common import QA_FILE
     from ragctx.data import essays_dir
+    from ragctx.evaluation.metrics import doc_spans_overlap as recall
     from ragctx.evaluation.qa_tasks import load_qa_file
 
     essays = {"vcsqueeze.txt", "web20.txt", "gh.txt", "startuplessons.txt"}

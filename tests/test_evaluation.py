@@ -361,3 +361,81 @@ def test_a_batched_grid_gives_the_rows_of_one_trial_at_a_time(tmp_path, generato
     assert sum("batch" in r for r in rows[1].values()) > 0 and not any("batch" in r for r in rows[0].values())
     with pytest.raises(RagctxError, match="batch 0"):
         grid(tmp_path, generator_folder, batch=0)
+
+
+def test_direct_trials_run_parts_resume_by_key_and_get_their_own_table(tmp_path, generator_folder):
+    """mode direct: the needle example's own prompt, no index; parts join sub-grids, haystacks and example numbers
+    are swept; a rerun with a field outside the key runs nothing, one with a changed defining field only the new
+    trials."""
+    hay = tmp_path / "hay"
+    hay.mkdir()
+    (hay / "a.txt").write_text("Owls hunt at night. Bread rises slowly. The river runs north. " * 20)
+    parts = [{"lengths": [300], "kinds": ["single"], "examples": 2},
+             {"lengths": [300], "kinds": ["single"], "unanswerable_seeds": [100], "examples": 1}]
+    cfg = grid(tmp_path, generator_folder, modes=["direct"], attentions=["softmax"], depths=[None], seeds=[100],
+               haystack=["repeat", str(hay)], parts=parts)
+    out = run_eval(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len(trials(cfg)) == 2 * (2 + 1)
+    assert {(r["mode"], r["route"], r["chunk_tokens"], r["k"]) for r in rows} == {("direct", "direct", None, None)}
+    assert {r["index"] for r in rows if not r["unanswerable"]} == {0, 1} and all(r["status"] == "ok" for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(c["haystack"], c["unanswerable"]) for c in summary["cells"]} == {
+        (h, u) for h in ("repeat", str(hay)) for u in (False, True)}
+    assert all("refused" in c for c in summary["cells"]) and summary["prefill_slopes"] == {}
+    report = (out / "report.md").read_text()
+    assert "| attention | haystack | length | kind | n | accuracy |" in report and "unanswerable" in report
+    assert (out / "direct_accuracy.png").is_file() and "## Runs" in report
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 1
+
+    run_eval(grid(tmp_path, generator_folder, modes=["direct"], attentions=["softmax"], depths=[None], seeds=[100],
+                  haystack=["repeat", str(hay)], parts=parts, batch=3, name="other"), progress=False)
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)  # batch is not part of the key
+    more = [{**parts[0], "examples": 3}, parts[1]]
+    run_eval(grid(tmp_path, generator_folder, modes=["direct"], attentions=["softmax"], depths=[None], seeds=[100],
+                  haystack=["repeat", str(hay)], parts=more), progress=False)
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(again) == len(rows) + 2 and {r["index"] for r in again[len(rows):]} == {2}  # one example more each
+
+
+def test_needle_and_qa_file_rows_come_from_make_row(tmp_path, generator_folder, monkeypatch):
+    from ragctx.evaluation import runner
+    from ragctx.evaluation.results import Row
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(runner_make_row(*args, **kwargs))
+        return made[-1]
+
+    runner_make_row = runner.make_row
+    monkeypatch.setattr(runner, "make_row", spy)
+    needles = run_eval(grid(tmp_path / "n", generator_folder, modes=["rag", "direct"], attentions=["softmax"],
+                            lengths=[300], depths=[0.5]), progress=False)
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text(json.dumps({"id": "q", "question": "When did Mount Zirkel erupt?", "answers": ["1842"],
+                                   "evidence": [{"doc_id": "v", "start": 0, "end": 29}],
+                                   "documents": [{"id": "v", "text": "Mount Zirkel erupted in 1842."}]}) + "\n")
+    qa = run_eval(grid(tmp_path / "q", generator_folder, qa_file=str(qa_file), modes=["rag", "gold"],
+                       attentions=["softmax"]), progress=False)
+    rows = [json.loads(line) for out in (needles, qa) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(made) == len(rows) == 2 + 2
+    assert [{k: v for k, v in r.items() if k != "date"} for r in rows] == made
+    for r in rows:
+        assert set(r) <= set(Row.__annotations__), set(r) - set(Row.__annotations__)
+        assert {"status", "prediction", "answers", "route", "accuracy", "refused", "retrieval_recall",
+                "input_tokens"} <= set(r)
+
+
+def test_the_trainers_evaluation_scores_through_make_row(monkeypatch):
+    import ragctx.generator.train as train_module
+    from ragctx.tasks import NeedleTask
+
+    calls = []
+    real = train_module.make_row
+    monkeypatch.setattr(train_module, "make_row", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+    torch.manual_seed(0)
+    gen = Generator(Transformer(ModelConfig.from_name("tiny", max_seq_len=1024)), ByteTokenizer())
+    result = train_module.evaluate(gen, NeedleTask("repeat", seed=1), [700], 5)
+    assert len(calls) == 5 and sum(t["unanswerable"] for t in calls) == 1  # every fifth question
+    assert set(result["700"]) == {"accuracy", "unanswerable_recall", "false_unanswerable", "n", "by_kind"}

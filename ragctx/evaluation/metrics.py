@@ -12,7 +12,7 @@ import numpy as np
 from ..tasks.needles import string_match_all
 
 __all__ = ["string_match_all", "string_match_part", "exact_match", "token_f1", "bootstrap_ci", "loglog_slope",
-           "spans_overlap"]
+           "spans_overlap", "doc_spans_overlap"]
 
 
 def _normalize(text: str) -> str:
@@ -81,3 +81,14 @@ def spans_overlap(spans: Sequence[tuple[int, int]], targets: Sequence[tuple[int,
         return float("nan")
     hit = sum(any(s < te and ts < e for s, e in spans) for ts, te in targets)
     return hit / len(targets)
+
+
+def doc_spans_overlap(spans: Sequence[tuple[str, int, int]], targets: Sequence[tuple[str, int, int]]) -> float:
+    """Share of target spans (document, start, end) that some span of the same document overlaps: retrieval recall
+    over several documents."""
+    if not targets:
+        return float("nan")
+    by_doc: dict[str, list[tuple[int, int]]] = {}
+    for d, s, e in spans:
+        by_doc.setdefault(d, []).append((s, e))
+    return sum(spans_overlap(by_doc.get(d, []), [(s, e)]) for d, s, e in targets) / len(targets)

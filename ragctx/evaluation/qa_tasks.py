@@ -17,7 +17,8 @@ whose documents do not fit either is recorded as an error unless the config sets
 
 ``accuracy`` is the string match (the answer holds a reference answer, case and punctuation ignored; RULER's
 string_match_part: small instruct models answer in sentences) for answerable questions, and a refusal for
-unanswerable ones. A refusal is :attr:`~ragctx.qa.Answer.refused`.
+unanswerable ones. A refusal is :attr:`~ragctx.qa.Answer.refused`. The scores are computed where every row is
+made, :func:`~ragctx.evaluation.results.make_row`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RagctxError
-from .metrics import exact_match, spans_overlap, string_match_part, token_f1
+from .results import Trial
 
-__all__ = ["load_qa_file", "QA_KINDS", "qa_trial", "QA_MODES", "span_text"]
+__all__ = ["load_qa_file", "QA_KINDS", "ask_question", "QA_MODES", "span_text"]
 
 QA_KINDS = ("single", "multi", "unanswerable")
 QA_MODES = ("rag", "full", "auto", "gold")
@@ -86,56 +87,37 @@ def load_qa_file(path: str | Path, *, corpus: bool = False, splits: list[str] | 
     return items
 
 
-def qa_trial(t: dict[str, Any], item: dict[str, Any], gen, index, cfg, corpus_tokens: int) -> dict[str, Any]:
-    """One trial: the answer and its scores. ``index`` holds the question's corpus; ``corpus_tokens`` is its
-    length in the generator's tokens (computed once per corpus), which decides what ``full`` reads."""
+def ask_question(t: Trial, item: dict[str, Any], gen, index, cfg, corpus_tokens: int) -> tuple[Any, dict[str, Any]]:
+    """Asks trial ``t``'s question: its :class:`~ragctx.qa.Answer` and what was measured around it (``full_scope``,
+    ``total_s``); the runner scores it with :func:`~ragctx.evaluation.results.make_row` against
+    :meth:`Reference.of_question <ragctx.evaluation.results.Reference.of_question>`. ``index`` holds the question's
+    corpus; ``corpus_tokens`` is its length in the generator's tokens (computed once per corpus), which decides what
+    ``full`` reads. A RagctxError (e.g. the question's own document is longer than the generator's context)
+    propagates."""
     from ..qa import QA, Citation
 
     qa = QA(index, gen, max_new_tokens=cfg.max_new_tokens, retrieval=t["retrieval"] or "bm25",
             refusal_threshold=cfg.refusal_threshold, bos=cfg.bos, focus=cfg.focus)
     qa.measure_refusal = True  # the probability is recorded for calibration whatever the threshold
-    row = {**t, "kind": item["kind"], "split": item.get("split")}
+    measured: dict[str, Any] = {}
     mode = t["mode"]
     started = time.perf_counter()
-    try:
-        if mode == "gold":
-            spans = sorted((e["doc_id"], e["start"], e["end"]) for e in item["evidence"])
-            answer = qa.read(item["question"], [Citation(d, s, e, span_text(index, d, s, e)) for d, s, e in spans])
-        else:
-            budget = gen.max_context - cfg.max_new_tokens
-            documents = item["doc_ids"] if (mode == "full" and corpus_tokens > budget and item["doc_ids"]) else None
-            answer = qa.ask(item["question"], mode=mode, k=t["k"] or 5, documents=documents,
-                            truncate=cfg.full_truncate)
-            row["full_scope"] = "documents" if documents else "corpus"
-    except RagctxError as e:  # e.g. the question's own document is longer than the generator's context
-        return {**row, "status": "error", "error": str(e)}
-    total = time.perf_counter() - started  # retrieval, prompt building and generation: what a user waits for
-    evidence = [(e["doc_id"], e["start"], e["end"]) for e in item["evidence"]]
-    answerable = bool(item["answers"])
-    rag = next((a for a in answer.attempts if a.route == "rag"), None)
-    cited = [(c.doc_id, c.start, c.end) for c in answer.citations]
-    contains = string_match_part(answer.text, item["answers"]) if answerable else None
-    return {**row, "status": "ok", "prediction": answer.text, "answers": item["answers"], "route": answer.route,
-            "accuracy": (contains if answerable else float(answer.refused)),
-            "exact_match": exact_match(answer.text, item["answers"]) if answerable else None,
-            "f1": token_f1(answer.text, item["answers"]) if answerable else None,
-            "string_match_part": contains, "refused": answer.refused,
-            "refusal_probability": answer.attempts[0].refusal_probability,
-            # recall of the supporting spans by the k chunks retrieved, and by the passages the generator read
-            "retrieval_recall": (_doc_spans_overlap([(c.doc_id, c.start, c.end) for c in rag.retrieved], evidence)
-                                 if rag is not None and evidence else None),
-            "passage_recall": (_doc_spans_overlap([(c.doc_id, c.start, c.end) for c in rag.citations], evidence)
-                               if rag is not None and evidence else None),
-            "citation_precision": (sum(any(_overlap(c, e) for e in evidence) for c in cited) / len(cited)
-                                   if cited and evidence and mode != "full" else None),
-            "input_tokens": answer.input_tokens, "peak_memory_bytes": answer.peak_memory_bytes,
-            "fallback_reason": answer.fallback_reason, "total_s": total, **answer.timings}
+    if mode == "gold":
+        spans = sorted((e["doc_id"], e["start"], e["end"]) for e in item["evidence"])
+        answer = qa.read(item["question"], [Citation(d, s, e, span_text(index, d, s, e)) for d, s, e in spans])
+    else:
+        budget = gen.max_context - cfg.max_new_tokens
+        documents = item["doc_ids"] if (mode == "full" and corpus_tokens > budget and item["doc_ids"]) else None
+        answer = qa.ask(item["question"], mode=mode, k=t["k"] or 5, documents=documents, truncate=cfg.full_truncate)
+        measured["full_scope"] = "documents" if documents else "corpus"
+    measured["total_s"] = time.perf_counter() - started  # retrieval, prompt building and generation: a user's wait
+    return answer, measured
 
 
 def span_text(index, doc_id: str, start: int, end: int) -> str:
     """The text of a document span, rebuilt from the chunks that cover it (chunks keep exact offsets; whitespace
     between two chunks, which no chunk holds, reads as one space)."""
-    chunks = index.store.document_chunks([doc_id])
+    chunks = index.document_chunks([doc_id])
     if not chunks:
         raise RagctxError(f"evidence names document '{doc_id}', which is not in the corpus")
     end = min(end, max(c.end for c in chunks))  # a span past the document's end stops at it
@@ -145,16 +127,3 @@ def span_text(index, doc_id: str, start: int, end: int) -> str:
         if lo < hi:
             out[lo - start : hi - start] = c.text[lo - c.start : hi - c.start]
     return "".join(out)
-
-
-def _overlap(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
-    return a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
-
-
-def _doc_spans_overlap(spans: list[tuple[str, int, int]], targets: list[tuple[str, int, int]]) -> float:
-    """Share of target spans overlapped by some span of the same document (retrieval recall)."""
-    by_doc: dict[str, list[tuple[int, int]]] = {}
-    for d, s, e in spans:
-        by_doc.setdefault(d, []).append((s, e))
-    hit = sum(spans_overlap(by_doc.get(d, []), [(s, e)]) for d, s, e in targets)
-    return hit / len(targets)

@@ -1,8 +1,12 @@
-"""The grid runner: needle examples x chunking x attention x mode x k, one row per trial in ``results.jsonl``.
+"""The grid runner: needle examples (or a QA file's questions) x chunking x attention x mode x k, one row per trial
+in ``results.jsonl``.
 
-Each example (length, depth, kind, seed) is generated once and shared by every mode and attention, so the
-comparisons are paired. Trials have stable ids (a hash of their parameters): a rerun skips the ones already in
-``results.jsonl``, so an interrupted run resumes where it stopped.
+Each example (haystack, length, depth, kind, seed, index) is generated once and shared by every mode and attention,
+so the comparisons are paired. Modes ``rag``, ``full`` and ``auto`` ask through :class:`~ragctx.qa.QA`; ``direct``
+gives the generator the needle example's own prompt, as the built-in models were trained and as the trainer
+evaluates them. A config's ``parts`` join several sub-grids into one run (eval/configs/builtin-needles.json). A
+rerun skips the trials whose key (:func:`~ragctx.evaluation.results.trial_key`) a row in the folder already has, so
+an interrupted run resumes where it stopped.
 
 A grid can be split into shards by example (``shard=(i, n)``, ``ragctx eval --shard i/n``): shard i runs every
 n-th example and writes ``results.shard-i-of-n.jsonl`` into the same folder, so shards run side by side (one per
@@ -16,20 +20,46 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, fields
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from ..errors import RagctxError, is_out_of_memory, release_memory
 from ..retrieval import retriever_names
-from ..tasks import KINDS, NeedleTask, string_match_all
+from ..tasks import KINDS, NeedleTask
 from .memory import metered
-from .metrics import spans_overlap
-from .results import Row, Trial, read_rows, result_files, results_file, trial_id
+from .results import (
+    Outcome,
+    Reference,
+    Row,
+    Trial,
+    make_row,
+    pending,
+    read_rows,
+    result_files,
+    results_file,
+    trial_id,
+)
 
 # result_files: kept here for callers of the old name (it lives in .results with the rest of the row schema)
-__all__ = ["EvalConfig", "run_eval", "load_config", "trials", "parse_shard", "result_files"]
+__all__ = [
+    "NEEDLE_MODES",
+    "PART_KEYS",
+    "EvalConfig",
+    "load_config",
+    "parse_shard",
+    "result_files",
+    "run_eval",
+    "trials",
+]
+
+NEEDLE_MODES = ("rag", "full", "auto", "direct")
+# what a part of a grid (EvalConfig.parts) may set: the lists that make trials, not how they run
+PART_KEYS = ("modes", "attentions", "lengths", "depths", "kinds", "seeds", "unanswerable_seeds", "examples",
+             "haystack", "k", "chunk_tokens", "overlap")
+NEEDLE_DOC = "context"  # the document id of a needle example's context in its index
 
 
 @dataclass
@@ -39,14 +69,15 @@ class EvalConfig:
     name: str = "eval"
     out: str = "eval/runs/eval"  # folder for results.jsonl, summary.json, report.md/html and plots
     generator: str = "builtin"  # "builtin" (each attention's own built-in weights), a model folder, or a HF checkpoint
-    modes: list[str] = field(default_factory=lambda: ["rag", "full", "auto"])
+    modes: list[str] = field(default_factory=lambda: ["rag", "full", "auto"])  # and direct (needles) or gold (QA)
     attentions: list[str] = field(default_factory=lambda: ["softmax", "flash", "linear", "sliding_window", "hybrid"])
     lengths: list[int] = field(default_factory=lambda: [1024, 4096])  # context length in generator tokens
-    depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # needle depth, 0 = start
+    depths: list[float | None] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # needle depth, 0 = start (null: drawn)
     kinds: list[str] = field(default_factory=lambda: ["single"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])  # one example per seed and cell
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # NeedleTask seeds
+    examples: int = 1  # examples per seed and cell (numbers 0..examples-1 under the seed)
     unanswerable_seeds: list[int] = field(default_factory=list)  # seeds whose question asks an absent key
-    haystack: str = "essays"
+    haystack: str | list[str] = "essays"  # essays, repeat or a folder; a list is swept
     k: list[int] = field(default_factory=lambda: [5])
     chunk_tokens: list[int] = field(default_factory=lambda: [128])
     overlap: list[int] = field(default_factory=lambda: [16])
@@ -65,7 +96,8 @@ class EvalConfig:
     bos: bool | None = None  # prepend BOS to plain-text prompts (None: as the generator's tokenizer does)
     options: dict[str, Any] = field(default_factory=dict)  # generator options: window, feature_map, chunk_size, ...
     batch: int = 1  # needle trials decoded together (ask_many); > 1 shares prefill/decode times and peak memory
-    #                 within a batch (rows say "batch"), so cost plots want 1; QA-file trials run one at a time
+    #                 within a batch (rows say "batch"), so cost plots want 1; QA-file and direct trials run singly
+    parts: list[dict[str, Any]] = field(default_factory=list)  # sub-grids run together: each sets some PART_KEYS
 
     def __post_init__(self) -> None:
         if self.qa_file:
@@ -79,6 +111,9 @@ class EvalConfig:
                 raise RagctxError("eval config: mode 'gold' needs a QA file with evidence spans")
         elif "gold" in self.modes:
             raise RagctxError("eval config: mode 'gold' (the evidence passage alone) needs a qa_file")
+        elif set(self.modes) - set(NEEDLE_MODES):
+            raise RagctxError(f"eval config: modes {sorted(set(self.modes) - set(NEEDLE_MODES))} are unknown for "
+                              f"needle tasks; choose from {', '.join(NEEDLE_MODES)}")
         if self.retrieval is None:
             self.retrieval = ["bm25"] if self.qa_file else ["dense"]
         for r in self.retrieval:
@@ -96,6 +131,13 @@ class EvalConfig:
             raise RagctxError(f"eval config: batch {self.batch!r}: pass a positive number of trials (1: one at a time)")
         if not (self.modes and self.attentions and self.lengths and self.depths and self.seeds):
             raise RagctxError("eval config: modes, attentions, lengths, depths and seeds need at least one value each")
+        if not isinstance(self.examples, int) or isinstance(self.examples, bool) or self.examples < 1:
+            raise RagctxError(f"eval config: examples {self.examples!r}: pass a positive number per seed and cell")
+        for part in self.parts:
+            bad = sorted(set(part) - set(PART_KEYS)) if isinstance(part, dict) else ["(not an object)"]
+            if bad:
+                raise RagctxError(f"eval config: a part sets {bad}; a part may set only {', '.join(PART_KEYS)}")
+            replace(self, parts=[], **part)  # each part is a grid of its own: checked as one
 
 
 def load_config(path: str | Path) -> EvalConfig:
@@ -114,32 +156,48 @@ def load_config(path: str | Path) -> EvalConfig:
 
 
 def trials(cfg: EvalConfig) -> list[Trial]:
-    """Every trial of the grid, in the order they run (examples outermost, so each is built once)."""
-    out = []
-    if cfg.qa_file:
-        for item in _questions(cfg):
-            for attention, mode in itertools.product(cfg.attentions, cfg.modes):
-                if mode == "gold" and not item["evidence"]:
-                    continue  # no passage to give (unanswerable questions)
-                retrieves = mode in ("rag", "auto")
-                chunks, overlaps = (cfg.chunk_tokens, cfg.overlap) if retrieves else (cfg.chunk_tokens[:1], cfg.overlap[:1])
-                for chunk, ov, retrieval, k in itertools.product(chunks, overlaps, cfg.retrieval if retrieves else [None],
-                                                                 cfg.k if retrieves else [None]):
-                    params = dict(qa_file=cfg.qa_file, qid=item["qid"], chunk_tokens=chunk, overlap=ov,
-                                  retrieval=retrieval, attention=attention, mode=mode, k=k, generator=cfg.generator,
-                                  settings=_qa_settings(cfg))
-                    out.append({"id": trial_id(params), **params, "length": None, "depth": -1.0})
-        return out
+    """Every trial of the grid (of each of its ``parts`` in turn, a trial two parts share once), in the order they
+    run: examples outermost, so each is built once."""
+    out: dict[str, Trial] = {}
+    for grid in ([replace(cfg, parts=[], **part) for part in cfg.parts] or [cfg]):
+        for t in (_qa_trials(grid) if grid.qa_file else _needle_trials(grid)):
+            t = {"id": trial_id(t), **t}
+            out.setdefault(t["id"], t)
+    return list(out.values())
+
+
+def _qa_trials(cfg: EvalConfig) -> Iterator[Trial]:
+    for item in _questions(cfg):
+        for attention, mode in itertools.product(cfg.attentions, cfg.modes):
+            if mode == "gold" and not item["evidence"]:
+                continue  # no passage to give (unanswerable questions)
+            retrieves = mode in ("rag", "auto")
+            chunks, overlaps = (cfg.chunk_tokens, cfg.overlap) if retrieves else (cfg.chunk_tokens[:1], cfg.overlap[:1])
+            for chunk, ov, retrieval, k in itertools.product(chunks, overlaps, cfg.retrieval if retrieves else [None],
+                                                             cfg.k if retrieves else [None]):
+                yield dict(qa_file=cfg.qa_file, qid=item["qid"], chunk_tokens=chunk, overlap=ov, retrieval=retrieval,
+                           attention=attention, mode=mode, k=k, generator=cfg.generator, settings=_qa_settings(cfg),
+                           length=None, depth=-1.0)
+
+
+def _needle_trials(cfg: EvalConfig) -> Iterator[Trial]:
+    haystacks = [cfg.haystack] if isinstance(cfg.haystack, str) else cfg.haystack
     for length, depth, kind, seed in itertools.product(cfg.lengths, cfg.depths, cfg.kinds, cfg.seeds):
-        for chunk, ov, attention, mode in itertools.product(cfg.chunk_tokens, cfg.overlap, cfg.attentions, cfg.modes):
-            for k in (cfg.k if mode != "full" else [None]):
-                params = dict(length=length, depth=depth, kind=kind, seed=seed, unanswerable=seed in cfg.unanswerable_seeds,
-                              chunk_tokens=chunk, overlap=ov, attention=attention, mode=mode, k=k,
-                              generator=cfg.generator, haystack=cfg.haystack)
-                if cfg.retrieval[0] != "dense" or cfg.options:  # settings added later: earlier runs keep their ids
-                    params["settings"] = {"retrieval": cfg.retrieval[0], "options": cfg.options}
-                out.append({"id": trial_id(params), **params})
-    return out
+        for haystack, index in itertools.product(haystacks, range(cfg.examples)):
+            for chunk, ov, attention, mode in itertools.product(cfg.chunk_tokens, cfg.overlap, cfg.attentions,
+                                                                cfg.modes):
+                if mode == "direct":  # no index: one trial, not one per chunking
+                    if (chunk, ov) != (cfg.chunk_tokens[0], cfg.overlap[0]):
+                        continue
+                    chunk = ov = None
+                for k in (cfg.k if mode in ("rag", "auto") else [None]):
+                    t: Trial = dict(length=length, depth=depth, kind=kind, seed=seed,
+                                    unanswerable=seed in cfg.unanswerable_seeds, chunk_tokens=chunk, overlap=ov,
+                                    attention=attention, mode=mode, k=k, generator=cfg.generator, haystack=haystack,
+                                    index=index)
+                    if cfg.retrieval[0] != "dense" or cfg.options:  # the needle settings (results.NEEDLE_SETTINGS)
+                        t["settings"] = {"retrieval": cfg.retrieval[0], "options": cfg.options}
+                    yield t
 
 
 def _qa_settings(cfg: EvalConfig) -> dict[str, Any]:
@@ -170,7 +228,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 def _example_of(t: Trial) -> tuple:
     if "qid" in t:
         return (t["qid"],)
-    return (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"])
+    return (t["haystack"], t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], t.get("index", 0))
 
 
 def _in_shard(all_trials: list[Trial], shard: tuple[int, int]) -> list[Trial]:
@@ -214,12 +272,11 @@ def _generator(cfg: EvalConfig, attention: str, cache: dict):
 def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
     """Runs the grid (resuming), then writes summary.json, report.md, report.html and plots. Returns the folder.
 
-    ``shard=(i, n)``: run only shard i of n (see the module docstring); its report is left to ``--report-only``
-    once every shard is done."""
+    Each run that has trials to do adds a line to ``runs.jsonl`` (date, machine, torch, trials), which the report
+    lists. ``shard=(i, n)``: run only shard i of n (see the module docstring); its report is left to
+    ``--report-only`` once every shard is done."""
     from tqdm.auto import tqdm
 
-    from ..documents import Document
-    from ..qa import QA, ask_many
     from .report import write_report
 
     out = Path(cfg.out)
@@ -228,50 +285,56 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
     named = first if not first.is_file() or json.loads(first.read_text()).get("name") == cfg.name \
         else out / f"config-{cfg.name}.json"
     named.write_text(json.dumps(asdict(cfg), indent=2))
-    results = results_file(out, shard)
-    done = {row["id"] for row in read_rows(out)}
-    todo = [t for t in (trials(cfg) if shard is None else _in_shard(trials(cfg), shard)) if t["id"] not in done]
+    grid = trials(cfg) if shard is None else _in_shard(trials(cfg), shard)
+    todo = pending(grid, read_rows(out))
+    if todo:
+        with open(out / "runs.jsonl", "a") as log:
+            log.write(json.dumps(_environment(cfg, len(todo), shard)) + "\n")
     questions = {q["qid"]: q for q in _questions(cfg)} if cfg.qa_file else {}
     generators: dict = {}
     examples: dict = {}
     indexes: dict = {}
-    with open(results, "a") as sink, tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress) as bar:
+    today = time.strftime("%Y-%m-%d")
+    with open(results_file(out, shard), "a") as sink, \
+            tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress) as bar:
+        def write(rows: list[Row]) -> None:
+            sink.writelines(json.dumps({**row, "date": today}) + "\n" for row in rows)
+            sink.flush()
+            bar.update(len(rows))
+
         if cfg.qa_file:
             for t in todo:
                 gen = _generator(cfg, t["attention"], generators)
-                sink.write(json.dumps(_qa_trial(t, questions[t["qid"]], gen, cfg, indexes, out)) + "\n")
-                sink.flush()
-                bar.update(1)
+                write([_qa_row(t, questions[t["qid"]], gen, cfg, indexes, out)])
         else:
             for group in _batches(todo, cfg.batch):
                 gen = _generator(cfg, group[0]["attention"], generators)
                 indexes.clear()  # the indexes of one batch's examples at a time
-                jobs, cases = [], []
-                for t in group:
-                    ex = _needle_example(t, gen, cfg, examples)
-                    ex_key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
-                    idx_key = (ex_key, t["chunk_tokens"], t["overlap"])
-                    if idx_key not in indexes:
-                        indexes[idx_key] = _memory_index([Document.from_text("context", ex.context)], t, cfg)
-                    qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens, retrieval=cfg.retrieval[0])
-                    jobs.append((qa, ex.question, {"mode": t["mode"], "k": t["k"] or 5}))
-                    cases.append((t, ex))
-                if cfg.batch == 1:  # one at a time: each trial's own timings and peak memory
-                    answers = [_ask_one(qa, q, kw) for qa, q, kw in jobs]
-                else:
-                    answers = ask_many(jobs, batch_size=cfg.batch)
-                for (t, ex), answer in zip(cases, answers):
-                    sink.write(json.dumps(_needle_row(t, ex, answer)) + "\n")
-                sink.flush()
-                bar.update(len(group))
+                cases = [(t, _needle_example(t, gen, examples)) for t in group]
+                outcomes = _needle_outcomes(cases, gen, cfg, indexes)
+                write([make_row(t, outcome, Reference.of_needle(ex, NEEDLE_DOC))
+                       for (t, ex), outcome in zip(cases, outcomes)])
     if shard is None:
         write_report(out)
     return out
 
 
-def _batches(todo: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def _environment(cfg: EvalConfig, n: int, shard: tuple[int, int] | None) -> dict[str, Any]:
+    """One line of ``runs.jsonl``: when, on what, and how many trials."""
+    import platform
+
+    import torch
+
+    gpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return {"date": time.strftime("%Y-%m-%d"), "config": cfg.name, "trials": n,
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+            "device": torch.cuda.get_device_name() if gpu else "CPU", "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def _batches(todo: list[Trial], size: int) -> Iterator[list[Trial]]:
     """Consecutive trials of one attention (one generator), ``size`` at most per batch."""
-    group: list[dict[str, Any]] = []
+    group: list[Trial] = []
     for t in todo:
         if group and (len(group) == size or t["attention"] != group[0]["attention"]):
             yield group
@@ -281,21 +344,51 @@ def _batches(todo: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, A
         yield group
 
 
-def _needle_example(t: dict[str, Any], gen, cfg: EvalConfig, examples: dict):
-    """The needle example of trial ``t`` in ``gen``'s tokens, made once per cell and seed."""
-    key = (t["length"], t["depth"], t["kind"], t["seed"], t["unanswerable"], gen.tokenizer.kind)
+def _needle_example(t: Trial, gen, examples: dict):
+    """The needle example of trial ``t`` in ``gen``'s tokens, made once per cell, seed and index."""
+    key = (_example_of(t), gen.tokenizer.kind)
     if key not in examples:
-        count = (lambda s, tok=gen.tokenizer: len(tok.encode(s, bos=False)))
-        task = NeedleTask(cfg.haystack, seed=t["seed"], count=count)
-        examples[key] = task.example(0, length=t["length"], kind=t["kind"], depth=t["depth"],
-                                     unanswerable=t["unanswerable"])
+        task_key = ("task", t["haystack"], t["seed"], gen.tokenizer.kind)  # the haystack read once per seed
+        if task_key not in examples:
+            count = (lambda s, tok=gen.tokenizer: len(tok.encode(s, bos=False)))
+            examples[task_key] = NeedleTask(t["haystack"], seed=t["seed"], count=count)
+        examples[key] = examples[task_key].example(t.get("index", 0), length=t["length"], kind=t["kind"],
+                                                   depth=t["depth"], unanswerable=t["unanswerable"])
     return examples[key]
 
 
-def _ask_one(qa, question: str, kwargs: dict):
-    """qa.ask, with a RagctxError or an out-of-memory error returned as the trial's outcome (as ask_many does)."""
+def _needle_outcomes(cases: list, gen, cfg: EvalConfig, indexes: dict) -> list[Outcome | BaseException]:
+    """What ``gen`` answered to each (trial, example): through QA for rag/full/auto (``ask_many`` when the config
+    batches), the example's own prompt for direct; a RagctxError or an out-of-memory error is the trial's outcome."""
+    from ..documents import Document
+    from ..generator.train import needle_generation
+    from ..qa import QA, ask_many
+
+    outcomes: list[Outcome | BaseException | None] = [None] * len(cases)
+    jobs, asked = [], []
+    for i, (t, ex) in enumerate(cases):
+        if t["mode"] == "direct":
+            outcomes[i] = _attempt(lambda ex=ex: Outcome.of_generation(needle_generation(gen, ex)))
+            continue
+        idx_key = (_example_of(t), gen.tokenizer.kind, t["chunk_tokens"], t["overlap"])
+        if idx_key not in indexes:
+            indexes[idx_key] = _memory_index([Document.from_text(NEEDLE_DOC, ex.context)], t, cfg)
+        qa = QA(indexes[idx_key], gen, max_new_tokens=cfg.max_new_tokens, retrieval=cfg.retrieval[0])
+        jobs.append((qa, ex.question, {"mode": t["mode"], "k": t["k"] or 5}))
+        asked.append(i)
+    if cfg.batch == 1:  # one at a time: each trial's own timings and peak memory
+        answers = [_attempt(lambda job=job: job[0].ask(job[1], **job[2])) for job in jobs]
+    else:
+        answers = ask_many(jobs, batch_size=cfg.batch)
+    for i, answer in zip(asked, answers):
+        outcomes[i] = answer if isinstance(answer, BaseException) else Outcome.of_answer(answer)
+    return outcomes  # type: ignore[return-value]
+
+
+def _attempt(run: Callable[[], Any]) -> Any:
+    """``run()``, with a RagctxError or an out-of-memory error returned as the trial's outcome (as ask_many does)."""
     try:
-        return qa.ask(question, **kwargs)
+        return run()
     except RagctxError as e:  # e.g. full context longer than the generator's window
         return e
     except (RuntimeError, MemoryError) as e:
@@ -303,24 +396,6 @@ def _ask_one(qa, question: str, kwargs: dict):
             raise
         release_memory()
         return e
-
-
-def _needle_row(t: dict[str, Any], ex, answer) -> Row:
-    """The results row of needle trial ``t``: its Answer scored against the example, or the error that ended it."""
-    row: Row = {**t}
-    if isinstance(answer, RagctxError):
-        row.update(status="error", error=str(answer))
-    elif isinstance(answer, Exception):
-        row.update(status="oom", error=str(answer).splitlines()[0][:200])
-    else:
-        rag = next((a for a in answer.attempts if a.route == "rag"), None)
-        row.update(
-            status="ok", prediction=answer.text, answers=ex.answers, route=answer.route,
-            accuracy=string_match_all(answer.text, ex.answers),
-            retrieval_recall=(spans_overlap([(c.start, c.end) for c in rag.citations], ex.needle_spans)
-                              if rag is not None and ex.answerable else None),
-            input_tokens=answer.input_tokens, peak_memory_bytes=answer.peak_memory_bytes, **answer.timings)
-    return row
 
 
 def _memory_index(documents: list, t: dict[str, Any], cfg: EvalConfig):
@@ -335,12 +410,11 @@ def _memory_index(documents: list, t: dict[str, Any], cfg: EvalConfig):
     return index
 
 
-def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict,
-              out: Path) -> dict[str, Any]:
-    """One QA-file trial (see :mod:`ragctx.evaluation.qa_tasks`). The corpus index of each chunking is built once
-    and kept in the run folder (``index-C-O``), so a resumed run does not embed again."""
+def _qa_row(t: Trial, item: dict[str, Any], gen, cfg: EvalConfig, indexes: dict, out: Path) -> Row:
+    """The row of one QA-file trial (see :mod:`ragctx.evaluation.qa_tasks`). The corpus index of each chunking is
+    built once and kept in the run folder (``index-C-O``), so a resumed run does not embed again."""
     from ..documents import Document
-    from .qa_tasks import qa_trial
+    from .qa_tasks import ask_question
 
     if "documents" in item:
         key: tuple = (item["qid"], t["chunk_tokens"], t["overlap"])
@@ -359,10 +433,14 @@ def _qa_trial(t: dict[str, Any], item: dict[str, Any], gen, cfg: EvalConfig, ind
         from ..qa import Citation, join_pieces
 
         text, _ = join_pieces([Citation(c.doc_id, c.start, c.end, c.text, None, (c.ordinal, c.ordinal))
-                               for c in index.store.document_chunks()])  # overlaps merged: each document once
+                               for c in index.document_chunks()])  # overlaps merged: each document once
         tokens = len(gen.tokenizer.encode(text, bos=False))
         indexes[key] = (index, tokens)
-    return qa_trial(t, item, gen, index, cfg, tokens)
+    asked = _attempt(lambda: ask_question(t, item, gen, index, cfg, tokens))
+    if isinstance(asked, BaseException):
+        return make_row(t, asked, Reference.of_question(item))
+    answer, measured = asked
+    return make_row(t, Outcome.of_answer(answer), Reference.of_question(item), **measured)
 
 
 def _corpus_index(spec: str, t: dict[str, Any], cfg: EvalConfig, out: Path):

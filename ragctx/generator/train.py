@@ -26,17 +26,18 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RagctxError
+from ..evaluation.results import Outcome, Reference, make_row
 from ..prefetch import prefetch
-from ..tasks import KINDS, NeedleTask, string_match_all
+from ..tasks import KINDS, NeedleExample, NeedleTask
 from ..tasks.needles import MIN_LENGTH, kinds_for
 from .attention import canonical_name, same_weights, weights_of
 from .checkpoints import load_weights, read_safetensors
 from .config import ModelConfig
-from .generate import Generator
+from .generate import Generation, Generator
 from .model import Transformer
 from .tokenizer import ByteTokenizer
 
-__all__ = ["TrainConfig", "train", "evaluate", "answer_needle", "lengths_at"]
+__all__ = ["TrainConfig", "train", "evaluate", "answer_needle", "needle_generation", "lengths_at"]
 
 # a second stage starts from saved weights (TrainConfig.init) through the loader's check
 _INIT_FIX = ("init takes a folder written by Generator.save for a model of the same preset and overrides (any other "
@@ -99,11 +100,17 @@ def _batch(task: NeedleTask, rng: random.Random, cfg: TrainConfig, length: int, 
     return ids, wts, target
 
 
-def answer_needle(gen: Generator, ex) -> str:
-    """The generator's greedy answer to a needle example, up to the first newline. Room is left for the longer of
-    the target and ``unanswerable``, so that a wrong ``unanswerable`` is seen whole and counted."""
+def needle_generation(gen: Generator, ex: NeedleExample) -> Generation:
+    """The generator's greedy answer to a needle example's own prompt (no retrieval), up to the first newline. Room
+    is left for the longer of the target and ``unanswerable``, so that a wrong ``unanswerable`` is seen whole and
+    counted. The evaluation runner's ``direct`` mode answers this way too."""
     room = max(len(ex.target), len(" unanswerable")) + 4
-    return gen.generate(ex.prompt, max_new_tokens=room, stop=["\n"]).text
+    return gen.generate(ex.prompt, max_new_tokens=room, stop=["\n"])
+
+
+def answer_needle(gen: Generator, ex: NeedleExample) -> str:
+    """The text of :func:`needle_generation`."""
+    return needle_generation(gen, ex).text
 
 
 @torch.no_grad()
@@ -112,29 +119,30 @@ def evaluate(gen: Generator, task: NeedleTask, lengths, n: int, seed: int = 10_0
     """Accuracy (string-match-all) per length on ``n`` fresh examples (kinds in turn, every fifth question
     unanswerable), with the rate of recognized and of false ``unanswerable``, and the accuracy of each kind's
     answerable questions (``by_kind``: a model that copies any needle scores 1 on ``single`` and chance on
-    ``multikey``)."""
+    ``multikey``).
+
+    It runs inside the training loop on the model being trained, so it stays this small function rather than a
+    grid of :mod:`ragctx.evaluation.runner` (which loads saved generators and writes a run folder); each answer is
+    scored into a row by the runner's own :func:`~ragctx.evaluation.results.make_row`, as its ``direct`` mode does."""
     out = {}
     was_training = gen.model.training
     gen.model.eval()
     for length in lengths:
-        scores, false_unans, unans_hits, n_unans = [], 0, 0, 0
-        per_kind: dict[str, list[float]] = {}
+        rows = []
         for i in range(n):
             usable = kinds_for(length, kinds)
             ex = task.example(seed + i, length=length, kind=usable[i % len(usable)], unanswerable=(i % 5 == 4))
-            pred = answer_needle(gen, ex)
-            score = string_match_all(pred, ex.answers)
-            if ex.answerable:
-                scores.append(score)
-                per_kind.setdefault(ex.kind, []).append(score)
-                false_unans += "unanswerable" in pred.lower()
-            else:
-                n_unans += 1
-                unans_hits += score
-        out[str(length)] = {"accuracy": sum(scores) / max(1, len(scores)),
-                            "unanswerable_recall": unans_hits / max(1, n_unans),
-                            "false_unanswerable": false_unans / max(1, len(scores)), "n": n,
-                            "by_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
+            trial = {"length": length, "kind": ex.kind, "index": seed + i, "unanswerable": not ex.answerable}
+            rows.append(make_row(trial, Outcome.of_generation(needle_generation(gen, ex)), Reference.of_needle(ex)))
+        answerable = [r for r in rows if not r["unanswerable"]]
+        absent = [r for r in rows if r["unanswerable"]]
+        per_kind: dict[str, list[float]] = {}
+        for r in answerable:
+            per_kind.setdefault(r["kind"], []).append(r["accuracy"])
+        out[str(length)] = {"accuracy": sum(r["accuracy"] for r in answerable) / max(1, len(answerable)),
+                            "unanswerable_recall": sum(r["accuracy"] for r in absent) / max(1, len(absent)),
+                            "false_unanswerable": sum(r["refused"] for r in answerable) / max(1, len(answerable)),
+                            "n": n, "by_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
     gen.model.train(was_training)
     return out
 
