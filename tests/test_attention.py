@@ -449,3 +449,18 @@ def test_select_route_names_what_ran_and_a_model_reports_it():
         model(torch.tensor([[3]]), positions=torch.tensor([[10]]), states=states)
     assert routes == ["chunkwise"] * model.cfg.n_layers + ["step"] * model.cfg.n_layers
     assert select_route(q, k, v, None, None, cfg) and routes[-1] == "step"  # closed: no longer recorded
+
+
+def test_each_entry_names_its_options_and_they_are_config_fields():
+    """An entry's ``options`` are the ModelConfig fields it reads: a window for the window entries, the feature map
+    for the kernel entries (the one ``features`` names among them), none for softmax and flash."""
+    from dataclasses import fields
+
+    config_fields = {f.name for f in fields(ModelConfig)}
+    for name, entry in ATTENTION.items():
+        assert set(entry.options) <= config_fields, name
+        if entry.features:
+            assert entry.features in entry.options, name
+    assert get_attention("sliding_window").options == ("window",)
+    assert "window" in get_attention("hybrid").options and "window" not in get_attention("linear").options
+    assert get_attention("eager").options == get_attention("sdpa").options == ()

@@ -55,6 +55,10 @@ class AttentionBackend:
     features: str | None = None  # the ModelConfig field naming its kernel feature map (None: no feature map)
     aliases: tuple[str, ...] = ()  # other names that select it (transformers' names; a config keeps ``name``)
     shares_weights_with: str | None = None  # the entry whose function it computes, so whose weights it runs as they are
+    # the ModelConfig fields it reads (its options: set with Generator.open(..., window=...), the CLI and eval
+    # configs). They stay flat on ModelConfig, which every checkpoint's config.json serializes whole and whose layers
+    # may run different entries (layer_attention); the entry says which of them are its own.
+    options: tuple[str, ...] = ()
 
 
 def kv_cache_state(cfg, batch, max_len, device, dtype) -> KVCache:
@@ -162,13 +166,15 @@ for _backend in [
                      shares_weights_with="softmax"),
     AttentionBackend("linear", linear_attention, _linear_state,
                      lambda q, k, v, valid, cfg, maps=None: linear_quadratic(q, k, v, valid, cfg.feature_map, maps),
-                     features="feature_map"),
+                     features="feature_map", options=("feature_map", "chunk_size", "hedgehog_dim")),
     AttentionBackend("sliding_window", window_attention, ring_state,
-                     lambda q, k, v, valid, cfg, maps=None: window_reference(q, k, v, valid, cfg.window)),
+                     lambda q, k, v, valid, cfg, maps=None: window_reference(q, k, v, valid, cfg.window),
+                     options=("window",)),
     AttentionBackend("hybrid", hybrid_attention, _hybrid_state,
                      lambda q, k, v, valid, cfg, maps=None: hybrid_reference(q, k, v, valid, cfg.window,
                                                                              cfg.hybrid_feature_map, maps),
-                     features="hybrid_feature_map"),
+                     features="hybrid_feature_map",
+                     options=("window", "hybrid_feature_map", "chunk_size", "hedgehog_dim")),
 ]:
     register(_backend)
     _BUILT_IN.add(_backend.name)
