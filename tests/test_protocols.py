@@ -12,7 +12,7 @@ import pytest
 from ragctx import ChunkConfig, Document, Index, RagctxError
 from ragctx.evaluation.memory import MeteredGenerator, metered
 from ragctx.generator import ByteTokenizer, Generation
-from ragctx.protocols import (ChunkSpan, Corpus, Generated, Retriever, ScoredSpan, SearchableCorpus, TextDelta,
+from ragctx.protocols import (ChunkSpan, Corpus, Generated, SpanSearch, ScoredSpan, SearchableCorpus, TextDelta,
                               TextGenerator, Tokenizer, members)
 from ragctx.qa import QA, FallbackStarted, Finished
 
@@ -103,7 +103,7 @@ class ScriptedGenerator:
 
 # -- the shapes ----------------------------------------------------------------------------------------------------
 def test_index_and_generator_have_the_shapes_qa_depends_on(index, gen):
-    assert isinstance(index, SearchableCorpus) and isinstance(index, Retriever) and isinstance(index, Corpus)
+    assert isinstance(index, SearchableCorpus) and isinstance(index, SpanSearch) and isinstance(index, Corpus)
     assert isinstance(gen, TextGenerator) and isinstance(gen.tokenizer, Tokenizer)
     assert isinstance(metered(gen), TextGenerator)
     hit = index.search("Zirkel", k=1, mode="bm25")[0]

@@ -16,6 +16,7 @@ import resource
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import RagctxError
 from ..protocols import Generated, GenerationResult, TextDelta, TextGenerator
 
 __all__ = ["MeteredGenerator", "metered", "peak_memory", "reset_peak_memory", "reset_peak_rss"]
@@ -32,8 +33,8 @@ def reset_peak_rss() -> None:
 
 
 def reset_peak_memory(device) -> None:
-    """Starts a measurement on ``device`` (a ``torch.device``): CUDA's peak statistics, else the peak RSS."""
-    if device.type == "cuda":
+    """Starts a measurement on ``device`` (a ``torch.device``, or None): CUDA's peak statistics, else the peak RSS."""
+    if device is not None and getattr(device, "type", None) == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
@@ -44,7 +45,7 @@ def reset_peak_memory(device) -> None:
 def peak_memory(device) -> int:
     """Peak memory since :func:`reset_peak_memory`: CUDA max allocated, or on a CPU the peak RSS since
     :func:`reset_peak_rss` (Linux; the whole process's peak RSS elsewhere)."""
-    if device.type == "cuda":
+    if device is not None and getattr(device, "type", None) == "cuda":
         import torch
 
         return int(torch.cuda.max_memory_allocated(device))
@@ -75,9 +76,19 @@ class MeteredGenerator:
     def __repr__(self) -> str:
         return f"MeteredGenerator({self.generator!r})"
 
+    def generate(self, prompt, **kwargs: Any) -> GenerationResult:
+        """One whole generation through :meth:`run`, metered (what ``Generator.generate`` returns)."""
+        result = None
+        for event in self.run(prompt, **kwargs):
+            if isinstance(event, Generated):
+                result = event.generation
+        if result is None:
+            raise RagctxError(f"{self.generator!r}.run() ended without a Generated result")
+        return result
+
     def run(self, prompt, **kwargs: Any) -> Iterator[TextDelta | Generated]:
         """The wrapped generator's :meth:`run`, its :class:`~ragctx.protocols.Generated` result metered."""
-        device = self.generator.device
+        device = getattr(self.generator, "device", None)  # a protocol generator need not say (then: this process)
         reset_peak_memory(device)  # when the first event is asked for: the generation starts now
         for event in self.generator.run(prompt, **kwargs):
             if isinstance(event, Generated):
@@ -86,7 +97,7 @@ class MeteredGenerator:
 
     def generate_batch(self, prompts, **kwargs: Any) -> list[GenerationResult]:
         """The wrapped generator's :meth:`generate_batch`; every row reports the batch's peak."""
-        device = self.generator.device
+        device = getattr(self.generator, "device", None)
         reset_peak_memory(device)
         results = self.generator.generate_batch(prompts, **kwargs)
         peak = peak_memory(device)
@@ -94,7 +105,13 @@ class MeteredGenerator:
 
     @staticmethod
     def _with_peak(result: GenerationResult, peak: int) -> GenerationResult:
-        return dataclasses.replace(result, peak_memory_bytes=peak)  # type: ignore[type-var]
+        if dataclasses.is_dataclass(result):
+            return dataclasses.replace(result, peak_memory_bytes=peak)  # type: ignore[type-var]
+        try:  # a result of the user's own class: set in place where it can be
+            result.peak_memory_bytes = peak  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        return result
 
 
 def metered(generator: TextGenerator) -> MeteredGenerator:

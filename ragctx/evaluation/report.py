@@ -51,7 +51,7 @@ def _findings(summary: dict[str, Any]) -> list[str]:
             said = (f"best accuracy {top:.2f}, a tie of {len(best)} of its {len(cs)} cells ("
                     + "; ".join(where(c) for c in best[:3]) + ("; ..." if len(best) > 3 else "") + ")")
         tokens = [c["input_tokens"] for c in cs if c["input_tokens"] is not None]
-        lines.append(f"`{mode}`: {said}" + (f"; mean input {sum(tokens) / len(cs):.0f} tokens." if tokens else "."))
+        lines.append(f"`{mode}`: {said}" + (f"; mean input {sum(tokens) / len(tokens):.0f} tokens." if tokens else "."))
     points = summary.get("prefill_slope_points", {})
     two = [f"`{key}` {slope:.2f}" for key, slope in summary["prefill_slopes"].items()
            if slope is not None and points.get(key) == 2]

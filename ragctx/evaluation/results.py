@@ -13,7 +13,8 @@ of any age, so a rerun skips what a folder already holds, and a config field tha
 size, a device) can be added or changed without running anything again. A field added to the key later is given
 the value that every row written before it existed stands for (``index``: 0); a row that lacks a field with no
 such value (QA-file rows written before ``settings`` were recorded) is run again. ``id`` is a short hash of the
-key, the trial's name in a folder (for the fields of the first key, the same id those rows were written with).
+key, the trial's name in a folder: a trial whose settings are all at their defaults keeps the id of the first
+key; one with other settings may get another id than an older version wrote (the key still matches it).
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ QA_KEY: dict[str, Any] = {
     "overlap": REQUIRED, "retrieval": REQUIRED, "qa_file": REQUIRED, "qid": REQUIRED,
 }
 # the trial's ``settings`` (config values that change every trial's result), the same way
-NEEDLE_SETTINGS: dict[str, Any] = {"retrieval": "dense", "options": {}}  # recorded only when not these
+# a needle trial's settings, each recorded only when not this value. dtype, max_new_tokens and max_seq_len are not
+# among them: committed needle folders were written without them under other values than the defaults, so a key
+# holding them would run those grids again; a rerun that changes one of them needs a new folder
+NEEDLE_SETTINGS: dict[str, Any] = {"retrieval": "dense", "options": {}}
 QA_SETTINGS: dict[str, Any] = {name: REQUIRED for name in ("corpus", "focus", "refusal_threshold", "bos",
                                                            "max_new_tokens", "full_truncate", "options", "dtype",
                                                            "max_seq_len")}
@@ -209,7 +213,8 @@ class Outcome:
         """From a :class:`~ragctx.generator.Generation` of a needle prompt answered directly (no retrieval): a
         refusal is the word ``unanswerable`` anywhere in the text, the target the models were trained on."""
         return cls(generation.text, "direct", UNANSWERABLE in generation.text.lower(), generation.prompt_tokens,
-                   {"prefill_s": generation.prefill_s, "decode_s": generation.decode_s})
+                   {"prefill_s": generation.prefill_s, "decode_s": generation.decode_s},
+                   getattr(generation, "peak_memory_bytes", None))
 
 
 @dataclass(frozen=True)

@@ -206,8 +206,8 @@ def builtin_folder(name: str) -> tuple[Path, str | None]:
     ``softmax``'s (the same function)."""
     folder = BUILTIN_DIR / name
     if (folder / "alias.json").is_file():
-        alias = json.loads((folder / "alias.json").read_text())
-        if not isinstance(alias, dict) or not (BUILTIN_DIR / str(alias.get("weights")) / "config.json").is_file():
+        alias = _read_json(folder / "alias.json")
+        if not (BUILTIN_DIR / str(alias.get("weights")) / "config.json").is_file():
             raise RagctxError(f"{folder / 'alias.json'}: 'weights' must name an installed built-in; reinstall ragctx")
         get_attention(alias.get("attention", ""))  # an unknown name lists the valid ones
         return BUILTIN_DIR / alias["weights"], alias["attention"]
@@ -447,13 +447,20 @@ def _check_delta(model: Transformer, meta: dict, sha: str, where) -> None:
     if meta.get("shape") != want:
         raise RagctxError(f"{where}: the delta is for a model shaped {meta.get('shape')}, this one is {want}; "
                           f"{_DELTA_FIX}")
-    dim = (meta.get("attention") or {}).get("hedgehog_dim")
+    a = meta.get("attention")
+    missing = [n for n in ("attention", "window", "feature_map", "hybrid_feature_map") if not isinstance(a, dict)
+               or n not in a]
+    if missing:
+        raise RagctxError(f"{where}: the delta's attention settings lack {', '.join(missing)}; {_DELTA_FIX}")
+    dim = a.get("hedgehog_dim")
     if not isinstance(dim, int) or dim < 1:
         raise RagctxError(f"{where}: the delta's hedgehog_dim is missing; {_DELTA_FIX}")
     lora = meta.get("lora")
-    if lora and not (isinstance(lora.get("rank"), int) and lora["rank"] >= 1
+    if lora and not (isinstance(lora, dict) and isinstance(lora.get("rank"), int) and lora["rank"] >= 1
+                     and isinstance(lora.get("alpha"), (int, float))
                      and set(lora.get("targets") or ()) <= set(LORA_TARGETS)):
-        raise RagctxError(f"{where}: the delta's LoRA settings ({lora}) name no rank or unknown projections; "
+        raise RagctxError(f"{where}: the delta's LoRA settings ({lora}) lack a rank or alpha, or name unknown "
+                          "projections; "
                           f"{_DELTA_FIX}")
 
 

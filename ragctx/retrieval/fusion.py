@@ -55,6 +55,10 @@ class HybridRetriever:
         self.retrievers = list(retrievers) if retrievers is not None else [DenseRetriever(index), BM25Retriever(index)]
         if not self.retrievers:
             raise RagctxError("retrievers=[]: pass the retrievers whose rankings to fuse, or None for dense and BM25")
+        bad = [r for r in self.retrievers if not callable(getattr(r, "retrieve", None))]
+        if bad:
+            raise RagctxError(f"retrievers: {bad[0]!r} has no retrieve(query, k, allowed); pass retrievers such as "
+                              "index.retriever('dense')")
         self.depth = int(depth)
         self.rrf_k = rrf_k
 

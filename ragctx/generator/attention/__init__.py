@@ -55,9 +55,10 @@ class AttentionBackend:
     features: str | None = None  # the ModelConfig field naming its kernel feature map (None: no feature map)
     aliases: tuple[str, ...] = ()  # other names that select it (transformers' names; a config keeps ``name``)
     shares_weights_with: str | None = None  # the entry whose function it computes, so whose weights it runs as they are
-    # the ModelConfig fields it reads (its options: set with Generator.open(..., window=...), the CLI and eval
-    # configs). They stay flat on ModelConfig, which every checkpoint's config.json serializes whole and whose layers
-    # may run different entries (layer_attention); the entry says which of them are its own.
+    # the ModelConfig fields it reads (``window``, ``feature_map``, ... : Generator.open(..., window=...), the CLI and
+    # eval configs set them; ``hedgehog_dim`` comes with trained maps). They stay flat on ModelConfig, which every
+    # checkpoint's config.json serializes whole and whose layers may run different entries (layer_attention); the
+    # entry says which of them are its own.
     options: tuple[str, ...] = ()
 
 

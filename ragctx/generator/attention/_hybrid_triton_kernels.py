@@ -53,8 +53,8 @@ def _hybrid_attend(Q, KN, VN, POS, VALID, RK, RV, RPOS, RVALID, CURSOR, S, Z, WQ
     against the state :func:`_hybrid_fold` updated, the learned-share combination, one store. Then the ring takes
     the new key: k, v by the group's first query head, position and validity by the row's first, the cursor by
     program 0. Those writes touch only the new slot, whose old contents every program replaces by the new key as
-    it reads (a program that loads it after the write discards it all the same), and the cursor, which no program
-    of this kernel reads."""
+    it reads (a program that loads it after the write discards it all the same), and the cursor, which only program
+    0 reads (to move it on)."""
     bq = tl.program_id(0)
     b, hq = (bq // HQ).to(tl.int64), (bq % HQ).to(tl.int64)
     h = hq // G

@@ -39,10 +39,10 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
     fast = use_flex(q, valid, state.ring if state is not None else None)
     valid = all_valid(valid, positions)
-    # one fused kernel per layer for a learned map's decode step (hybrid_triton); asked here on every call, so the
-    # eager prefill fills its cache before a compiled decode step is traced
-    fused = (kind in LEARNED and maps is not None and not torch.is_grad_enabled()  # inference only: no backward
-             and fused_decode_ready(q, d, maps.q.weight.shape[-1]))
+    # two Triton kernels per layer for a learned map's decode step (hybrid_triton); asked on every call, so that the
+    # eager prefill fills the answer's cache before a compiled decode step is traced
+    fused = (kind in LEARNED and maps is not None and state is not None and not torch.is_grad_enabled()
+             and fused_decode_ready(q, d, maps.q.weight.shape[-1], state.ring.k.shape[2]))
     if state is not None and t == 1 and fused:  # two kernels do all of the step below (hybrid_triton)
         return hybrid_decode(q, k, v, positions, valid, state, maps, w)
     if state is not None and t == 1:  # decode: one ring slot written in place, the key it evicts joins the state

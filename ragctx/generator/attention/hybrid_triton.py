@@ -16,8 +16,9 @@ walked one after the other. Same numbers as the torch step (the features rounded
 rounds them; the ring, cursor and state left as it leaves them): tests/test_hybrid_triton.py checks it under
 ``TRITON_INTERPRET=1`` on a CPU and natively on a GPU. Only what decoding needs: inference, a learned map,
 power-of-two head and projection dims from 16 to 128. Registered as the custom op ``ragctx::hybrid_decode``, so
-that ``torch.compile`` (fullgraph, CUDA graphs) sees one opaque call that mutates the state. ``RAGCTX_TRITON=0``
-turns it off (the torch step runs).
+that ``torch.compile`` (fullgraph, CUDA graphs) sees one opaque call that mutates the state. ``RAGCTX_TRITON=0``,
+set before the first hybrid step of the process, turns it off (the torch step runs); so does a window of more
+than :data:`MAX_SLOTS` keys, whose ring would not fit a program's registers.
 """
 
 from __future__ import annotations
@@ -29,26 +30,35 @@ from .common import HybridState, optional_module
 
 __all__ = ["fused_decode_ready", "hybrid_decode"]
 
-WARPS = 4  # a program holds at most four [64, 64] fp32 tiles (ring k and v, a state half, a projection)
+WARPS = 4  # a program holds a few fp32 tiles: ring keys and values [slots, D], a state half, a projection [D, P]
 
-_READY: dict[tuple, bool] = {}  # (device type, dtype, head dim, projection dim) -> usable; a plain dict that
+_READY: dict[tuple, bool] = {}  # (device type, dtype, head dim, projection dim, slots) -> usable; a plain dict that
 # torch.compile reads as a constant (filled by the eager prefill before a compiled decode step traces it)
 
 
+_MODULE: list = []  # the kernels' module once looked up (or None): not looked up again on every layer and token
+
+
 def _kernels():
-    """(fold, attend), or None when Triton is missing or ``RAGCTX_TRITON=0``."""
-    module = optional_module("._hybrid_triton_kernels", "RAGCTX_TRITON", __package__)
+    """(fold, attend), or None when Triton is missing or ``RAGCTX_TRITON=0`` (read at the first use)."""
+    if not _MODULE:
+        _MODULE.append(optional_module("._hybrid_triton_kernels", "RAGCTX_TRITON", __package__))
+    module = _MODULE[0]
     return None if module is None else (module._hybrid_fold, module._hybrid_attend)
 
 
-def fused_decode_ready(q: Tensor, head_dim: int, proj_dim: int) -> bool:
+MAX_SLOTS = 128  # ring slots a program holds at once ([slots, D] tiles of keys and values in registers)
+
+
+def fused_decode_ready(q: Tensor, head_dim: int, proj_dim: int, slots: int) -> bool:
     """Whether :func:`hybrid_decode` serves this step: a CUDA tensor, fp32/bf16/fp16, head and projection dims
-    powers of two in 16..128, Triton importable and ``RAGCTX_TRITON`` not 0. (On a CPU the kernel runs only when
-    called directly under Triton's interpreter, as the tests do.)"""
-    key = (q.device.type, q.dtype, head_dim, proj_dim)
+    powers of two in 16..128, a ring of at most :data:`MAX_SLOTS` slots (a wider window runs the torch step), Triton
+    importable and ``RAGCTX_TRITON`` not 0 at the first use. (On a CPU the kernels run only when called directly
+    under Triton's interpreter, as the tests do.)"""
+    key = (q.device.type, q.dtype, head_dim, proj_dim, slots)
     if key not in _READY:
         pow2 = lambda n: 16 <= n <= 128 and n & (n - 1) == 0  # noqa: E731
-        _READY[key] = bool(q.device.type == "cuda" and pow2(head_dim) and pow2(proj_dim)
+        _READY[key] = bool(q.device.type == "cuda" and pow2(head_dim) and pow2(proj_dim) and 1 <= slots <= MAX_SLOTS
                            and q.dtype in (torch.float32, torch.bfloat16, torch.float16) and _kernels() is not None)
     return _READY[key]
 
