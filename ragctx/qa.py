@@ -309,7 +309,9 @@ class QA:
         require(generator, [TextGenerator], "QA's generator",
                 "Pass a Generator (Generator.open(name)), a name for Generator.open, or None for the default model.")
         require(generator.tokenizer, [Tokenizer], "QA's generator.tokenizer", "Give the generator a tokenizer.")
-        if retrieval not in retriever_names():
+        # ragctx's own index searches through the retriever registry: a wrong name fails here, before any question;
+        # another SearchableCorpus gets the name as its search mode and judges it itself
+        if hasattr(index, "retriever") and retrieval not in retriever_names():
             raise RagctxError(f"retrieval '{retrieval}' is unknown; use one of {', '.join(retriever_names())}")
         self.index = index
         self.generator = generator

@@ -239,3 +239,14 @@ def test_a_metered_generator_reports_each_generations_peak(index, gen):
     answer = QA(index, meter, max_new_tokens=4).ask("Zirkel", mode="rag", k=1)
     assert plain.peak_memory_bytes is None and plain.attempts[0].peak_memory_bytes is None
     assert answer.peak_memory_bytes == answer.attempts[0].peak_memory_bytes > 0 and answer.text == plain.text
+
+
+def test_a_duck_typed_corpus_gets_its_own_search_mode_and_an_index_refuses_an_unknown_one(index, gen):
+    """QA checks ``retrieval`` against ragctx's retriever registry only for ragctx's Index: another corpus receives
+    the name as its search mode."""
+    corpus, scripted = SentenceCorpus(DOCS), ScriptedGenerator("1842", "In 1842")
+    qa = QA(corpus, scripted, max_new_tokens=8, retrieval="sentences")
+    assert qa.ask("When did Mount Zirkel erupt?", mode="rag", k=1).text == "In 1842"
+    assert corpus.searched[-1][3] == "sentences"
+    with pytest.raises(RagctxError, match="retrieval 'sentences' is unknown"):
+        QA(index, gen, retrieval="sentences")
