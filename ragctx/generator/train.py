@@ -31,7 +31,7 @@ from ..prefetch import prefetch
 from ..tasks import KINDS, NeedleExample, NeedleTask
 from ..tasks.needles import MIN_LENGTH, kinds_for
 from .attention import canonical_name, same_weights, weights_of
-from .checkpoints import load_weights, read_safetensors
+from .checkpoints import load_weights, model_tensors, read_safetensors
 from .config import ModelConfig
 from .generate import Generation, Generator
 from .model import Transformer
@@ -163,8 +163,8 @@ def _save_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimize
 
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-               if not (model.cfg.tie_embeddings and k == "lm_head.weight")}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model_tensors(model).items()},
+              str(tmp / "model.safetensors"))
     names = {id(p): n for n, p in model.named_parameters()}
     state = {}
     for group in opt.param_groups:
