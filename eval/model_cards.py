@@ -98,6 +98,8 @@ def dates(cells: list[dict], model: str) -> str:
 
 def main() -> None:
     report = json.loads(REPORT.read_text())
+    if not report.get("runs"):
+        raise SystemExit(f"{REPORT}: no run recorded (runs.jsonl); run eval/eval_builtin.py first, then --report-only")
     cells, run = report["cells"], report["runs"][-1]  # the machine of the last run
     for folder in sorted(p for p in BUILTIN_DIR.iterdir() if p.is_dir()):
         name = folder.name
