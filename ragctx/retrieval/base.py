@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import RagctxError
+
 if TYPE_CHECKING:
     from ..embeddings import Embedder
     from ..vectors import VectorIndex
@@ -25,6 +27,13 @@ if TYPE_CHECKING:
 __all__ = ["LexicalIndex", "Ranked", "Retriever", "RetrieverFactory", "SearchIndex", "StoredVectors"]
 
 Ranked = list[tuple[int, float]]  # (chunk id, score) pairs, best first
+
+
+def whole_number(name: str, value, minimum: int) -> int:
+    """``value`` as an int when it is a whole number >= ``minimum`` (bools refused), else a RagctxError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise RagctxError(f"{name}={value!r}: pass a whole number >= {minimum}")
+    return int(value)
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import RagctxError
 from ..vectors import exact_topk
+from .base import whole_number
 
 if TYPE_CHECKING:
     from .base import Ranked, SearchIndex, StoredVectors
@@ -42,12 +43,6 @@ def rescore_exact(queries: np.ndarray, candidates: np.ndarray, store: StoredVect
     return exact_topk(queries, *store.vectors(queries.shape[1], candidates), k)
 
 
-def _positive_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise RagctxError(f"{name}={value!r}: pass a whole number >= {minimum}")
-    return int(value)
-
-
 class DenseRetriever:
     """``dense``: the chunks whose embeddings are nearest the query's (cosine similarity), in the steps the module
     docstring describes.
@@ -61,8 +56,8 @@ class DenseRetriever:
 
     def __init__(self, index: SearchIndex, *, rescore_depth: int = 0, exact_filter_max: int = EXACT_FILTER_MAX) -> None:
         self.index = index
-        self.rescore_depth = _positive_int("rescore_depth", rescore_depth, 0)
-        self.exact_filter_max = _positive_int("exact_filter_max", exact_filter_max, 0)
+        self.rescore_depth = whole_number("rescore_depth", rescore_depth, 0)
+        self.exact_filter_max = whole_number("exact_filter_max", exact_filter_max, 0)
 
     def retrieve(self, query: str, k: int, allowed: np.ndarray | None = None) -> Ranked:
         """Up to ``k`` (chunk id, cosine similarity) pairs, best first, ids among ``allowed`` when given."""

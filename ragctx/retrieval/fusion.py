@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import RagctxError
+from .base import Retriever, whole_number
 from .dense import DenseRetriever
 from .lexical import BM25Retriever
 
 if TYPE_CHECKING:
-    from .base import Ranked, Retriever, SearchIndex
+    from .base import Ranked, SearchIndex
 
 __all__ = ["HybridRetriever", "reciprocal_rank_fusion", "HYBRID_DEPTH", "RRF_K"]
 
@@ -47,19 +48,17 @@ class HybridRetriever:
 
     def __init__(self, index: SearchIndex, retrievers: Sequence[Retriever] | None = None, *,
                  depth: int = HYBRID_DEPTH, rrf_k: int = RRF_K) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-            raise RagctxError(f"depth={depth!r}: pass a whole number >= 1 (each retriever ranks k * depth chunks)")
         if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.number)) or rrf_k < 0:
             raise RagctxError(f"rrf_k={rrf_k!r}: pass a number >= 0 (60 is the usual constant)")
         self.index = index
         self.retrievers = list(retrievers) if retrievers is not None else [DenseRetriever(index), BM25Retriever(index)]
         if not self.retrievers:
             raise RagctxError("retrievers=[]: pass the retrievers whose rankings to fuse, or None for dense and BM25")
-        bad = [r for r in self.retrievers if not callable(getattr(r, "retrieve", None))]
+        bad = [r for r in self.retrievers if not isinstance(r, Retriever)]  # the registry's check of a factory's
         if bad:
             raise RagctxError(f"retrievers: {bad[0]!r} has no retrieve(query, k, allowed); pass retrievers such as "
                               "index.retriever('dense')")
-        self.depth = int(depth)
+        self.depth = whole_number("depth", depth, 1)  # each retriever ranks k * depth chunks
         self.rrf_k = rrf_k
 
     def retrieve(self, query: str, k: int, allowed: np.ndarray | None = None) -> Ranked:
