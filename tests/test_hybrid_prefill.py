@@ -17,7 +17,9 @@ pytest.importorskip("triton")
 
 from ragctx.generator.attention import get_attention, hybrid as hybrid_module  # noqa: E402
 from ragctx.generator.attention import hybrid_prefill  # noqa: E402
+from ragctx.generator.attention.common import RingBuffer, allowed  # noqa: E402
 from ragctx.generator.attention.learned import FeatureMaps  # noqa: E402
+from ragctx.generator.attention.softmax import masked_softmax  # noqa: E402
 from ragctx.generator.config import ModelConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,10 +53,17 @@ def _setup(b, hq, hkv, d, p, window, t, pad, dtype, seed):
     return cfg, maps, *(to(x) for x in (q, k, v, valid, positions))
 
 
-def _run(cfg, maps, q, k, v, valid, positions, pieces, fused, padded, decode=0):
+def _flex_twin(q, k, v, window, scale):
+    """flex_window's function on a CPU (FlexAttention itself is checked against the masked path on a GPU in
+    tests/test_attention.py): the masked softmax under the same window mask."""
+    pos = torch.arange(q.shape[2], device=q.device)[None]
+    return masked_softmax(q, k, v, allowed(pos, pos, torch.ones_like(pos, dtype=torch.bool), window), scale)
+
+
+def _run(cfg, maps, q, k, v, valid, positions, pieces, fused, padded, decode=0, flex=False):
     """Outputs of prefill ``pieces`` (token ranges; a state when there are several or ``decode`` steps follow)
     and of ``decode`` one-token steps after them, fused prefill or the torch one (decode steps always in torch),
-    and the state left."""
+    and the state left. ``flex``: a fresh unpadded prefill takes the FlexAttention branch (with its CPU twin)."""
     entry = get_attention("hybrid")
     b, t = q.shape[0], q.shape[2]
     state = entry.make_state(cfg, b, t, q.device, q.dtype) if len(pieces) > 1 or decode else None
@@ -66,6 +75,10 @@ def _run(cfg, maps, q, k, v, valid, positions, pieces, fused, padded, decode=0):
         mp.setattr(hybrid_module, "fused_prefill_ready", lambda *a: fused)
         mp.setattr(hybrid_module, "fused_decode_ready", lambda *a: False)
         mp.setattr(hybrid_module, "hybrid_prefill", kernels)
+        if flex:
+            mp.setattr(hybrid_module, "use_flex", lambda q, valid, ring: valid is None and q.shape[2] > 1
+                       and (ring is None or ring.fresh))
+            mp.setattr(hybrid_module, "flex_window", _flex_twin)
         outs = [run(slice(a, z)) for a, z in pieces]
         end = pieces[-1][1]
         outs += [run(slice(i, i + 1)) for i in range(end, end + decode)]
@@ -83,29 +96,53 @@ def _assert_same(got, want, atol, rtol):
             assert torch.equal(getattr(state.ring, name), getattr(ref_state.ring, name)), name
 
 
-# (batch, query heads, KV heads, head dim, projection dim, window, prefill pieces, left padding of row 1, decode steps)
+# (batch, query heads, KV heads, head dim, projection dim, window, prefill pieces, left padding of row 1, decode steps,
+# FlexAttention branch: the kernels read the new keys shifted by the window and the ring is written, not rebuilt)
 CASES = [
-    pytest.param((1, 2, 2, 16, 16, 8, [(0, 150)], 0, 0), id="mha-three-chunks-no-state"),
-    pytest.param((1, 9, 3, 16, 32, 16, [(0, 10)], 0, 0), id="gqa-shorter-than-window"),
-    pytest.param((2, 9, 3, 32, 16, 16, [(0, 83)], 5, 3), id="gqa-padded-then-decode"),
-    pytest.param((1, 6, 2, 16, 16, 8, [(0, 37), (37, 40), (40, 111)], 0, 2), id="continuing-a-state"),
+    pytest.param((1, 2, 2, 16, 16, 8, [(0, 150)], 0, 0, False), id="mha-three-chunks-no-state"),
+    pytest.param((1, 9, 3, 16, 32, 16, [(0, 10)], 0, 0, False), id="gqa-shorter-than-window"),
+    pytest.param((2, 9, 3, 32, 16, 16, [(0, 83)], 5, 3, False), id="gqa-padded-then-decode"),
+    pytest.param((1, 6, 2, 16, 16, 8, [(0, 37), (37, 40), (40, 111)], 0, 2, False), id="continuing-a-state"),
+    pytest.param((2, 9, 3, 16, 16, 16, [(0, 90)], 0, 3, True), id="flex-gqa-then-decode"),
+    pytest.param((1, 2, 1, 16, 16, 32, [(0, 20), (20, 90)], 0, 0, True), id="flex-shorter-than-window-continued"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_prefill_equals_the_torch_prefill(kernel, case):
-    b, hq, hkv, d, p, window, pieces, pad, decode = case
+    b, hq, hkv, d, p, window, pieces, pad, decode, flex = case
     t = pieces[-1][1] + decode
     cfg, maps, q, k, v, valid, positions = _setup(b, hq, hkv, d, p, window, t, pad, torch.float32, seed=t)
     padded = pad > 0
-    want = _run(cfg, maps, q, k, v, valid, positions, pieces, False, padded, decode)
-    got = _run(cfg, maps, q, k, v, valid, positions, pieces, True, padded, decode)
+    want = _run(cfg, maps, q, k, v, valid, positions, pieces, False, padded, decode, flex)
+    got = _run(cfg, maps, q, k, v, valid, positions, pieces, True, padded, decode, flex)
     if padded:  # rows of padding queries are don't-care
         m = valid[:, None, :, None]
         got, want = (got[0] * m, got[1]), (want[0] * m, want[1])
     _assert_same(got, want, atol=2e-5, rtol=1e-4)
     if want[1] is not None and pieces[-1][1] > window:  # keys did leave the window: the linear part was exercised
         assert want[1].linear.z.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "after-keys"])
+@pytest.mark.parametrize("t", [3, 8, 13])
+def test_ring_write_leaves_what_add_leaves(fresh, t):
+    """RingBuffer.write (the fused prefill's, and sliding_window's FlexAttention prefill's) against add, stale
+    slots of a reset ring included."""
+    rings = []
+    for method in ("add", "write"):
+        ring = RingBuffer.empty(2, 3, 8, 4, "cpu", torch.float32)
+        torch.manual_seed(t)
+        ring.k.normal_()  # what a reset leaves behind
+        if not fresh:
+            ring.add(torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4), torch.arange(5).expand(2, 5),
+                     torch.ones(2, 5, dtype=torch.bool))
+        pos = torch.arange(t).expand(2, t) + 5
+        getattr(ring, method)(torch.randn(2, 3, t, 4), torch.randn(2, 3, t, 4), pos, torch.rand(2, t) > 0.3)
+        rings.append(ring)
+    for name in ("k", "v", "pos", "valid", "cursor"):
+        assert torch.equal(getattr(rings[0], name), getattr(rings[1], name)), name
+    assert not rings[1].fresh
 
 
 def test_ready_only_for_cuda_inference_of_supported_shapes():

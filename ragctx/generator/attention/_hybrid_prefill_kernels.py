@@ -24,7 +24,22 @@ def _hedgehog_rows(x, W, B, P: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr
 
 
 @triton.jit
-def _hybrid_chunk_states(K, V, VALID, WK, BK, KV, Z, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_mb, s_mt, T, NT,
+def _old_keys(K, V, VALID, b, h, rows, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_mb, s_mt, T, SHIFT, D: tl.constexpr):
+    """(keys, values [BT, D], validity [BT]) of the linear part's key rows ``rows``: row j is row j - SHIFT of K, V
+    and VALID (SHIFT = W on a fresh sequence, whose first W rows, the empty ring's, are invalid; 0 when K holds the
+    ring's keys followed by the new ones). Rows past T or before SHIFT load zeros and are invalid."""
+    src = rows - SHIFT
+    inside = (rows < T) & (src >= 0)
+    t64 = src[:, None].to(tl.int64)
+    d = tl.arange(0, D)
+    k = tl.load(K + b * s_kb + h * s_kh + t64 * s_kt + d[None, :], mask=inside[:, None], other=0.0)
+    v = tl.load(V + b * s_vb + h * s_vh + t64 * s_vt + d[None, :], mask=inside[:, None], other=0.0)
+    ok = inside & (tl.load(VALID + b * s_mb + src.to(tl.int64) * s_mt, mask=inside, other=0) != 0)
+    return k, v, ok
+
+
+@triton.jit
+def _hybrid_chunk_states(K, V, VALID, WK, BK, KV, Z, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_mb, s_mt, T, NT, SHIFT,
                          HKV: tl.constexpr, D: tl.constexpr, P: tl.constexpr, BT: tl.constexpr,
                          PREC: tl.constexpr):
     """Program (chunk, batch row x KV head): the learned features of the chunk's keys (zero for invalid rows and rows
@@ -33,12 +48,8 @@ def _hybrid_chunk_states(K, V, VALID, WK, BK, KV, Z, s_kb, s_kh, s_kt, s_vb, s_v
     c, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // HKV).to(tl.int64), (bh % HKV).to(tl.int64)
     rows = c * BT + tl.arange(0, BT)
-    t64 = rows[:, None].to(tl.int64)
-    live = rows < T
     d, p = tl.arange(0, D), tl.arange(0, P)
-    k = tl.load(K + b * s_kb + h * s_kh + t64 * s_kt + d[None, :], mask=live[:, None], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + t64 * s_vt + d[None, :], mask=live[:, None], other=0.0)
-    ok = live & (tl.load(VALID + b * s_mb + rows.to(tl.int64) * s_mt, mask=live, other=0) != 0)
+    k, v, ok = _old_keys(K, V, VALID, b, h, rows, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_mb, s_mt, T, SHIFT, D)
     f_pos, f_neg = _hedgehog_rows(k, WK + h * D * P, BK + h * P, P, D, PREC)
     f_pos = tl.where(ok[:, None], f_pos, 0.0).to(v.dtype)
     f_neg = tl.where(ok[:, None], f_neg, 0.0).to(v.dtype)
@@ -53,7 +64,7 @@ def _hybrid_chunk_states(K, V, VALID, WK, BK, KV, Z, s_kb, s_kh, s_kt, s_vb, s_v
 @triton.jit
 def _hybrid_chunk_output(Q, K, V, VALID, WQ, BQ, WK, BK, S, Z, OW, LSE, LOGIT, O,
                          s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_mb, s_mt,
-                         s_wb, s_wh, s_wt, s_lb, s_lh, s_lt, s_ob, s_oh, s_ot, T, NT,
+                         s_wb, s_wh, s_wt, s_lb, s_lh, s_lt, s_ob, s_oh, s_ot, T, NT, SHIFT,
                          HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, P: tl.constexpr, BT: tl.constexpr,
                          PREC: tl.constexpr):
     """Program (chunk, batch row x query head): the linear part (phi(q), the keys' phi again, the causal in-chunk
@@ -68,9 +79,7 @@ def _hybrid_chunk_output(Q, K, V, VALID, WQ, BQ, WK, BK, S, Z, OW, LSE, LOGIT, O
     live = rows < T
     d, p = tl.arange(0, D), tl.arange(0, P)
     q = tl.load(Q + b * s_qb + hq * s_qh + t64 * s_qt + d[None, :], mask=live[:, None], other=0.0)
-    k = tl.load(K + b * s_kb + h * s_kh + t64 * s_kt + d[None, :], mask=live[:, None], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + t64 * s_vt + d[None, :], mask=live[:, None], other=0.0)
-    ok = live & (tl.load(VALID + b * s_mb + rows.to(tl.int64) * s_mt, mask=live, other=0) != 0)
+    k, v, ok = _old_keys(K, V, VALID, b, h, rows, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_mb, s_mt, T, SHIFT, D)
     q_pos, q_neg = _hedgehog_rows(q, WQ + hq * D * P, BQ + hq * P, P, D, PREC)
     k_pos, k_neg = _hedgehog_rows(k, WK + h * D * P, BK + h * P, P, D, PREC)
     k_pos = tl.where(ok[:, None], k_pos, 0.0).to(v.dtype)

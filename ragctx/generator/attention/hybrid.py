@@ -54,14 +54,11 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
         fq, fk = group_q(fq, hkv), fk * old_valid[:, None, :, None]  # [B, Hkv, G, 1, F], [B, Hkv, 1, F]
         num, den, evicted = linear_step(fq, fk, old_v, state.linear)
     else:
-        out_w, lse_w, k_old, v_old, valid_old = _prefill_window(q, k, v, positions, valid, state, cfg, fast)
-        prev = state.linear if state is not None else None
         if (t > 1 and kind in LEARNED and maps is not None
                 and fused_prefill_ready(q, d, maps.q.weight.shape[-1])):  # four kernels do the rest (hybrid_prefill)
-            out, evicted = hybrid_prefill(q, k_old, v_old, valid_old, out_w, lse_w, prev, maps)
-            if state is not None:
-                state.linear.update(evicted)
-            return out
+            return _fused_prefill(q, k, v, positions, valid, state, cfg, maps, fast)
+        out_w, lse_w, k_old, v_old, valid_old = _prefill_window(q, k, v, positions, valid, state, cfg, fast)
+        prev = state.linear if state is not None else None
         num, den, evicted = _prefill_linear(q, k_old, v_old, valid_old, prev, cfg, maps)
     seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
     log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
@@ -102,6 +99,23 @@ def _prefill_window(q, k, v, positions, valid, state, cfg, fast: bool):
     # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys
     # that leave the window in this call.
     return out_w, lse_w, k_all[:, :, :t], v_all[:, :, :t], valid_all[:, :t]
+
+
+def _fused_prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool) -> Tensor:
+    """A learned map's prefill through :func:`.hybrid_prefill.hybrid_prefill`, the linear state updated in place.
+    On a fresh sequence (FlexAttention) the kernels read the new keys shifted by the window (the ring's are all
+    empty) and the ring only takes the last W keys; otherwise the ring's keys come first, as in the torch form."""
+    if fast:
+        out_w, lse_w = flex_window(q, k, v, cfg.window, q.shape[-1] ** -0.5)
+        if state is not None:
+            state.ring.write(k, v, positions, valid)
+        k_old, v_old, valid_old, shift = k, v, valid, cfg.window
+    else:
+        out_w, lse_w, k_old, v_old, valid_old = _prefill_window(q, k, v, positions, valid, state, cfg, fast)
+        shift = 0
+    out, _ = hybrid_prefill(q, k_old, v_old, valid_old, out_w, lse_w, state.linear if state is not None else None,
+                            maps, shift)
+    return out
 
 
 def _prefill_linear(q, k_old, v_old, valid_old, prev, cfg, maps):

@@ -78,12 +78,15 @@ def _unit_last(x: Tensor) -> Tensor:
 
 
 def hybrid_prefill(q: Tensor, k_old: Tensor, v_old: Tensor, valid_old: Tensor, out_w: Tensor, lse_w: Tensor,
-                   state: LinearState | None, maps, chunk: int = CHUNK) -> tuple[Tensor, LinearState]:
+                   state: LinearState | None, maps, shift: int = 0, chunk: int = CHUNK) -> tuple[Tensor, LinearState]:
     """The hybrid's output for T queries, q [B, Hq, T, D], given the window's output ``out_w`` [B, Hq, T, D] and
     log-sum-exp ``lse_w`` [B, Hq, T] (-inf where a query sees no key), and the keys leaving the window in this call:
-    ``k_old``, ``v_old`` [B, Hkv, T, D] (any strides with a unit last one) with validity ``valid_old`` [B, T] (query
-    i's linear part sums keys 0..i). ``state``: the linear state before the call (None: empty). Returns (output
-    [B, Hq, T, D] in q's dtype, the linear state after the call, fp32 [B, Hkv, 2P, D] and [B, Hkv, 2P]). Check
+    row j of the linear part's keys is row j - ``shift`` of ``k_old``, ``v_old`` [B, Hkv, *, D] (any strides with a
+    unit last one) and of their validity ``valid_old`` [B, *] (rows before ``shift`` are none: a fresh sequence
+    passes its new keys and the window; a ring's keys followed by the new ones pass shift 0). Query i's linear part
+    sums key rows 0..i. ``state``: the linear state before the call, updated in place when it is fp32 and
+    contiguous (as ``make_state`` builds it), else copied into; None: start from zeros. Returns (output [B, Hq, T, D]
+    in q's dtype, the linear state after the call, fp32 [B, Hkv, 2P, D] and [B, Hkv, 2P]). Check
     :func:`fused_prefill_ready` first."""
     chunk_states, exclusive_scan, chunk_output = _kernels()
     q, k_old, v_old, out_w = (_unit_last(x) for x in (q, k_old, v_old, out_w))
@@ -96,18 +99,22 @@ def hybrid_prefill(q: Tensor, k_old: Tensor, v_old: Tensor, valid_old: Tensor, o
     kv = torch.empty(b * hkv, nt, f, d, device=q.device, dtype=q.dtype)  # per-chunk sums, then entering states
     z = torch.empty(b * hkv, nt, f, device=q.device, dtype=torch.float32)
     chunk_states[(nt, b * hkv)](k_old, v_old, valid_old, wk, bk, kv, z, *k_old.stride()[:3], *v_old.stride()[:3],
-                                *valid_old.stride(), t, nt, HKV=hkv, D=d, P=p, BT=chunk, PREC=prec, num_warps=WARPS)
-    last_s = torch.empty(b * hkv, f * d, device=q.device, dtype=torch.float32)
-    last_z = torch.empty(b * hkv, f, device=q.device, dtype=torch.float32)
-    for x, init, last, m in ((kv, None if state is None else state.s, last_s, f * d),
-                             (z, None if state is None else state.z, last_z, f)):
-        init = x if init is None else init.reshape(b * hkv, m).float().contiguous()
+                                *valid_old.stride(), t, nt, shift, HKV=hkv, D=d, P=p, BT=chunk, PREC=prec,
+                                num_warps=WARPS)
+    in_place = state is not None and all(x.dtype == torch.float32 and x.is_contiguous() for x in (state.s, state.z))
+    new = state if in_place else LinearState.empty(b, hkv, f, d, q.device)
+    for x, init, last, m in ((kv, None if state is None else state.s, new.s, f * d),
+                             (z, None if state is None else state.z, new.z, f)):
+        # each program reads its entries of the initial state before it writes them: in place is safe
+        init = x if init is None else init.reshape(b * hkv, m).float()
         block = min(max(16, 2048 // SCAN_UNROLL), _next_pow2(m))
         exclusive_scan[(b * hkv, -(-m // block))](x, init, last, nt, m, HAS_INIT=state is not None, BLOCK=block,
                                                   U=SCAN_UNROLL, num_warps=4)
+    if state is not None and not in_place:
+        state.update(new)
     out = torch.empty_like(q)
     chunk_output[(nt, b * hq)](q, k_old, v_old, valid_old, wq, bq, wk, bk, kv, z, out_w, lse_w, logit, out,
                                *q.stride()[:3], *k_old.stride()[:3], *v_old.stride()[:3], *valid_old.stride(),
-                               *out_w.stride()[:3], *lse_w.stride(), *out.stride()[:3], t, nt, HQ=hq, G=hq // hkv,
-                               D=d, P=p, BT=chunk, PREC=prec, num_warps=WARPS)
-    return out, LinearState(last_s.view(b, hkv, f, d), last_z.view(b, hkv, f))
+                               *out_w.stride()[:3], *lse_w.stride(), *out.stride()[:3], t, nt, shift, HQ=hq,
+                               G=hq // hkv, D=d, P=p, BT=chunk, PREC=prec, num_warps=WARPS)
+    return out, new if state is None else state
