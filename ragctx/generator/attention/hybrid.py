@@ -17,6 +17,10 @@ the window's softmax is weighed as a whole: it gets the mass s_h (a learned shar
 keys (1 - s_h) phi(q).phi(k) each, one normalization over both, i.e. log Z_w is replaced by log s_h and log Z_l
 by log(1 - s_h) + log Z_l. This is LoLCATs' sliding window + linear attention with the window's log-sum-exp in
 place of its running maximum (every route, FlexAttention included, returns the log-sum-exp).
+
+On CUDA, inference with a learned map runs its decode step as two Triton kernels (:mod:`.hybrid_triton`) and its
+prefill's linear part and combination as four (:mod:`.hybrid_prefill`, after the window's FlexAttention); each
+module's ``*_ready`` function decides, and the torch code below stays the reference twin and the CPU path.
 """
 
 from __future__ import annotations
