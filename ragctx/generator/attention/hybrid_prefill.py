@@ -21,8 +21,9 @@ keys (oldest first) followed by the new ones, i.e. a plain causal linear attenti
 by the window is in which keys are passed, not in the kernels). Why kernels rather than ``torch.compile`` of the
 torch code: one set of kernels serves every length with no recompile and no compile time at the first prompt,
 and the kernels run on a CPU under ``TRITON_INTERPRET=1``, where tests/test_hybrid_prefill.py checks them against
-the torch path (outputs and the linear state, fp32); the window part, its FlexAttention and the ring's update stay
-as they were. Matmuls run in the model's dtype with fp32 accumulation, the running state is summed in fp32 and
+the torch path (outputs, ring and linear state, fp32). The window part (FlexAttention) stays as it was; on a fresh
+sequence the kernels read the new keys shifted by the window (``shift``: the empty ring's rows are none) and the
+ring only takes the last W keys (:meth:`.common.RingBuffer.write`), so no [W + T] copy of the keys is built. Matmuls run in the model's dtype with fp32 accumulation, the running state is summed in fp32 and
 stored in the model's dtype for its matmul, as in the torch form; numerator, denominator and the combination stay
 in fp32 (the torch form rounds them to bf16 on the way), so bf16 outputs agree closely, not bit for bit.
 
