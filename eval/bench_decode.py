@@ -13,6 +13,14 @@ an eos stop. Prefill tokens/s = prompt tokens / time to the first token; decode 
 Each number is the median of ``--repeat`` runs after a warm-up run (which pays for compiling and is reported as
 ``warmup_s``). Writes ``<out>/decode-<device>-<date>.json`` and prints a table; compare within one run only.
 Needs torch, transformers and ragctx (with gguf); nothing else.
+
+``--torch-prefill smollm2-hybrid`` also times those entries eagerly with the hybrid prefill forced onto the torch
+path (mode ``eager, torch prefill``; the default eager row runs the fused Triton prefill of a learned map on CUDA),
+and ``--profile-prefill 4096`` prints a torch.profiler table (top 15 CUDA ops by time) of one prefill of that many
+tokens for each eager entry and each torch-prefill one, e.g. on one GPU:
+
+    python eval/bench_decode.py --attentions smollm2-hybrid --compiled --torch-prefill smollm2-hybrid \
+        --profile-prefill 4096 --new 8 --out eval/reports/decode
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unfused", nargs="*", default=[], metavar="ATTENTION",
                    help="attentions also timed compiled with q/k/v and gate/up as separate matmuls (a copy of the "
                         "model, unfused), to measure what fuse_projections gives")
+    p.add_argument("--torch-prefill", nargs="*", default=[], metavar="ATTENTION",
+                   help="attentions also timed eagerly with the hybrid prefill on the torch path (not the fused "
+                        "Triton kernels of a learned map), in the same run")
+    p.add_argument("--profile-prefill", type=int, default=None, metavar="TOKENS",
+                   help="print a torch.profiler table (top 15 CUDA ops) of one prefill of this many tokens per eager "
+                        "and torch-prefill entry")
     p.add_argument("--hf", nargs="*", default=["dynamic", "static"], choices=["dynamic", "static"],
                    help="transformers engines to time (none: --hf with no value)")
     p.add_argument("--hf-lengths", type=int, nargs="*", default=None,
@@ -84,17 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     engines = []  # (engine, mode, fn(ids) -> (prefill s, decode s))
     for a in args.attentions:
         def run(ids, a=a, g=None):
-            if not _is_delta(a):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
-                    (g or gens[a]).set_attention(a)  # the base model is shared: set its attention before each run
-            return time_ragctx(g or gens[a], ids, args.new, device)
+            return time_ragctx(_attend(g or gens[a], a), ids, args.new, device)
         if a in eager:
             engines.append((f"ragctx {a}", "eager", run))
         if a in compiled:
             engines.append((f"ragctx {a}", "compiled", lambda ids, run=run, a=a: run(ids, g=compiled[a])))
         if a in unfused:
             engines.append((f"ragctx {a}", "compiled, unfused", lambda ids, run=run, a=a: run(ids, g=unfused[a])))
+        if a in args.torch_prefill:
+            engines.append((f"ragctx {a}", "eager, torch prefill", lambda ids, run=run: _torch_prefill(run, ids)))
+    if args.profile_prefill:
+        for a in eager:
+            ids = essays_ids(gens[a].tokenizer, args.profile_prefill)
+            run = lambda ids, a=a: run_one(gens[a], a, ids)  # noqa: E731
+            profile_prefill(run, ids, f"ragctx {a} (eager)", cuda)
+            if a in args.torch_prefill:
+                profile_prefill(lambda ids, run=run: _torch_prefill(run, ids), ids, f"ragctx {a} (torch prefill)",
+                                cuda)
     hf_lengths = set(lengths if args.hf_lengths is None else args.hf_lengths)
     if args.hf and args.model != "base100m":
         from transformers import AutoModelForCausalLM
@@ -148,6 +168,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         save_json(args.out, f"decode-{'gpu' if cuda else 'cpu'}-{args.model}", result)
     return 0
+
+
+def _attend(gen, a: str):
+    """``gen`` set to attention ``a`` (the base model is shared by the plain names: set before each run)."""
+    if not _is_delta(a):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # linear / hybrid over softmax weights: known, measured for speed
+            gen.set_attention(a)
+    return gen
+
+
+def run_one(gen, a: str, ids: list[int]):
+    """One prefill under attention ``a``: a generation of one token (the prefill's own)."""
+    return _attend(gen, a).generate(ids, max_new_tokens=1)
+
+
+def _torch_prefill(run, ids):
+    """``run(ids)`` with the hybrid prefill on its torch path (hybrid's selection answering no)."""
+    from ragctx.generator.attention import hybrid
+
+    ready = hybrid.fused_prefill_ready
+    hybrid.fused_prefill_ready = lambda *a: False
+    try:
+        return run(ids)
+    finally:
+        hybrid.fused_prefill_ready = ready
+
+
+def profile_prefill(fn, ids: list[int], title: str, cuda: bool) -> None:
+    """Prints the top 15 ops by device time (CPU time off a GPU) of one ``fn(ids)`` (a prefill), after warm-up
+    calls at 64 tokens and at the full length."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(ids[:64])  # warm-up: kernels compiled, caches made
+    fn(ids)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn(ids)
+    print(f"\n{title}, {len(ids)}-token prompt:")
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=15))
 
 
 def _is_delta(name: str) -> bool:

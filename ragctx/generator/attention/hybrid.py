@@ -17,6 +17,10 @@ the window's softmax is weighed as a whole: it gets the mass s_h (a learned shar
 keys (1 - s_h) phi(q).phi(k) each, one normalization over both, i.e. log Z_w is replaced by log s_h and log Z_l
 by log(1 - s_h) + log Z_l. This is LoLCATs' sliding window + linear attention with the window's log-sum-exp in
 place of its running maximum (every route, FlexAttention included, returns the log-sum-exp).
+
+On CUDA, inference with a learned map runs its decode step as two Triton kernels (:mod:`.hybrid_triton`) and its
+prefill's linear part and combination as four (:mod:`.hybrid_prefill`, after the window's FlexAttention); each
+module's ``*_ready`` function decides, and the torch code below stays the reference twin and the CPU path.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .common import LinearState, RingBuffer, all_valid, allowed, group_q, ungroup, window_blocks
+from .hybrid_prefill import fused_prefill_ready, hybrid_prefill
 from .hybrid_triton import fused_decode_ready, hybrid_decode
 from .learned import LEARNED
 from .linear import phi, linear_chunkwise, linear_step, normalize, sum_dtype
@@ -53,7 +58,12 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
         fq, fk = group_q(fq, hkv), fk * old_valid[:, None, :, None]  # [B, Hkv, G, 1, F], [B, Hkv, 1, F]
         num, den, evicted = linear_step(fq, fk, old_v, state.linear)
     else:
-        out_w, lse_w, num, den, evicted = _prefill(q, k, v, positions, valid, state, cfg, maps, fast)
+        if (t > 1 and kind in LEARNED and maps is not None
+                and fused_prefill_ready(q, d, maps.q.weight.shape[-1])):  # four kernels do the rest (hybrid_prefill)
+            return _fused_prefill(q, k, v, positions, valid, state, cfg, maps, fast)
+        out_w, lse_w, k_old, v_old, valid_old = _prefill_window(q, k, v, positions, valid, state, cfg, fast)
+        prev = state.linear if state is not None else None
+        num, den, evicted = _prefill_linear(q, k_old, v_old, valid_old, prev, cfg, maps)
     seen = den > 0  # no key has left the window yet for early queries: log 0 = -inf, with a finite gradient
     log_den = torch.where(seen, torch.log(torch.where(seen, den, 1.0)), float("-inf"))
     out_l, lse_l = ungroup(normalize(num, den)), ungroup(log_den[..., None])[..., 0]
@@ -72,11 +82,12 @@ def hybrid_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     return out.to(q.dtype)
 
 
-def _prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool):
-    """Several tokens (or one without a state): (window output, its log-sum-exp, the linear part's numerator and
-    denominator, the linear state after the keys that leave the window in this call). ``fast``: FlexAttention."""
+def _prefill_window(q, k, v, positions, valid, state, cfg, fast: bool):
+    """Several tokens (or one without a state): the window part (its output and log-sum-exp) and the keys, values
+    and validity [B, Hkv, T, D], [B, T] that leave the window in this call (the ring takes the new keys in place).
+    ``fast``: FlexAttention."""
     b, hkv, t, d = k.shape
-    w, kind, scale = cfg.window, cfg.hybrid_feature_map, d**-0.5
+    w, scale = cfg.window, d**-0.5
     ring = state.ring if state is not None else RingBuffer.empty(b, hkv, w, d, k.device, k.dtype)
     k_all, v_all, pos_all, valid_all = ring.add(k, v, positions, valid)  # [W + T], oldest first
     if fast:
@@ -88,19 +99,39 @@ def _prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool):
                                 allowed(positions[:, qs], pos_all[:, ks], valid_all[:, ks], w), scale)
                  for qs, ks in window_blocks(t, k_all.shape[2], w)]
         out_w, lse_w = torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2)
-
     # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
     # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys
-    # that leave the window in this call; padding rows of phi(k) are zero.
-    fq, fk = phi(q, k_all[:, :, :t], kind, maps)
+    # that leave the window in this call.
+    return out_w, lse_w, k_all[:, :, :t], v_all[:, :, :t], valid_all[:, :t]
+
+
+def _fused_prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool) -> Tensor:
+    """A learned map's prefill through :func:`.hybrid_prefill.hybrid_prefill`, the linear state updated in place.
+    On a fresh sequence (FlexAttention) the kernels read the new keys shifted by the window (the ring's are all
+    empty) and the ring only takes the last W keys; otherwise the ring's keys come first, as in the torch form."""
+    if fast:
+        out_w, lse_w = flex_window(q, k, v, cfg.window, q.shape[-1] ** -0.5)
+        if state is not None:
+            state.ring.write(k, v, positions, valid)
+        k_old, v_old, valid_old, shift = k, v, valid, cfg.window
+    else:
+        out_w, lse_w, k_old, v_old, valid_old = _prefill_window(q, k, v, positions, valid, state, cfg, fast)
+        shift = 0
+    out, _ = hybrid_prefill(q, k_old, v_old, valid_old, out_w, lse_w, state.linear if state is not None else None,
+                            maps, shift)
+    return out
+
+
+def _prefill_linear(q, k_old, v_old, valid_old, prev, cfg, maps):
+    """The linear part of a prefill in torch: (numerator, denominator, the linear state after the call) from the
+    keys leaving the window (:func:`_prefill_window`) and the state before the call (None: empty)."""
+    b, hkv, t, d = k_old.shape
+    fq, fk = phi(q, k_old, cfg.hybrid_feature_map, maps)
     fq = group_q(fq, hkv)  # [B, Hkv, G, T, F]
-    fk = fk * valid_all[:, None, :t, None]  # [B, Hkv, T, F]
-    prev = state.linear if state is not None else None
+    fk = fk * valid_old[:, None, :, None]  # [B, Hkv, T, F]; padding rows of phi(k) are zero
     if t == 1:  # one token without a state: the key leaving the (empty) window joins a zero state
         wide = sum_dtype(fk)
         start = LinearState(fk.new_zeros(b, hkv, fk.shape[-1], d, dtype=wide),
                             fk.new_zeros(b, hkv, fk.shape[-1], dtype=wide))
-        num, den, evicted = linear_step(fq, fk, v_all[:, :, :1], start)
-    else:
-        num, den, evicted = linear_chunkwise(fq, fk, v_all[:, :, :t], prev, cfg.chunk_size)
-    return out_w, lse_w, num, den, evicted
+        return linear_step(fq, fk, v_old, start)
+    return linear_chunkwise(fq, fk, v_old, prev, cfg.chunk_size)

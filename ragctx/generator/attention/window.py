@@ -56,7 +56,7 @@ def window_attention(q, k, v, *, positions, valid, state, cfg, maps=None) -> Ten
     if use_flex(q, valid, state):
         out, _ = flex_window(q, k, v, cfg.window, scale)
         if state is not None:
-            state.add(k, v, positions, all_valid(None, positions))
+            state.write(k, v, positions, all_valid(None, positions))
         return out
     padded = valid is not None  # without padding every query sees at least itself
     k, v, pos_k, valid_k = visible_keys(state, k, v, positions, all_valid(valid, positions))
