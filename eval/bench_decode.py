@@ -15,11 +15,12 @@ Each number is the median of ``--repeat`` runs after a warm-up run (which pays f
 Needs torch, transformers and ragctx (with gguf); nothing else.
 
 ``--torch-prefill smollm2-hybrid`` also times those entries eagerly with the hybrid prefill forced onto the torch
-path (mode ``eager, torch prefill``; the default eager row runs the fused Triton prefill of a learned map on CUDA),
+path (mode ``eager, torch prefill``; with ``RAGCTX_HYBRID_PREFILL=triton`` set, the default eager row runs the fused
+Triton prefill of a learned map on CUDA, opt-in until this benchmark has measured it),
 and ``--profile-prefill 4096`` prints a torch.profiler table (top 15 CUDA ops by time) of one prefill of that many
 tokens for each eager entry and each torch-prefill one, e.g. on one GPU:
 
-    python eval/bench_decode.py --attentions smollm2-hybrid --compiled --torch-prefill smollm2-hybrid \
+    RAGCTX_HYBRID_PREFILL=triton python eval/bench_decode.py --attentions smollm2-hybrid --compiled --torch-prefill smollm2-hybrid \
         --profile-prefill 4096 --new 8 --out eval/reports/decode
 """
 

@@ -30,6 +30,7 @@ CUDA_MODEL = pytest.mark.skipif(DEVICE != "cuda" or __import__("importlib").util
 @pytest.fixture()
 def kernel(monkeypatch):
     monkeypatch.delenv("RAGCTX_TRITON", raising=False)
+    monkeypatch.setenv(hybrid_prefill.OPT_IN, "triton")  # opt-in until measured on a GPU
     if hybrid_prefill._kernels() is None:
         pytest.skip("Triton kernels unavailable")
 
@@ -145,7 +146,8 @@ def test_ring_write_leaves_what_add_leaves(fresh, t):
     assert not rings[1].fresh
 
 
-def test_ready_only_for_cuda_inference_of_supported_shapes():
+def test_ready_only_for_cuda_inference_of_supported_shapes(monkeypatch):
+    monkeypatch.setenv(hybrid_prefill.OPT_IN, "triton")
     cpu = torch.zeros(1, 2, 4, 64)
     with torch.inference_mode():
         assert not hybrid_prefill.fused_prefill_ready(cpu, 64, 64)  # the torch prefill serves CPUs
@@ -156,6 +158,8 @@ def test_ready_only_for_cuda_inference_of_supported_shapes():
             assert hybrid_prefill.fused_prefill_ready(gpu, 64, 64)
             assert not hybrid_prefill.fused_prefill_ready(gpu, 64, 5)  # Hedgehog dim not a power of two
             assert not hybrid_prefill.fused_prefill_ready(gpu.half(), 64, 64)
+            monkeypatch.delenv(hybrid_prefill.OPT_IN)
+            assert not hybrid_prefill.fused_prefill_ready(gpu, 64, 64)  # opt-in until measured on a GPU
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="bf16 products under Triton's interpreter are not exact")

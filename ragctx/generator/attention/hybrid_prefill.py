@@ -27,6 +27,10 @@ ring only takes the last W keys (:meth:`.common.RingBuffer.write`), so no [W + T
 stored in the model's dtype for its matmul, as in the torch form; numerator, denominator and the combination stay
 in fp32 (the torch form rounds them to bf16 on the way), so bf16 outputs agree closely, not bit for bit.
 
+**Opt-in until measured on a GPU**: written and tested on a CPU under Triton's interpreter, the route serves only
+when ``RAGCTX_HYBRID_PREFILL=triton`` is set (read at each prefill); the torch path stays the default everywhere.
+eval/bench_decode.py times both in one run; once the GPU tests and that benchmark pass, the default moves here.
+
 Only what inference prefill needs: no backward, a learned map, power-of-two head and projection dims from 16 to
 128, fp32 or bf16 (:func:`fused_prefill_ready`, the one place that decides). Not a custom op: the prefill runs
 eagerly (only the decode step is compiled), and under ``torch.compile`` the torch path is taken.
@@ -34,13 +38,17 @@ eagerly (only the decode step is compiled), and under ``torch.compile`` the torc
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 from .common import LinearState, optional_module
 from .linear_triton import CHUNK, SCAN_UNROLL, _next_pow2, triton_kernels
 
-__all__ = ["fused_prefill_ready", "hybrid_prefill"]
+__all__ = ["fused_prefill_ready", "hybrid_prefill", "OPT_IN"]
+
+OPT_IN = "RAGCTX_HYBRID_PREFILL"  # =triton: take the fused prefill (module docstring: opt-in until measured on a GPU)
 
 WARPS = 4
 
@@ -63,8 +71,9 @@ def fused_prefill_ready(q: Tensor, head_dim: int, proj_dim: int) -> bool:
     """Whether :func:`hybrid_prefill` serves this prefill: a CUDA tensor, fp32 or bf16 (the states entering each
     chunk are stored in the input dtype: fp16's range would not hold long prefixes), head and projection dims powers
     of two in 16..128, no autograd, not under ``torch.compile``, Triton importable and ``RAGCTX_TRITON`` not 0 at the
-    first use. (On a CPU the kernels run only when forced under Triton's interpreter, as the tests do.)"""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+    first use, and ``RAGCTX_HYBRID_PREFILL=triton`` (opt-in: module docstring). (On a CPU the kernels run only when
+    forced under Triton's interpreter, as the tests do.)"""
+    if os.environ.get(OPT_IN) != "triton" or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     key = (q.device.type, q.dtype, head_dim, proj_dim)
     if key not in _READY:
