@@ -241,7 +241,7 @@ def test_demo_config_file_matches_the_packaged_grid():
 
 def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypatch, capsys, embedder):
     import ragctx.generator.checkpoints as checkpoints
-    from ragctx.demo import run_demo
+    from ragctx.demo import DEMO_QUESTIONS, run_demo
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -259,8 +259,26 @@ def test_demo_runs_the_evaluation_when_builtins_are_installed(tmp_path, monkeypa
     assert run_demo(tmp_path / "idx", device="cpu", docs=docs, grid=grid) == 0
     out = capsys.readouterr().out
     assert "== evaluation" in out and "linear" in out and (tmp_path / "demo-report" / "report.html").is_file()
+    if checkpoints.default_generator() is not None:  # step 2 ran: six real questions, each checked
+        assert "== real questions: smollm2" in out and f"of {len(DEMO_QUESTIONS)} right" in out
+    # again without the packaged model (its six answers cost ~20 s on 2 cores): step 2 says how to install it
+    monkeypatch.setattr(checkpoints, "default_generator", lambda: None)
     assert run_demo(tmp_path / "idx", device="cpu", docs=docs, grid={**grid, "attentions": ["hybrid"]}) == 0
-    assert "built-in generators hybrid are not installed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "real questions skipped" in out and "pip install" in out
+    assert "built-in generators hybrid are not installed" in out
+
+
+def test_each_needle_example_is_indexed_once_for_all_its_modes_and_attentions(tmp_path, generator_folder,
+                                                                             monkeypatch):
+    import ragctx.evaluation.runner as runner
+
+    built, real = [], runner._memory_index
+    monkeypatch.setattr(runner, "_memory_index",
+                        lambda docs, t, cfg: built.append(runner._example_of(t)) or real(docs, t, cfg))
+    cfg = grid(tmp_path, generator_folder, lengths=[300], max_new_tokens=2)  # 2 examples x 2 attentions x 3 modes
+    rows = [json.loads(line) for line in (run_eval(cfg, progress=False) / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and sorted(built) == sorted({runner._example_of(t) for t in trials(cfg)}) and len(built) == 2
 
 
 def test_shards_split_the_grid_by_example_and_report_together(tmp_path, generator_folder, capsys):

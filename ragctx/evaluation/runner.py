@@ -307,7 +307,11 @@ def run_eval(cfg: EvalConfig, *, progress: bool = True, shard: tuple[int, int] |
         else:
             for group in _batches(todo, cfg.batch):
                 gen = _generator(cfg, group[0]["attention"], generators)
-                indexes.clear()  # the indexes of one batch's examples at a time
+                # the indexes of this batch's examples only: examples run outermost, so an example's index serves
+                # its consecutive trials (every mode and attention) and is built once
+                current = {_example_of(t) for t in group}
+                for key in [key for key in indexes if key[0] not in current]:
+                    del indexes[key]
                 cases = [(t, _needle_example(t, gen, examples)) for t in group]
                 outcomes = _needle_outcomes(cases, gen, cfg, indexes)
                 write([make_row(t, outcome, Reference.of_needle(ex, NEEDLE_DOC))
