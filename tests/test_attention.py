@@ -126,6 +126,22 @@ def test_prefill_then_decode_equals_one_forward(case, split):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_a_state_shorter_than_the_window_equals_one_forward(case):
+    """A state allocated for fewer tokens than the window (the ring then has max_len slots, not W)."""
+    q, k, v, valid, positions = inputs(2, 4, 2, 12, 8, 3, seed=5)
+    cfg = config(4, 2, 8, window=16)
+    name, maps = learned_case(case, cfg)
+    full = run(name, q, k, v, positions, valid, cfg, maps=maps)
+    state = get_attention(name).make_state(cfg, 2, 12, q.device, q.dtype)
+    outs = [run(name, q[:, :, :8], k[:, :, :8], v[:, :, :8], positions[:, :8], valid[:, :8], cfg, state, maps)]
+    for i in range(8, 12):
+        s = slice(i, i + 1)
+        outs.append(run(name, q[:, :, s], k[:, :, s], v[:, :, s], positions[:, s], valid[:, s], cfg, state, maps))
+    m = valid[:, None, :, None]
+    torch.testing.assert_close(torch.cat(outs, 2) * m, full * m, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_chunked_prefill_with_state_equals_one_forward(case):
     """Prefill in several multi-token pieces (as a QA pipeline continuing a conversation would)."""
     q, k, v, valid, positions = inputs(1, 4, 2, 41, 8, 0, seed=3)

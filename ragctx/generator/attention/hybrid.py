@@ -89,15 +89,18 @@ def _prefill_window(q, k, v, positions, valid, state, cfg, fast: bool):
     b, hkv, t, d = k.shape
     w, scale = cfg.window, d**-0.5
     ring = state.ring if state is not None else RingBuffer.empty(b, hkv, w, d, k.device, k.dtype)
+    fresh = ring.fresh  # nothing in the ring yet: its W slots hold no key, the window part reads the new keys only
     k_all, v_all, pos_all, valid_all = ring.add(k, v, positions, valid)  # [W + T], oldest first
+    seen = slice(ring.k.shape[2], None) if fresh else slice(None)  # the keys it reads: [T], or the ring's then [T]
+    ks_, vs_, ps_, ok_ = k_all[:, :, seen], v_all[:, :, seen], pos_all[:, seen], valid_all[:, seen]
     if fast:
         out_w, lse_w = flex_window(q, k, v, w, scale)
     elif t < 2 * w:
-        out_w, lse_w = masked_softmax(q, k_all, v_all, allowed(positions, pos_all, valid_all, w), scale)
+        out_w, lse_w = masked_softmax(q, ks_, vs_, allowed(positions, ps_, ok_, w), scale)
     else:  # a long prefill off the GPU: the window part in blocks of W queries (O(T W), not a T x T band)
-        parts = [masked_softmax(q[:, :, qs], k_all[:, :, ks], v_all[:, :, ks],
-                                allowed(positions[:, qs], pos_all[:, ks], valid_all[:, ks], w), scale)
-                 for qs, ks in window_blocks(t, k_all.shape[2], w)]
+        parts = [masked_softmax(q[:, :, qs], ks_[:, :, ks], vs_[:, :, ks],
+                                allowed(positions[:, qs], ps_[:, ks], ok_[:, ks], w), scale)
+                 for qs, ks in window_blocks(t, ks_.shape[2], w)]
         out_w, lse_w = torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2)
     # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
     # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys
