@@ -15,10 +15,10 @@ from ragctx.generator.attention import (
 from ragctx.generator.attention.flash import sdpa
 from ragctx.generator.attention.linear import (
     ROUTES, feature_map, linear_chunkwise, linear_step, normalize, n_features, record_routes, select_route)
-from ragctx.generator.attention.common import LinearState, group_q, ungroup
+from ragctx.generator.attention.common import LinearState, allowed, group_q, ungroup
 from ragctx.generator.attention.learned import LEARNED, FeatureMaps
 from ragctx.generator.attention.reference import linear_quadratic, linear_recurrent
-from ragctx.generator.attention.softmax import masked_softmax
+from ragctx.generator.attention.softmax import masked_softmax, softmax_lse
 from ragctx.generator.config import ModelConfig
 
 
@@ -123,6 +123,24 @@ def test_prefill_then_decode_equals_one_forward(case, split):
         outs.append(run(name, q[:, :, s], k[:, :, s], v[:, :, s], positions[:, s], valid[:, s], cfg, state, maps))
     m = valid[:, None, :, None]
     torch.testing.assert_close(torch.cat(outs, 2) * m, full * m, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_cpu_softmax_lse_equals_masked_softmax(shape, dtype):
+    """softmax_lse (torch's fused CPU kernel, which hybrid prefill uses for its window) against masked_softmax:
+    GQA, a sliding window, padding queries that see no key (0 and -inf)."""
+    b, hq, hkv, t, d, pad = shape
+    q, k, v, valid, positions = (x.to(dtype) if x.is_floating_point() else x for x in inputs(b, hq, hkv, t, d, pad))
+    ok = allowed(positions, positions, valid, 5)
+    ok[-1, :, : t // 3] = False  # queries that see no key (as padding queries without a visible key)
+    with torch.inference_mode():
+        out, lse = softmax_lse(q, k, v, ok, d**-0.5)
+        want, want_lse = masked_softmax(q, k, v, ok, d**-0.5)
+    assert out.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)  # -inf where no key is visible, in both
+    assert torch.isneginf(lse[-1, :, : t // 3]).all() and not out[-1, :, : t // 3].any()
 
 
 @pytest.mark.parametrize("case", CASES)

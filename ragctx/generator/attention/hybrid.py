@@ -33,7 +33,7 @@ from .hybrid_prefill import fused_prefill_ready, hybrid_prefill
 from .hybrid_triton import fused_decode_ready, hybrid_decode
 from .learned import LEARNED
 from .linear import phi, linear_chunkwise, linear_step, normalize, sum_dtype
-from .softmax import masked_softmax
+from .softmax import masked_softmax, softmax_lse
 from .window import flex_window, use_flex
 
 __all__ = ["hybrid_attention"]
@@ -96,9 +96,9 @@ def _prefill_window(q, k, v, positions, valid, state, cfg, fast: bool):
     if fast:
         out_w, lse_w = flex_window(q, k, v, w, scale)
     elif t < 2 * w:
-        out_w, lse_w = masked_softmax(q, ks_, vs_, allowed(positions, ps_, ok_, w), scale)
+        out_w, lse_w = softmax_lse(q, ks_, vs_, allowed(positions, ps_, ok_, w), scale)
     else:  # a long prefill off the GPU: the window part in blocks of W queries (O(T W), not a T x T band)
-        parts = [masked_softmax(q[:, :, qs], ks_[:, :, ks], vs_[:, :, ks],
+        parts = [softmax_lse(q[:, :, qs], ks_[:, :, ks], vs_[:, :, ks],
                                 allowed(positions[:, qs], ps_[:, ks], ok_[:, ks], w), scale)
                  for qs, ks in window_blocks(t, ks_.shape[2], w)]
         out_w, lse_w = torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2)
