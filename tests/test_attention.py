@@ -125,22 +125,51 @@ def test_prefill_then_decode_equals_one_forward(case, split):
     torch.testing.assert_close(torch.cat(outs, 2) * m, full * m, atol=1e-5, rtol=1e-5)
 
 
+def _spy_fused(monkeypatch) -> list:
+    """Counts the calls softmax_lse makes to torch's fused CPU kernel (so a test cannot compare masked_softmax
+    with itself)."""
+    import ragctx.generator.attention.softmax as softmax_module
+
+    calls, real = [], softmax_module._FUSED_CPU
+    assert real is not None, "torch has no fused CPU attention kernel here"
+    monkeypatch.setattr(softmax_module, "_FUSED_CPU", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fused_cpu_softmax_lse_equals_masked_softmax(shape, dtype):
+def test_fused_cpu_softmax_lse_equals_masked_softmax(shape, dtype, monkeypatch):
     """softmax_lse (torch's fused CPU kernel, which hybrid prefill uses for its window) against masked_softmax:
     GQA, a sliding window, padding queries that see no key (0 and -inf)."""
     b, hq, hkv, t, d, pad = shape
     q, k, v, valid, positions = (x.to(dtype) if x.is_floating_point() else x for x in inputs(b, hq, hkv, t, d, pad))
     ok = allowed(positions, positions, valid, 5)
     ok[-1, :, : t // 3] = False  # queries that see no key (as padding queries without a visible key)
+    calls = _spy_fused(monkeypatch)
     with torch.inference_mode():
         out, lse = softmax_lse(q, k, v, ok, d**-0.5)
         want, want_lse = masked_softmax(q, k, v, ok, d**-0.5)
-    assert out.dtype == want.dtype == torch.float32
+    assert calls and out.dtype == want.dtype == torch.float32
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)  # -inf where no key is visible, in both
     assert torch.isneginf(lse[-1, :, : t // 3]).all() and not out[-1, :, : t // 3].any()
+
+
+def test_fused_cpu_softmax_lse_over_a_ring_and_many_blocks(monkeypatch):
+    """The hybrid window's shape after a ring: 700 queries against 200 older keys + their own, window 256,
+    padding; several of the kernel's blocks in each direction. With autograd it stays masked_softmax."""
+    q, k, v, valid, positions = inputs(2, 6, 2, 900, 32, 37, seed=11)
+    q, qpos = q[:, :, 200:], positions[:, 200:]
+    ok = allowed(qpos, positions, valid, 256)
+    calls = _spy_fused(monkeypatch)
+    with torch.inference_mode():
+        out, lse = softmax_lse(q, k, v, ok, 32**-0.5)
+        want, want_lse = masked_softmax(q, k, v, ok, 32**-0.5)
+    assert len(calls) == 1
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)
+    softmax_lse(q.requires_grad_(), k, v, ok, 32**-0.5)
+    assert len(calls) == 1  # training keeps masked_softmax (its backward)
 
 
 @pytest.mark.parametrize("case", CASES)

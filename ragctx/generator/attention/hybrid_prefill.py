@@ -16,14 +16,14 @@ tokens on an H100 against 25-30 ms for transformers' SDPA (issue 17). Here the s
    causal in-chunk scores in registers plus the entering state's term, numerator over denominator, and the
    learned-share combination with the window's output and log-sum-exp, one store of the layer's output.
 
-The linear part's keys are the ones leaving the window during this call: query i sees keys 0..i of the ring's W
-keys (oldest first) followed by the new ones, i.e. a plain causal linear attention over ``k_all[:T]`` (the shift
-by the window is in which keys are passed, not in the kernels). Why kernels rather than ``torch.compile`` of the
+The linear part's keys are the ones leaving the window during this call: query i sees keys 0..i of the ring's
+keys (its slots, oldest first) followed by the new ones, i.e. a plain causal linear attention over ``k_all[:T]``;
+on a fresh sequence the ring holds nothing, and the kernels read the new keys shifted by the ring's slot count
+(``shift``: rows before it are none) instead of a built ``k_all``. Why kernels rather than ``torch.compile`` of the
 torch code: one set of kernels serves every length with no recompile and no compile time at the first prompt,
 and the kernels run on a CPU under ``TRITON_INTERPRET=1``, where tests/test_hybrid_prefill.py checks them against
 the torch path (outputs, ring and linear state, fp32). The window part (FlexAttention) stays as it was; on a fresh
-sequence the kernels read the new keys shifted by the window (``shift``: the empty ring's rows are none) and the
-ring only takes the last W keys (:meth:`.common.RingBuffer.write`), so no [W + T] copy of the keys is built. Matmuls run in the model's dtype with fp32 accumulation, the running state is summed in fp32 and
+sequence the ring only takes the last W keys (:meth:`.common.RingBuffer.write`), so no [W + T] copy of the keys is built. Matmuls run in the model's dtype with fp32 accumulation, the running state is summed in fp32 and
 stored in the model's dtype for its matmul, as in the torch form; numerator, denominator and the combination stay
 in fp32 (the torch form rounds them to bf16 on the way), so bf16 outputs agree closely, not bit for bit.
 
@@ -39,6 +39,7 @@ eagerly (only the decode step is compiled), and under ``torch.compile`` the torc
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -51,8 +52,10 @@ __all__ = ["fused_prefill_ready", "hybrid_prefill", "OPT_IN"]
 OPT_IN = "RAGCTX_HYBRID_PREFILL"  # =triton: take the fused prefill (module docstring: opt-in until measured on a GPU)
 
 WARPS = 4
+MAX_DIM = 64  # head and projection dims served; 128 would hold ~10 [64, 128] tiles per program: raise once measured
 
 _MODULE: list = []  # the kernels' module once looked up (or None)
+_WARNED: set[str] = set()  # unknown RAGCTX_HYBRID_PREFILL values already warned about
 _READY: dict[tuple, bool] = {}  # (device type, dtype, head dim, projection dim) -> usable
 
 
@@ -70,14 +73,22 @@ def _kernels():
 def fused_prefill_ready(q: Tensor, head_dim: int, proj_dim: int) -> bool:
     """Whether :func:`hybrid_prefill` serves this prefill: a CUDA tensor, fp32 or bf16 (the states entering each
     chunk are stored in the input dtype: fp16's range would not hold long prefixes), head and projection dims powers
-    of two in 16..128, no autograd, not under ``torch.compile``, Triton importable and ``RAGCTX_TRITON`` not 0 at the
+    of two in 16..``MAX_DIM`` (64), no autograd, not under ``torch.compile``, Triton importable and ``RAGCTX_TRITON`` not 0 at the
     first use, and ``RAGCTX_HYBRID_PREFILL=triton`` (opt-in: module docstring). (On a CPU the kernels run only when
     forced under Triton's interpreter, as the tests do.)"""
-    if os.environ.get(OPT_IN) != "triton" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    choice = os.environ.get(OPT_IN, "torch")
+    if choice != "triton":
+        if choice not in ("torch", "") and choice not in _WARNED:
+            _WARNED.add(choice)
+            warnings.warn(f"{OPT_IN}={choice!r} is not a choice: set it to 'triton' (the fused prefill) or 'torch' "
+                          "(the default); the torch prefill runs", stacklevel=2)
+        return False
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     key = (q.device.type, q.dtype, head_dim, proj_dim)
     if key not in _READY:
-        pow2 = lambda n: 16 <= n <= 128 and n & (n - 1) == 0  # noqa: E731
+        # dims up to 64 (SmolLM2's): wider tiles were never compiled for a GPU and may not fit its registers
+        pow2 = lambda n: 16 <= n <= MAX_DIM and n & (n - 1) == 0  # noqa: E731
         _READY[key] = bool(q.device.type == "cuda" and pow2(head_dim) and pow2(proj_dim)
                            and q.dtype in (torch.float32, torch.bfloat16) and _kernels() is not None)
     return _READY[key]
@@ -98,7 +109,10 @@ def hybrid_prefill(q: Tensor, k_old: Tensor, v_old: Tensor, valid_old: Tensor, o
     contiguous (as ``make_state`` builds it), else copied into; None: start from zeros. Returns (output [B, Hq, T, D]
     in q's dtype, the linear state after the call, fp32 [B, Hkv, 2P, D] and [B, Hkv, 2P]). Check
     :func:`fused_prefill_ready` first."""
-    chunk_states, exclusive_scan, chunk_output = _kernels()
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("hybrid_prefill needs Triton (and RAGCTX_TRITON not 0): check fused_prefill_ready first")
+    chunk_states, exclusive_scan, chunk_output = kernels
     q, k_old, v_old, out_w = (_unit_last(x) for x in (q, k_old, v_old, out_w))
     b, hq, t, d = q.shape
     hkv, p = k_old.shape[1], maps.q.weight.shape[-1]
