@@ -39,8 +39,8 @@ def masked_softmax(q: Tensor, k: Tensor, v: Tensor, ok: Tensor, scale: float) ->
 def softmax_lse(q: Tensor, k: Tensor, v: Tensor, ok: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """:func:`masked_softmax`'s (out, log-sum-exp), fp32, through torch's fused CPU attention kernel when it serves:
     CPU tensors of at most fp32 and no autograd. It tiles the scores instead of materializing [T, Tk] of them for
-    every head: on the 2-core CPU about 5x faster at 2K tokens (the hybrid's window part; equal to ~1e-6,
-    tests/test_attention.py). Elsewhere (GPU, fp64, training) it is masked_softmax."""
+    every head, so the hybrid's window prefill on a CPU moves a fraction of the memory (equal to masked_softmax
+    within 1e-5: tests/test_attention.py). Elsewhere (GPU, fp64, training) it is masked_softmax."""
     if (_FUSED_CPU is None or q.device.type != "cpu" or q.dtype == torch.float64
             or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
         return masked_softmax(q, k, v, ok, scale)
