@@ -5,6 +5,8 @@ together in one prompt) on the essays QA set's dev split with the packaged SmolL
     python eval/sweep_read_each.py collect --index INDEX --out /tmp/read-each.jsonl   # generations (slow)
     python eval/sweep_read_each.py analyze /tmp/read-each.jsonl --json eval/reports/qa-real/dev-read-each-DATE.json
 
+The records of the 2026-12-08 sweep are committed beside its JSON (``dev-read-each-2026-12-08-*.jsonl.gz``).
+
 ``collect`` writes one line per question: the default's answer, and for each passage shape (2- and 3-sentence
 passages ranked by BM25 inside the top-5 chunks, the top chunks themselves) the answer read from each of the top 4
 candidates alone, with the log-probability of each generated token (and of the end of turn), the refusal word's
@@ -14,6 +16,7 @@ probability and the input tokens. ``analyze`` replays every n (2-4) and scoring 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -142,8 +145,9 @@ def _round(x: float | None, digits: int = 3) -> float | None:
 
 def analyze(args) -> None:
     merged: dict[str, dict] = {}
-    for path in args.records:  # several collect runs (other shapes) merge by question
-        for line in Path(path).read_text().splitlines():
+    for path in args.records:  # several collect runs (other shapes) merge by question; .gz read as well
+        text = gzip.decompress(Path(path).read_bytes()).decode() if path.endswith(".gz") else Path(path).read_text()
+        for line in text.splitlines():
             if line.strip():
                 r = json.loads(line)
                 if r["qid"] in merged:
@@ -172,7 +176,7 @@ def analyze(args) -> None:
                     conf = {}
                     for r in recs:
                         cands = r["shapes"][shape][:n]
-                        i, s = choose(cands, rule, agree)
+                        i, _ = choose(cands, rule, agree)
                         conf[r["qid"]] = max(_mean(c["lps"]) for c in cands)
                         tokens.append(sum(c["input_tokens"] for c in cands))
                         if r["answers"]:
@@ -187,6 +191,36 @@ def analyze(args) -> None:
     oracle = {shape: {n: sum(any(_right(c["text"], r["answers"]) for c in r["shapes"][shape][:n])
                              for r in answerable) for n in range(1, N_MAX + 1)} for shape in recs[0]["shapes"]
               if all(shape in r["shapes"] for r in recs)}
+    shapes = [x for x in recs[0]["shapes"] if not x.startswith("pair+") and all(x in r["shapes"] for r in recs)]
+    cands = {x: [(c, r) for r in answerable for c in r["shapes"][x]] for x in shapes}
+    # does a score tell a right answer from a wrong one, over every candidate of the answerable questions?
+    candidate_auc = {x: {rule: _round(auc([RULES[rule](c, 0) for c, r in cs if _right(c["text"], r["answers"])],
+                                          [RULES[rule](c, 0) for c, r in cs if not _right(c["text"], r["answers"])]))
+                         for rule in RULES if rule != "rank"} for x, cs in cands.items()}
+    # how often a passage read alone is answered right (of how many), by whether it holds the whole supporting span,
+    # overlaps it, or does not touch it
+    def holds(c, r):
+        return any(d == e["doc_id"] and a < e["end"] and e["start"] < b for d, a, b in c["spans"] for e in r["evidence"])
+    def contains(c, r):
+        return any(d == e["doc_id"] and a <= e["start"] and e["end"] <= b for d, a, b in c["spans"]
+                   for e in r["evidence"])
+    by_evidence = {x: {"containing_span": [sum(_right(c["text"], r["answers"]) for c, r in cs if contains(c, r)),
+                                           sum(contains(c, r) for c, r in cs)],
+                       "holding_span": [sum(_right(c["text"], r["answers"]) for c, r in cs if holds(c, r)),
+                                        sum(holds(c, r) for c, r in cs)],
+                       "not_holding": [sum(_right(c["text"], r["answers"]) for c, r in cs if not holds(c, r)),
+                                       sum(not holds(c, r) for c, r in cs)]} for x, cs in cands.items()}
+    signals = {}  # refusal: unanswerable (positive) against answerable, per question
+    for x in shapes:
+        for n in (1, 2, 4):
+            sig = {r["qid"]: -max(_mean(c["lps"]) for c in r["shapes"][x][:n]) for r in recs}
+            signals[f"{x} n={n}: -max mean_lp"] = sig
+            signals[f"{x} n={n}: min refusal_p"] = {r["qid"]: min(c["refusal_p"] for c in r["shapes"][x][:n])
+                                                    for r in recs}
+    signals["default: refusal_p"] = {r["qid"]: r["default"]["refusal_p"] for r in recs}
+    signals["default: -mean_lp"] = {r["qid"]: -_mean(r["default"]["lps"]) for r in recs}
+    refusal_auc = {name: _round(auc([v[r["qid"]] for r in unanswerable], [v[r["qid"]] for r in answerable]))
+                   for name, v in signals.items()}
     d_conf = [_mean(r["default"]["lps"]) for r in recs]
     summary = {"default_right": sum(base), "of": len(base),
                "default_mean_input_tokens": round(_mean([r["default"]["input_tokens"] for r in recs]), 1),
@@ -194,13 +228,29 @@ def analyze(args) -> None:
                                                         [c for c, r in zip(d_conf, recs) if not r["answers"]]), 3),
                "default_refusal_auc_refusal_p": _round(auc(
                    [-r["default"]["refusal_p"] for r in answerable], [-r["default"]["refusal_p"] for r in unanswerable]), 3),
-               "oracle_any_candidate_right": oracle}
+               "oracle_any_candidate_right": oracle, "candidate_right_vs_wrong_auc": candidate_auc,
+               "right_by_evidence_overlap": by_evidence, "refusal_auc_unanswerable_vs_answerable": refusal_auc}
     rows.sort(key=lambda r: -r["right"])
     for r in rows[: args.top]:
         print(r)
     print(json.dumps(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+        import torch
+
+        head = {"what": "read each, then choose: SmolLM2 (packaged GGUF) answers from each of the top-n candidate passages "
+                        "alone (bm25, k=5, 200-token chunks), one answer picked by a score of the model's own; paired "
+                        "with QA's default (2 best 2-sentence passages in one prompt) on the essays dev split",
+                "date": time.strftime("%Y-%m-%d"), "machine": f"2-core CPU (shared), torch {torch.__version__}",
+                "shapes": "s1/s2/s3: 1/2/3-sentence passages ranked by BM25 inside the top-5 chunks (focus_passages); "
+                          "chunk: the retrieved chunks in rank order; pair+X: the default's joint reading as candidate "
+                          "0, then X's passages",
+                "rules": "rank: retrieval order; mean_lp / sum_lp / first_lp: mean, sum, first of the answer's token "
+                         "log-probabilities (Generation.token_logprobs, end of turn included); not_refusal: lowest "
+                         "probability of the refusal word; agree: two candidates with the same answer win",
+                "command": "python eval/sweep_read_each.py collect --index INDEX --out b.jsonl --shapes s2 chunk; "
+                           "... --out c.jsonl --shapes s3 s1 --no-default; python eval/sweep_read_each.py analyze "
+                           "b.jsonl c.jsonl --json THIS"}
+        Path(args.json).write_text(json.dumps({**head, "summary": summary, "rows": rows}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
