@@ -92,6 +92,7 @@ class Completion:
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if tokenizer.kind == "byte" else None
         self.tokens: list[int] = []
+        self.steps = 0  # tokens taken until it ended: its tokens and the eos or stop-string token that ended it
         self.text = ""
         self.sent = 0  # characters streamed so far
         self.reason: str | None = None  # "eos" or "stop" once ended; "length" is set by finish()
@@ -100,6 +101,7 @@ class Completion:
         """Takes the next token (ignored once the completion has ended)."""
         if self.reason is not None:
             return
+        self.steps += 1
         if tok in self.eos:
             self.reason = "eos"
             return

@@ -36,6 +36,9 @@ class Generation:
     decode_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     probe_logprobs: list[float] = field(default_factory=list)  # log P(probe | prompt) for each probe asked for
+    # log P of each token chosen, the eos or stop-string token that ended the completion included (the model's
+    # confidence in its answer: QA's read="each" picks the answer by it)
+    token_logprobs: list[float] = field(default_factory=list)
     peak_memory_bytes: int | None = None  # set by a memory meter (ragctx.evaluation.memory), else not measured
 
 
@@ -270,12 +273,14 @@ class Generator:
         scored = self._probe_rows(logits, states, positions[:, -1:] + 1, probes)  # [B][probe]
         rows = [Completion(self.tokenizer, stops, eos) for _ in range(b)]
         out = torch.empty(b, max_new_tokens, dtype=torch.long, device=dev)  # every step's tokens, read in chunks
+        chosen = torch.empty(b, max_new_tokens, dtype=torch.float32, device=dev)  # and their log-probabilities
         pos = positions[:, -1:] + 1  # [B, 1]: each row's next position (the last column is real in every row)
         checked = 0
         t1 = time.perf_counter()
         for step in range(max_new_tokens):
             tok = sample_tokens(logits, temperature, top_p, rng)  # [B], on the device
             out[:, step] = tok
+            chosen[:, step] = torch.log_softmax(logits.float(), -1).gather(1, tok[:, None])[:, 0]
             if step + 1 - checked >= every or step + 1 == max_new_tokens:
                 for i, toks in enumerate(out[:, checked : step + 1].tolist()):  # the one host sync per chunk
                     for t in toks:
@@ -295,6 +300,7 @@ class Generator:
         decode = time.perf_counter() - t1
         self._pool.give_back(self.model, b, room, states)
         results = []
+        token_lps = chosen[:, :checked].tolist()
         for i, (row, p) in enumerate(zip(rows, prompts)):
             rest = row.finish()
             if rest:
@@ -303,7 +309,8 @@ class Generator:
                        "decode_ms_per_token": 1e3 * decode / max(1, max(len(r.tokens) for r in rows))}
             if b > 1:
                 timings["batch"] = b
-            results.append(Generation(row.text, row.tokens, len(p), row.reason, prefill, decode, timings, scored[i]))
+            results.append(Generation(row.text, row.tokens, len(p), row.reason, prefill, decode, timings, scored[i],
+                                      token_lps[i][: row.steps]))
         yield results
 
     def _probe_rows(self, logits: torch.Tensor, states: list, pos: torch.Tensor,
