@@ -35,7 +35,7 @@ def _read(qa, gen, question: str, passage_sets: list, probes) -> list[dict]:
     prompts = [qa._prompt(question, pieces) for pieces in passage_sets]
     t0 = time.perf_counter()
     done = gen.generate_batch([ids for ids, _ in prompts], max_new_tokens=qa.max_new_tokens,
-                              stop=list(qa.template.stop), probes=probes)
+                              stop=list(qa.template.stop), probes=probes, logprobs=True)
     seconds = time.perf_counter() - t0
     return [{"text": g.text.strip(), "input_tokens": len(ids), "finish": g.finish_reason,
              "refusal_p": float(sum(math.exp(x) for x in g.probe_logprobs)),

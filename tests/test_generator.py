@@ -213,18 +213,19 @@ def test_probe_logprobs_equal_a_full_forward_and_leave_the_generation_as_it_was(
 
 
 def test_token_logprobs_are_the_chosen_tokens_log_probabilities_with_the_one_that_ended_it():
-    """Generation.token_logprobs: log P of each chosen token (greedy here) as one forward pass over prompt + completion
+    """Generation.token_logprobs (logprobs=True): log P of each chosen token (greedy here) as one forward pass over prompt + completion
     reads them, one per token, plus the eos or stop-string token that ended the completion; per row in a batch."""
     gen = Generator(tiny_model("softmax", seed=3), ByteTokenizer())
     prompt = list(b"The magic number is 42. The magic")
-    g = gen.generate(prompt, max_new_tokens=12)
+    g = gen.generate(prompt, max_new_tokens=12, logprobs=True)
     logits = gen.logits(prompt + g.tokens).double().log_softmax(-1)
     expected = [float(logits[len(prompt) - 1 + i, t]) for i, t in enumerate(g.tokens)]
     assert g.finish_reason == "length" and g.token_logprobs == pytest.approx(expected, abs=1e-3)
     at = g.tokens.index(g.tokens[2])  # where that byte first comes: the stop string ends the completion there
-    stopped = gen.generate(prompt, max_new_tokens=12, stop=[bytes(g.tokens[2:3]).decode("latin-1")])
+    stopped = gen.generate(prompt, max_new_tokens=12, stop=[bytes(g.tokens[2:3]).decode("latin-1")], logprobs=True)
     assert stopped.finish_reason == "stop" and len(stopped.token_logprobs) == at + 1  # + the one that stopped it
     assert stopped.token_logprobs == pytest.approx(g.token_logprobs[: at + 1], abs=1e-4)
-    batch = gen.generate_batch([prompt, list(b"Once upon")], max_new_tokens=12)
+    batch = gen.generate_batch([prompt, list(b"Once upon")], max_new_tokens=12, logprobs=True)
     assert batch[0].token_logprobs == pytest.approx(g.token_logprobs, abs=1e-3)
     assert len(batch[1].token_logprobs) == len(batch[1].tokens) + (batch[1].finish_reason != "length")
+    assert gen.generate(prompt, max_new_tokens=12).token_logprobs == []  # only when asked: no work per step

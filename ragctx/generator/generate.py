@@ -36,8 +36,8 @@ class Generation:
     decode_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     probe_logprobs: list[float] = field(default_factory=list)  # log P(probe | prompt) for each probe asked for
-    # log P of each token chosen, the eos or stop-string token that ended the completion included (the model's
-    # confidence in its answer: QA's read="each" picks the answer by it)
+    # with logprobs=True: log P of each token chosen, the eos or stop-string token that ended the completion included
+    # (the model's confidence in its answer; eval/sweep_read_each.py scores answers by it); else empty
     token_logprobs: list[float] = field(default_factory=list)
     peak_memory_bytes: int | None = None  # set by a memory meter (ragctx.evaluation.memory), else not measured
 
@@ -176,7 +176,8 @@ class Generator:
         a seed gives the same tokens on the same device). stop: strings that end the generation (not included in
         the text). bos: prepend <bos> to a text prompt (None: as the checkpoint's tokenizer does). probes: token
         sequences whose log-probability as the start of the completion is measured from the prompt's state
-        (``Generation.probe_logprobs``), e.g. a refusal. check_every: tokens decoded between the host's reads of
+        (``Generation.probe_logprobs``), e.g. a refusal. logprobs (False): record each chosen token's
+        log-probability (``Generation.token_logprobs``; one more small operation per decode step). check_every: tokens decoded between the host's reads of
         the tokens (to stream text and find eos and stop strings; None: 1 on the CPU, where reading costs nothing,
         8 on a GPU, where each read waits for the device); a generation that ended runs at most check_every - 1
         steps more, whose tokens are dropped.
@@ -201,7 +202,7 @@ class Generator:
 
     def run(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
             stop: list[str] | str | None = None, seed: int | None = None, bos: bool | None = None,
-            probes: list[list[int]] | tuple = (),
+            probes: list[list[int]] | tuple = (), logprobs: bool = False,
             check_every: int | None = None) -> Iterator[TextDelta | Generated]:
         """Yields a :class:`~ragctx.protocols.TextDelta` per piece of the completion's text as it comes, then one
         :class:`~ragctx.protocols.Generated` holding its :class:`Generation` (arguments as for :meth:`stream`):
@@ -209,7 +210,8 @@ class Generator:
         are the two halves of this."""
         ids = self._prompt_ids(prompt, bos, max_new_tokens)
         for event in self._generate([ids], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                    stop=stop, seed=seed, probes=[list(p) for p in probes], check_every=check_every):
+                                    stop=stop, seed=seed, probes=[list(p) for p in probes], logprobs=logprobs,
+                                    check_every=check_every):
             yield TextDelta(event[1]) if isinstance(event, tuple) else Generated(event[0])
 
     def generate_batch(self, prompts: list[str | list[int]], *, batch_size: int | None = None,
@@ -249,7 +251,7 @@ class Generator:
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], *, max_new_tokens: int = 64, temperature: float = 0.0,
                   top_p: float = 1.0, stop: list[str] | str | None = None, seed: int | None = None,
-                  probes: list[list[int]] = (), check_every: int | None = None):
+                  probes: list[list[int]] = (), logprobs: bool = False, check_every: int | None = None):
         """Prefill of every prompt (left-padded), then decode steps on the device until every row has ended or the
         token limit. Yields (row, text piece) as text becomes final, then the list of :class:`Generation`."""
         if check_every is not None and (not isinstance(check_every, int) or check_every < 1):
@@ -273,14 +275,15 @@ class Generator:
         scored = self._probe_rows(logits, states, positions[:, -1:] + 1, probes)  # [B][probe]
         rows = [Completion(self.tokenizer, stops, eos) for _ in range(b)]
         out = torch.empty(b, max_new_tokens, dtype=torch.long, device=dev)  # every step's tokens, read in chunks
-        chosen = torch.empty(b, max_new_tokens, dtype=torch.float32, device=dev)  # and their log-probabilities
+        chosen = torch.empty(b, max_new_tokens if logprobs else 0, dtype=torch.float32, device=dev)  # their log P
         pos = positions[:, -1:] + 1  # [B, 1]: each row's next position (the last column is real in every row)
         checked = 0
         t1 = time.perf_counter()
         for step in range(max_new_tokens):
             tok = sample_tokens(logits, temperature, top_p, rng)  # [B], on the device
             out[:, step] = tok
-            chosen[:, step] = torch.log_softmax(logits.float(), -1).gather(1, tok[:, None])[:, 0]
+            if logprobs:
+                chosen[:, step] = torch.log_softmax(logits.float(), -1).gather(1, tok[:, None])[:, 0]
             if step + 1 - checked >= every or step + 1 == max_new_tokens:
                 for i, toks in enumerate(out[:, checked : step + 1].tolist()):  # the one host sync per chunk
                     for t in toks:
@@ -300,7 +303,7 @@ class Generator:
         decode = time.perf_counter() - t1
         self._pool.give_back(self.model, b, room, states)
         results = []
-        token_lps = chosen[:, :checked].tolist()
+        token_lps = chosen[:, :checked].tolist() if logprobs else [[] for _ in rows]
         for i, (row, p) in enumerate(zip(rows, prompts)):
             rest = row.finish()
             if rest:
