@@ -20,8 +20,8 @@ Triton prefill of a learned map on CUDA, opt-in until this benchmark has measure
 and ``--profile-prefill 4096`` prints a torch.profiler table (top 15 CUDA ops by time) of one prefill of that many
 tokens for each eager entry and each torch-prefill one, e.g. on one GPU:
 
-    RAGCTX_HYBRID_PREFILL=triton python eval/bench_decode.py --attentions smollm2-hybrid --compiled --torch-prefill smollm2-hybrid \
-        --profile-prefill 4096 --new 8 --out eval/reports/decode
+    RAGCTX_HYBRID_PREFILL=triton python eval/bench_decode.py --attentions smollm2-hybrid --compiled \
+        --torch-prefill smollm2-hybrid --profile-prefill 4096 --new 8 --out eval/reports/decode
 """
 
 from __future__ import annotations

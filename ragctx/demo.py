@@ -59,7 +59,7 @@ DEMO_GRID: dict[str, Any] = {
     "name": "demo",
     "generator": "builtin",
     "modes": ["rag", "full", "auto"],
-    "attentions": ["flash", "linear", "sliding_window", "hybrid"],  # flash: softmax's weights through SDPA, faster on a CPU
+    "attentions": ["flash", "linear", "sliding_window", "hybrid"],  # flash: softmax's weights through SDPA
     "lengths": [512, 2048],
     "depths": [0.0, 0.5, 1.0],
     "kinds": ["single"],

@@ -213,8 +213,9 @@ def test_probe_logprobs_equal_a_full_forward_and_leave_the_generation_as_it_was(
 
 
 def test_token_logprobs_are_the_chosen_tokens_log_probabilities_with_the_one_that_ended_it():
-    """Generation.token_logprobs (logprobs=True): log P of each chosen token (greedy here) as one forward pass over prompt + completion
-    reads them, one per token, plus the eos or stop-string token that ended the completion; per row in a batch."""
+    """Generation.token_logprobs (logprobs=True): log P of each chosen token (greedy here) as one forward pass over
+    prompt + completion reads them, one per token, plus the eos or stop-string token that ended the completion; per
+    row in a batch; nothing without logprobs=True."""
     gen = Generator(tiny_model("softmax", seed=3), ByteTokenizer())
     prompt = list(b"The magic number is 42. The magic")
     g = gen.generate(prompt, max_new_tokens=12, logprobs=True)

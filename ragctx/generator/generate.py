@@ -177,10 +177,10 @@ class Generator:
         the text). bos: prepend <bos> to a text prompt (None: as the checkpoint's tokenizer does). probes: token
         sequences whose log-probability as the start of the completion is measured from the prompt's state
         (``Generation.probe_logprobs``), e.g. a refusal. logprobs (False): record each chosen token's
-        log-probability (``Generation.token_logprobs``; one more small operation per decode step). check_every: tokens decoded between the host's reads of
-        the tokens (to stream text and find eos and stop strings; None: 1 on the CPU, where reading costs nothing,
-        8 on a GPU, where each read waits for the device); a generation that ended runs at most check_every - 1
-        steps more, whose tokens are dropped.
+        log-probability (``Generation.token_logprobs``; one more small operation per decode step). check_every:
+        tokens decoded between the host's reads of the tokens (to stream text and find eos and stop strings; None: 1
+        on the CPU, where reading costs nothing, 8 on a GPU, where each read waits for the device); a generation that
+        ended runs at most check_every - 1 steps more, whose tokens are dropped.
         """
         for event in self.run(prompt, **kwargs):
             if isinstance(event, TextDelta):

@@ -103,16 +103,17 @@ def _prefill_window(q, k, v, positions, valid, state, cfg, fast: bool):
                              allowed(positions[:, qs], ps_[:, ks], ok_[:, ks], w), scale)
                  for qs, ks in window_blocks(t, ks_.shape[2], w)]
         out_w, lse_w = torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2)
-    # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is
-    # R + i for the query's own key, R the ring's slots: W, or max_len for a state shorter than the window). Only the first T rows of k_all are ever seen, and they are exactly the keys
-    # that leave the window in this call.
+    # linear part: query i sees k_all[0..i], the keys at least `w` positions older (their index in k_all is R + i
+    # for the query's own key, R the ring's slots: W, or max_len for a state shorter than the window). Only the
+    # first T rows of k_all are ever seen, and they are exactly the keys that leave the window in this call.
     return out_w, lse_w, k_all[:, :, :t], v_all[:, :, :t], valid_all[:, :t]
 
 
 def _fused_prefill(q, k, v, positions, valid, state, cfg, maps, fast: bool) -> Tensor:
     """A learned map's prefill through :func:`.hybrid_prefill.hybrid_prefill`, the linear state updated in place.
     On a fresh sequence (FlexAttention) the kernels read the new keys shifted by the ring's slot count (its slots
-    are all empty) and the ring only takes the last W keys; otherwise the ring's keys come first, as in the torch form."""
+    are all empty) and the ring only takes the last W keys; otherwise the ring's keys come first, as in the torch
+    form."""
     if fast:
         out_w, lse_w = flex_window(q, k, v, cfg.window, q.shape[-1] ** -0.5)
         if state is not None:

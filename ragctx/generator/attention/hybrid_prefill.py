@@ -16,16 +16,17 @@ tokens on an H100 against 25-30 ms for transformers' SDPA (issue 17). Here the s
    causal in-chunk scores in registers plus the entering state's term, numerator over denominator, and the
    learned-share combination with the window's output and log-sum-exp, one store of the layer's output.
 
-The linear part's keys are the ones leaving the window during this call: query i sees keys 0..i of the ring's
-keys (its slots, oldest first) followed by the new ones, i.e. a plain causal linear attention over ``k_all[:T]``;
-on a fresh sequence the ring holds nothing, and the kernels read the new keys shifted by the ring's slot count
+The linear part's keys are the ones leaving the window during this call: query i sees keys 0..i of the ring's keys
+(its slots, oldest first) followed by the new ones, i.e. a plain causal linear attention over ``k_all[:T]``; on a
+fresh sequence the ring holds nothing, and the kernels read the new keys shifted by the ring's slot count
 (``shift``: rows before it are none) instead of a built ``k_all``. Why kernels rather than ``torch.compile`` of the
-torch code: one set of kernels serves every length with no recompile and no compile time at the first prompt,
-and the kernels run on a CPU under ``TRITON_INTERPRET=1``, where tests/test_hybrid_prefill.py checks them against
-the torch path (outputs, ring and linear state, fp32). The window part (FlexAttention) stays as it was; on a fresh
-sequence the ring only takes the last W keys (:meth:`.common.RingBuffer.write`), so no [W + T] copy of the keys is built. Matmuls run in the model's dtype with fp32 accumulation, the running state is summed in fp32 and
-stored in the model's dtype for its matmul, as in the torch form; numerator, denominator and the combination stay
-in fp32 (the torch form rounds them to bf16 on the way), so bf16 outputs agree closely, not bit for bit.
+torch code: one set of kernels serves every length with no recompile and no compile time at the first prompt, and
+the kernels run on a CPU under ``TRITON_INTERPRET=1``, where tests/test_hybrid_prefill.py checks them against the
+torch path (outputs, ring and linear state, fp32). The window part (FlexAttention) stays as it was; on a fresh
+sequence the ring only takes the last W keys (:meth:`.common.RingBuffer.write`), so no [W + T] copy of the keys is
+built. Matmuls run in the model's dtype with fp32 accumulation, the running state is summed in fp32 and stored in
+the model's dtype for its matmul, as in the torch form; numerator, denominator and the combination stay in fp32 (the
+torch form rounds them to bf16 on the way), so bf16 outputs agree closely, not bit for bit.
 
 **Opt-in until measured on a GPU**: written and tested on a CPU under Triton's interpreter, the route serves only
 when ``RAGCTX_HYBRID_PREFILL=triton`` is set (read at each prefill); the torch path stays the default everywhere.
@@ -73,9 +74,9 @@ def _kernels():
 def fused_prefill_ready(q: Tensor, head_dim: int, proj_dim: int) -> bool:
     """Whether :func:`hybrid_prefill` serves this prefill: a CUDA tensor, fp32 or bf16 (the states entering each
     chunk are stored in the input dtype: fp16's range would not hold long prefixes), head and projection dims powers
-    of two in 16..``MAX_DIM`` (64), no autograd, not under ``torch.compile``, Triton importable and ``RAGCTX_TRITON`` not 0 at the
-    first use, and ``RAGCTX_HYBRID_PREFILL=triton`` (opt-in: module docstring). (On a CPU the kernels run only when
-    forced under Triton's interpreter, as the tests do.)"""
+    of two in 16..``MAX_DIM`` (64), no autograd, not under ``torch.compile``, Triton importable and
+    ``RAGCTX_TRITON`` not 0 at the first use, and ``RAGCTX_HYBRID_PREFILL=triton`` (opt-in: module docstring). (On a
+    CPU the kernels run only when forced under Triton's interpreter, as the tests do.)"""
     choice = os.environ.get(OPT_IN, "torch")
     if choice != "triton":
         if choice not in ("torch", "") and choice not in _WARNED:
