@@ -90,27 +90,21 @@ class RingBuffer:
 
     def add(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The ring's keys, oldest first, followed by T new ones ([W + T]); the ring keeps the last W (in place)."""
-        w, t = self.k.shape[2], k.shape[2]
+        w = self.k.shape[2]
         ring = torch.arange(w, device=k.device)
         oldest = (self.cursor + ring) % w  # [W] the slots, oldest first
         k_all = torch.cat([self.k.index_select(2, oldest), k], 2)
         v_all = torch.cat([self.v.index_select(2, oldest), v], 2)
         pos_all = torch.cat([self.pos.index_select(1, oldest), pos], 1)
         valid_all = torch.cat([self.valid.index_select(1, oldest), valid], 1)
-        slots = (self.cursor + t + ring) % w  # where the last W tokens live
-        self.k.index_copy_(2, slots, k_all[:, :, t:])
-        self.v.index_copy_(2, slots, v_all[:, :, t:])
-        self.pos.index_copy_(1, slots, pos_all[:, t:])
-        self.valid.index_copy_(1, slots, valid_all[:, t:])
-        self.cursor.add_(t)
-        self.fresh = False
+        self.write(k, v, pos, valid)  # the ring keeps the last W: the new keys that fit, over the oldest slots
         return k_all, v_all, pos_all, valid_all
 
     def write(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor) -> None:
-        """What :meth:`add` leaves in the ring, without building the [W + T] keys: token number ``c`` goes to slot
-        ``c % W``, so only the last min(T, W) new keys are written (eight launches instead of some seventeen, no
-        copies of the new keys). For a prefill that does not read the ring's older keys (FlexAttention on a fresh
-        sequence)."""
+        """T new keys into the ring in place, without building the [W + T] keys of :meth:`add` (which reads the
+        older ones first, then writes through this): token number ``c`` goes to slot ``c % W``, so only the last
+        min(T, W) new keys are written. Alone, for a prefill that does not read the ring's older keys
+        (FlexAttention on a fresh sequence)."""
         w, t = self.k.shape[2], k.shape[2]
         first = max(0, t - w)
         new = torch.arange(first, t, device=k.device)
