@@ -5,6 +5,8 @@ between them is :mod:`._linear_triton_kernels`' ``_exclusive_scan``."""
 import triton
 import triton.language as tl
 
+from ._hybrid_triton_kernels import _shares
+
 
 @triton.jit
 def _hedgehog_rows(x, W, B, P: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
@@ -101,14 +103,6 @@ def _hybrid_chunk_output(Q, K, V, VALID, WQ, BQ, WK, BK, S, Z, OW, LSE, LOGIT, O
     # one normalization: the window gets the learned share s, the older keys (1 - s) phi(q).phi(k) each
     out_w = tl.load(OW + b * s_wb + hq * s_wh + t64 * s_wt + d[None, :], mask=live[:, None], other=0.0)
     lse_w = tl.load(LSE + b * s_lb + hq * s_lh + rows.to(tl.int64) * s_lt, mask=live, other=float("-inf"))
-    logit = tl.load(LOGIT + hq).to(tl.float32)
-    log_share = tl.minimum(logit, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(logit)))  # logsigmoid(logit)
-    lw = tl.where(lse_w > float("-inf"), log_share, float("-inf"))
-    ll = tl.where(has_old, tl.log(tl.where(has_old, den, 1.0)) + log_share - logit, float("-inf"))
-    top = tl.maximum(lw, ll)
-    nothing = top == float("-inf")
-    top = tl.where(nothing, 0.0, top)
-    a, r = tl.exp(lw - top), tl.exp(ll - top)
-    norm = tl.where(nothing, 1.0, a + r)
-    out = (a / norm)[:, None] * out_w.to(tl.float32) + (r / norm)[:, None] * out_l
+    wa, wr = _shares(lse_w > float("-inf"), has_old, den, tl.load(LOGIT + hq).to(tl.float32))
+    out = wa[:, None] * out_w.to(tl.float32) + wr[:, None] * out_l
     tl.store(O + b * s_ob + hq * s_oh + t64 * s_ot + d[None, :], out.to(O.dtype.element_ty), mask=live[:, None])

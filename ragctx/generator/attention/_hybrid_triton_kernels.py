@@ -6,6 +6,22 @@ import triton.language as tl
 
 
 @triton.jit
+def _shares(window_seen, has_old, den, logit):
+    """The hybrid's one normalization with a learned share (hybrid.py's docstring): the weights of the window's
+    output and of the linear part's (num / den), elementwise, given whether the window saw a key, whether a key has
+    left it (den > 0) and the head's window logit (fp32). The decode step's and the prefill's kernels share it."""
+    log_share = tl.minimum(logit, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(logit)))  # logsigmoid(logit)
+    lw = tl.where(window_seen, log_share, float("-inf"))
+    ll = tl.where(has_old, tl.log(tl.where(has_old, den, 1.0)) + log_share - logit, float("-inf"))
+    top = tl.maximum(lw, ll)
+    nothing = top == float("-inf")
+    top = tl.where(nothing, 0.0, top)
+    a, c = tl.exp(lw - top), tl.exp(ll - top)
+    norm = tl.where(nothing, 1.0, a + c)
+    return a / norm, c / norm
+
+
+@triton.jit
 def _hedgehog_half(x, W, B, NEG: tl.constexpr, P: tl.constexpr, D: tl.constexpr, XTY: tl.constexpr):
     """softmax(x W + b) (NEG False) or softmax(-(x W + b)) (NEG True) for one head: x [D] (fp32 holding XTY values),
     W at ``W`` [D, P], b at ``B`` [P]. Rounded where the torch form rounds (the projection and the bias add in the
@@ -98,16 +114,8 @@ def _hybrid_attend(Q, KN, VN, POS, VALID, RK, RV, RPOS, RVALID, CURSOR, S, Z, WQ
     has_old = den > 0
     out_l = num / tl.where(has_old, den, 1.0)
     # one normalization: the window gets the learned share s, the older keys (1 - s) phi(q).phi(k) each
-    logit = tl.load(LOGIT + hq).to(tl.float32)
-    log_share = tl.minimum(logit, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(logit)))  # logsigmoid(logit)
-    lw = tl.where(any_key, log_share, float("-inf"))
-    ll = tl.where(has_old, tl.log(tl.where(has_old, den, 1.0)) + log_share - logit, float("-inf"))
-    top = tl.maximum(lw, ll)
-    nothing = top == float("-inf")
-    top = tl.where(nothing, 0.0, top)
-    a, c = tl.exp(lw - top), tl.exp(ll - top)
-    norm = tl.where(nothing, 1.0, a + c)
-    out = (a / norm) * out_w + (c / norm) * out_l
+    wa, wc = _shares(any_key, has_old, den, tl.load(LOGIT + hq).to(tl.float32))
+    out = wa * out_w + wc * out_l
     tl.store(OUT + b * s_ob + hq * s_oh + d, out.to(OUT.dtype.element_ty))
 
     # the ring takes the new key (see the docstring for why these writes are safe)
