@@ -48,6 +48,32 @@ def minimal_pdf(text: str) -> bytes:
     return bytes(out)
 
 
+def hedgehog_case(b, hq, hkv, d, p, window, t, pad, dtype, seed, device, chunk_size=64):
+    """A learned-map hybrid layer's inputs for the Triton kernel tests: (cfg, maps, q, k, v, valid, positions) on
+    ``device`` in ``dtype``, the maps' parameters drawn far from their start, ``pad`` left padding in row 1."""
+    import torch
+
+    from ragctx.generator.attention.learned import FeatureMaps
+    from ragctx.generator.config import ModelConfig
+
+    cfg = ModelConfig(dim=hq * d, n_heads=hq, n_kv_heads=hkv, head_dim=d, window=window, attention="hybrid",
+                      hybrid_feature_map="hedgehog", hedgehog_dim=p, chunk_size=chunk_size)
+    torch.manual_seed(seed)
+    maps = FeatureMaps(hq, hkv, d, p)
+    with torch.no_grad():
+        for prm in maps.parameters():
+            prm.normal_(0, 0.3)
+    maps = maps.to(device, dtype)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, t, d, generator=g) for h in (hq, hkv, hkv))
+    valid = torch.ones(b, t, dtype=torch.bool)
+    if b > 1 and pad:
+        valid[1, :pad] = False
+    positions = (valid.long().cumsum(1) - 1).clamp_min(0)
+    to = lambda x: x.to(device, dtype) if x.is_floating_point() else x.to(device)  # noqa: E731
+    return cfg, maps, *(to(x) for x in (q, k, v, valid, positions))
+
+
 def write_corpus(root: Path, *, broken: bool = True) -> Path:
     """A folder of mixed documents with planted facts; with ``broken``, also files that must be skipped."""
     for rel, text in FACTS.items():

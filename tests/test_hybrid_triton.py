@@ -16,8 +16,8 @@ pytest.importorskip("triton")
 
 from ragctx.generator.attention import get_attention, hybrid as hybrid_module  # noqa: E402
 from ragctx.generator.attention import hybrid_triton  # noqa: E402
-from ragctx.generator.attention.learned import FeatureMaps  # noqa: E402
-from ragctx.generator.config import ModelConfig  # noqa: E402
+
+from conftest import hedgehog_case  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -30,24 +30,7 @@ def kernel(monkeypatch):
 
 
 def _setup(b, hq, hkv, d, p, window, t, pad, dtype, seed):
-    cfg = ModelConfig(dim=hq * d, n_heads=hq, n_kv_heads=hkv, head_dim=d, window=window, attention="hybrid",
-                      hybrid_feature_map="hedgehog", hedgehog_dim=p)
-    torch.manual_seed(seed)
-    maps = FeatureMaps(hq, hkv, d, p)
-    with torch.no_grad():
-        for prm in maps.parameters():
-            prm.normal_(0, 0.3)
-    maps = maps.to(DEVICE, dtype)
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, hq, t, d, generator=g)
-    k = torch.randn(b, hkv, t, d, generator=g)
-    v = torch.randn(b, hkv, t, d, generator=g)
-    valid = torch.ones(b, t, dtype=torch.bool)
-    if b > 1 and pad:
-        valid[1, :pad] = False
-    positions = (valid.long().cumsum(1) - 1).clamp_min(0)
-    to = lambda x: x.to(DEVICE, dtype) if x.is_floating_point() else x.to(DEVICE)  # noqa: E731
-    return cfg, maps, *(to(x) for x in (q, k, v, valid, positions))
+    return hedgehog_case(b, hq, hkv, d, p, window, t, pad, dtype, seed, DEVICE)
 
 
 def _generate(cfg, maps, q, k, v, valid, positions, prefill, fused):
