@@ -16,6 +16,7 @@ from pathlib import Path
 
 __all__ = [
     "QA_FILE",
+    "auc",
     "cuda_time",
     "environment",
     "essays_ids",
@@ -60,6 +61,13 @@ def save_json(out: str | Path, stem: str, result: dict, quiet: bool = False) -> 
     if not quiet:
         print(f"wrote {path}")
     return path
+
+
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    """P(a positive scores above a negative), ties counted half; None without both kinds."""
+    if not pos or not neg:
+        return None
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

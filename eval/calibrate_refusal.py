@@ -17,16 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval._common import table  # noqa: E402
+from eval._common import auc, table  # noqa: E402
 from ragctx.evaluation.results import read_rows  # noqa: E402
 from ragctx.qa import PromptTemplate  # noqa: E402
-
-
-def auc(pos: list[float], neg: list[float]) -> float | None:
-    """P(a positive scores above a negative), ties counted half."""
-    if not pos or not neg:
-        return None
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
 def main(argv: list[str] | None = None) -> int:

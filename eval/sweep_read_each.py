@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval._common import auc  # noqa: E402
+
 SHAPES = {"s1": 1, "s2": 2, "s3": 3, "s4": 4, "chunk": None}  # sentences per passage (None: the retrieved chunk whole)
 N_MAX = 4
 
@@ -131,12 +133,6 @@ def choose(cands: list[dict], rule: str, agree: bool = False) -> tuple[int, floa
             return max(agreed)[1], max(scored)[0]
     s, i = max(scored)
     return i, s
-
-
-def auc(pos: list[float], neg: list[float]) -> float | None:
-    if not pos or not neg:
-        return None
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
 def _round(x: float | None, digits: int = 3) -> float | None:
